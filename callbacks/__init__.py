@@ -1,0 +1,6 @@
+"""Callbacks and loggers for cross-cutting behaviour."""
+
+from callbacks.loggers import WandbLogger
+from callbacks.rank_monitor import EmbeddingRankMonitor
+
+__all__ = ["EmbeddingRankMonitor", "WandbLogger"]

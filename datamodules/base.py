@@ -1,0 +1,152 @@
+"""Base LightningDataModule for pretraining: multi-view training, evaluation and kNN bank.
+
+Subclasses only implement :meth:`PretrainDataModule.build_datasets`, returning raw
+datasets whose items are ``{"image": uint8 tv_tensors.Image, "label": int, ...}``
+(``label = -1`` when unknown).  This class owns augmentation, the kNN bank (a
+fixed, seeded subset of the training set under the evaluation transform) and the
+dataloaders.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from datamodules.transforms import (
+    EvalTransform,
+    MultiViewTransform,
+    ViewAugmentation,
+    build_eval_transform,
+)
+
+
+class TransformedDataset(Dataset):
+    """Apply a sample-level transform to every item of a dataset."""
+
+    def __init__(self, dataset: Dataset, transform: Any) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+        return self.transform(self.dataset[index])
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Multi-view pretraining data with evaluation splits.
+
+    Args:
+        batch_size: Images per step and process (each yields ``n_views`` views).
+        num_workers: DataLoader workers.
+        augment: View augmentation (SimCLR recipe).
+        n_views: Views per image.
+        eval_size: Evaluation crop size (default: ``augment.size``).
+        eval_resize: Shorter-side resize before the evaluation crop (default: ``eval_size``).
+        knn_bank_size: Training images in the kNN bank (``None``: all, 0: no kNN).
+        index_maps: Also produce pixel-index maps for dense methods.
+        seed: Seed of the kNN bank subset.
+    """
+
+    num_classes: int = 0
+
+    def __init__(
+        self,
+        batch_size: int = 256,
+        num_workers: int = 4,
+        augment: ViewAugmentation | None = None,
+        n_views: int = 2,
+        eval_size: int | None = None,
+        eval_resize: int | None = None,
+        knn_bank_size: int | None = None,
+        index_maps: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if n_views < 1:
+            raise ValueError(f"data.n_views must be >= 1, got {n_views}")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment = augment or ViewAugmentation()
+        self.n_views, self.index_maps, self.seed = n_views, index_maps, seed
+        self.eval_size = eval_size or self.augment.size
+        self.eval_resize = eval_resize
+        self.knn_bank_size = knn_bank_size
+        self._raw: tuple[Dataset, Dataset] | None = None
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:
+        """Return the raw ``(train, val)`` datasets (implemented by subclasses)."""
+        raise NotImplementedError
+
+    def _raw_datasets(self) -> tuple[Dataset, Dataset]:
+        if self._raw is None:
+            self._raw = self.build_datasets()
+        return self._raw
+
+    def setup(self, stage: str | None = None) -> None:  # noqa: D102
+        self._raw_datasets()
+
+    @property
+    def eval_transform(self) -> EvalTransform:
+        """Deterministic evaluation transform."""
+        return EvalTransform(
+            build_eval_transform(
+                self.eval_size, self.augment.mean, self.augment.std, self.eval_resize
+            )
+        )
+
+    def train_dataset(self) -> Dataset:
+        """Training set with multi-view augmentation."""
+        views = MultiViewTransform(self.augment, self.n_views, index_maps=self.index_maps)
+        return TransformedDataset(self._raw_datasets()[0], views)
+
+    def eval_dataset(self, split: str = "val") -> Dataset:
+        """Evaluation-transformed ``"train"`` or ``"val"`` split (used by callbacks)."""
+        train, val = self._raw_datasets()
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        return TransformedDataset(train if split == "train" else val, self.eval_transform)
+
+    def knn_bank(self) -> Dataset | None:
+        """Seeded subset of the training set under the eval transform, or ``None``."""
+        if self.knn_bank_size == 0 or self.num_classes < 2:
+            return None
+        bank = self.eval_dataset("train")
+        n = len(bank)  # type: ignore[arg-type]
+        if self.knn_bank_size is not None and self.knn_bank_size < n:
+            g = torch.Generator().manual_seed(self.seed)
+            idx = torch.randperm(n, generator=g)[: self.knn_bank_size].sort().values.tolist()
+            bank = Subset(bank, idx)
+        return bank
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.train_dataset(), train=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation loader, followed by the kNN bank loader when kNN is enabled."""
+        loaders = [self._loader(self.eval_dataset("val"), train=False)]
+        bank = self.knn_bank()
+        if bank is not None:
+            loaders.append(self._loader(bank, train=False))
+        return loaders if len(loaders) > 1 else loaders[0]
+
+    def test_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.eval_dataset("val"), train=False)
+
+    def predict_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.eval_dataset("val"), train=False)

@@ -1,0 +1,135 @@
+"""Pretraining datamodules over image-classification formats: CIFAR, SVHN, image folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from datamodules.base import PretrainDataModule
+from datamodules.cifar import CIFARDataset
+from datamodules.image_folder import ImageFolderDataset
+from datamodules.io import require_dir
+from datamodules.svhn import SVHNDataset
+from datamodules.transforms import ViewAugmentation
+
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+SVHN_MEAN, SVHN_STD = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+
+
+def small_image_views(mean: tuple[float, ...], std: tuple[float, ...]) -> ViewAugmentation:
+    """SimCLR views for 32x32 images (solo-learn's CIFAR recipe: no blur, strong jitter)."""
+    return ViewAugmentation(
+        size=32, crop_scale=(0.08, 1.0), brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2,
+        blur_prob=0.0, mean=list(mean), std=list(std),
+    )  # fmt: skip
+
+
+class CIFAR10DataModule(PretrainDataModule):
+    """CIFAR-10 from the official python pickles (``root/cifar-10-batches-py``).
+
+    Args:
+        root: Folder containing ``cifar-10-batches-py`` (or that folder itself).
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
+
+    variant: Literal["cifar10", "cifar100"] = "cifar10"
+    stats = (CIFAR10_MEAN, CIFAR10_STD)
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        kwargs.setdefault("augment", small_image_views(*self.stats))
+        super().__init__(**kwargs)
+        self.root = require_dir(root, f"data.root ({self.variant} data set)")
+        self.num_classes = 10 if self.variant == "cifar10" else 100
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
+        return (
+            CIFARDataset(self.root, train=True, variant=self.variant),
+            CIFARDataset(self.root, train=False, variant=self.variant),
+        )
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (fine labels) from the official pickles (``root/cifar-100-python``)."""
+
+    variant = "cifar100"
+    stats = (CIFAR100_MEAN, CIFAR100_STD)
+
+
+class SVHNDataModule(PretrainDataModule):
+    """SVHN from the official ``{train,test,extra}_32x32.mat`` files.
+
+    Args:
+        root: Folder with the ``.mat`` files.
+        use_extra: Add the 531k ``extra`` images to the training set.
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
+
+    num_classes = 10
+
+    def __init__(self, root: str, use_extra: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("augment", small_image_views(SVHN_MEAN, SVHN_STD))
+        super().__init__(**kwargs)
+        self.root = require_dir(root, "data.root (SVHN .mat files)")
+        self.use_extra = use_extra
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
+        train: Dataset = SVHNDataset(self.root, "train")
+        if self.use_extra:
+            train = torch.utils.data.ConcatDataset([train, SVHNDataset(self.root, "extra")])
+        return train, SVHNDataset(self.root, "test")
+
+
+class ImageFolderDataModule(PretrainDataModule):
+    """Your own images: class sub-folders (labeled) or a flat folder (unlabeled).
+
+    Without ``val_root`` a seeded ``val_fraction`` of ``root`` is held out.  Unlabeled
+    data disables the probe and kNN evaluators (``num_classes = 0``).
+
+    Args:
+        root: Training image folder.
+        val_root: Optional validation folder with the same layout.
+        val_fraction: Held-out fraction when ``val_root`` is not given.
+        labeled: Force labeled/unlabeled; ``None`` detects the layout.
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        val_root: str | None = None,
+        val_fraction: float = 0.05,
+        labeled: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.root = require_dir(root, "data.root (image folder)")
+        self.val_root = Path(val_root) if val_root else None
+        if self.val_root is not None:
+            require_dir(self.val_root, "data.val_root (image folder)")
+        self.val_fraction = val_fraction
+        self.train_set = ImageFolderDataset(self.root, labeled=labeled)
+        self.num_classes = self.train_set.num_classes if self.train_set.labeled else 0
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
+        if self.val_root is not None:
+            val = ImageFolderDataset(self.val_root, labeled=self.train_set.labeled)
+            if val.labeled and val.classes != self.train_set.classes:
+                raise ValueError(
+                    f"class folders of {self.val_root} {val.classes} differ from those of "
+                    f"{self.root} {self.train_set.classes}"
+                )
+            return self.train_set, val
+        n = len(self.train_set)
+        n_val = max(1, int(round(n * self.val_fraction)))
+        if n_val >= n:
+            raise ValueError(f"{self.root} holds {n} images: too few to hold out a validation set")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return Subset(self.train_set, sorted(order[n_val:])), Subset(
+            self.train_set, sorted(order[:n_val])
+        )

@@ -1,0 +1,115 @@
+"""Shared I/O helpers for the on-disk dataset readers.
+
+The helpers here turn low-level failures (missing paths, undecodable images) into errors whose
+messages name the offending path and say what layout or content was expected, so a broken dataset
+directory can be diagnosed from the exception alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["DataFormatError", "read_image_rgb", "require_dir", "require_file"]
+
+
+class DataFormatError(ValueError):
+    """A dataset file exists but its content does not match the expected format."""
+
+
+def _with_hint(message: str, hint: str | None) -> str:
+    return f"{message} ({hint})" if hint else message
+
+
+def require_file(path: str | os.PathLike[str], what: str, hint: str | None = None) -> Path:
+    """Checks that ``path`` is an existing regular file.
+
+    Args:
+        path: File that must exist.
+        what: Human readable description of the file, e.g. ``"CIFAR-10 train batch"``.
+        hint: Optional description of the expected layout, appended in parentheses.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist or is not a regular file. The message reads
+            ``"<what> not found: <path> (<hint>)"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(_with_hint(f"{what} not found: {path}", hint))
+    if not path.is_file():
+        raise FileNotFoundError(
+            _with_hint(f"{what} not found: {path} exists but is not a regular file", hint)
+        )
+    return path
+
+
+def require_dir(path: str | os.PathLike[str], what: str, hint: str | None = None) -> Path:
+    """Checks that ``path`` is an existing directory.
+
+    Args:
+        path: Directory that must exist.
+        what: Human readable description of the directory, e.g. ``"SVHN root directory"``.
+        hint: Optional description of the expected layout, appended in parentheses.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist or is not a directory. The message reads
+            ``"<what> not found: <path> (<hint>)"``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(_with_hint(f"{what} not found: {path}", hint))
+    if not path.is_dir():
+        raise FileNotFoundError(
+            _with_hint(f"{what} not found: {path} exists but is not a directory", hint)
+        )
+    return path
+
+
+def read_image_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Decodes an image file into an RGB ``uint8`` tensor.
+
+    Any mode PIL understands (grayscale, palette, RGBA, CMYK, ...) is converted to RGB; alpha is
+    dropped. EXIF orientation is not applied.
+
+    Args:
+        path: Image file to read.
+
+    Returns:
+        A contiguous ``torch.uint8`` tensor of shape ``(3, H, W)``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        DataFormatError: If the file cannot be decoded (corrupt, truncated, not an image, or a
+            format PIL does not support). The message names the file.
+    """
+    path = require_file(path, "Image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            rgb = img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
+        raise DataFormatError(
+            f"Could not decode image file {path}: expected a readable image "
+            f"(JPEG/PNG/BMP/TIFF/WebP/...) that PIL can decode, got {type(err).__name__}: {err}"
+        ) from err
+    except Image.DecompressionBombError as err:
+        raise DataFormatError(
+            f"Refusing to decode image file {path}: {err} (expected an image below PIL's "
+            "decompression-bomb pixel limit)"
+        ) from err
+    array = np.asarray(rgb, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:  # defensive; convert("RGB") guarantees this
+        raise DataFormatError(
+            f"Decoded image {path} has shape {array.shape}, expected (H, W, 3) after RGB conversion"
+        )
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -1,0 +1,221 @@
+"""Augmentations: SimCLR-style views that can carry masks and pixel-index maps.
+
+Built on ``torchvision.transforms.v2``: geometric transforms are applied jointly to
+the image, to a segmentation mask and to a *pixel-index map* (every pixel holds
+its flat index ``y * W + x`` in the source image), all wrapped as ``tv_tensors``;
+photometric transforms touch only the image.  The index map lets dense methods
+find which pixels of two views come from the same source pixel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ViewAugmentation:
+    """Parameters of one augmented view (SimCLR recipe; defaults are the ImageNet ones).
+
+    Attributes:
+        size: Output crop size (pixels).
+        crop_scale: Area range of ``RandomResizedCrop``.
+        crop_ratio: Aspect-ratio range of ``RandomResizedCrop``.
+        hflip_prob: Horizontal flip probability.
+        jitter_prob: Probability of colour jitter.
+        brightness: Jitter brightness strength.
+        contrast: Jitter contrast strength.
+        saturation: Jitter saturation strength.
+        hue: Jitter hue strength.
+        grayscale_prob: Probability of conversion to grey.
+        blur_prob: Probability of Gaussian blur (kernel ~10% of ``size``).
+        solarize_prob: Probability of solarisation.
+        mean: Per-channel normalisation mean (length = channels).
+        std: Per-channel normalisation std.
+    """
+
+    size: int = 224
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip_prob: float = 0.5
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_prob: float = 0.2
+    blur_prob: float = 0.5
+    solarize_prob: float = 0.0
+    mean: Sequence[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: Sequence[float] = field(default_factory=lambda: list(IMAGENET_STD))
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        for name in ("hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+            p = getattr(self, name)
+            if not 0 <= p <= 1:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        if len(self.mean) != len(self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
+
+
+def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
+    """Compose the v2 pipeline for one view.
+
+    Photometric steps (jitter, grey, solarise) assume 3-channel RGB input and are
+    skipped for other channel counts by :class:`_RGBOnly`.
+
+    Args:
+        cfg: View parameters.
+
+    Returns:
+        A transform accepting an image (and optionally masks) as ``tv_tensors``.
+    """
+    kernel = max(3, int(0.1 * cfg.size) // 2 * 2 + 1)
+    steps: list[Callable[..., Any]] = [
+        v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)),
+        v2.RandomHorizontalFlip(cfg.hflip_prob),
+        _RGBOnly(
+            v2.RandomApply(
+                [v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)],
+                p=cfg.jitter_prob,
+            )
+        ),
+        _RGBOnly(v2.RandomGrayscale(cfg.grayscale_prob)),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_prob),
+        _RGBOnly(v2.RandomSolarize(threshold=128, p=cfg.solarize_prob)),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(list(cfg.mean), list(cfg.std)),
+    ]
+    return v2.Compose(steps)
+
+
+def build_eval_transform(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    resize: int | None = None,
+) -> v2.Compose:
+    """Deterministic evaluation transform: resize (shorter side), centre crop, normalise.
+
+    Args:
+        size: Output size.
+        mean: Normalisation mean.
+        std: Normalisation std.
+        resize: Shorter-side size before cropping (default: ``size``, i.e. no crop
+            margin; ImageNet protocols use ``int(size / 0.875)``).
+
+    Returns:
+        The transform.
+    """
+    return v2.Compose(
+        [
+            v2.Resize(resize or size),
+            v2.CenterCrop(size),
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class _RGBOnly(torch.nn.Module):
+    """Apply a photometric transform only to 3-channel images (identity otherwise)."""
+
+    def __init__(self, transform: Callable[..., Any]) -> None:
+        super().__init__()
+        self.transform = transform
+
+    def forward(self, *inputs: Any) -> Any:  # noqa: D102
+        sample = inputs if len(inputs) > 1 else inputs[0]
+        image = _find_image(sample)
+        if image is not None and image.shape[-3] != 3:
+            return sample
+        return self.transform(sample)
+
+
+def _find_image(sample: Any) -> Tensor | None:
+    if isinstance(sample, tv_tensors.Image):
+        return sample
+    if isinstance(sample, dict):
+        sample = list(sample.values())
+    if isinstance(sample, list | tuple):
+        for item in sample:
+            found = _find_image(item)
+            if found is not None:
+                return found
+    return None
+
+
+def pixel_index_map(height: int, width: int) -> tv_tensors.Mask:
+    """Map whose pixel ``(y, x)`` holds ``y * width + x`` (int64), for correspondences."""
+    return tv_tensors.Mask(torch.arange(height * width, dtype=torch.int64).view(height, width))
+
+
+class MultiViewTransform:
+    """Turn a raw sample into ``n`` independently augmented views.
+
+    Input samples are dicts with ``image`` (uint8 ``tv_tensors.Image``), ``label``
+    and optionally ``mask`` (``tv_tensors.Mask``).  The output holds ``views`` (list
+    of float tensors) and ``label``; with masks, ``masks``; with
+    ``index_maps=True``, ``index_maps`` (each view's source-pixel indices).
+
+    Args:
+        views: One :class:`ViewAugmentation` per view (asymmetric recipes), or a
+            single one repeated ``n_views`` times.
+        n_views: Number of views when ``views`` is a single configuration.
+        index_maps: Also produce pixel-index maps.
+    """
+
+    def __init__(
+        self,
+        views: ViewAugmentation | Sequence[ViewAugmentation],
+        n_views: int = 2,
+        index_maps: bool = False,
+    ) -> None:
+        cfgs = [views] * n_views if isinstance(views, ViewAugmentation) else list(views)
+        if len(cfgs) < 1:
+            raise ValueError("MultiViewTransform needs at least one view")
+        self.transforms = [build_view_transform(c) for c in cfgs]
+        self.index_maps = index_maps
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+        image = sample["image"]
+        extras: dict[str, tv_tensors.Mask] = {}
+        if "mask" in sample:
+            extras["mask"] = sample["mask"]
+        if self.index_maps:
+            extras["index"] = pixel_index_map(*image.shape[-2:])
+        out: dict[str, Any] = {"label": sample["label"], "views": []}
+        for t in self.transforms:
+            res = t({"image": image, **extras})
+            out["views"].append(res["image"].as_subclass(Tensor))
+            for key, name in (("mask", "masks"), ("index", "index_maps")):
+                if key in res:
+                    out.setdefault(name, []).append(res[key].as_subclass(Tensor))
+        return out
+
+
+class EvalTransform:
+    """Apply an evaluation transform to the ``image`` (and ``mask``) of a raw sample."""
+
+    def __init__(self, transform: Callable[..., Any]) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+        keys = [k for k in ("image", "mask") if k in sample]
+        res = self.transform({k: sample[k] for k in keys})
+        out = dict(sample)
+        for k in keys:
+            out[k] = res[k].as_subclass(Tensor)
+        return out

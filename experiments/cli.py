@@ -1,0 +1,78 @@
+"""The contraseg command line: ``python experiments/run.py {fit,validate,test,predict} ...``.
+
+A thin :class:`lightning.pytorch.cli.LightningCLI` in subclass mode: any
+LightningModule, LightningDataModule, callback or logger class can be chosen with
+``class_path`` in YAML and every argument overridden on the command line
+(``--model.temperature 0.1``).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+
+class LoggerSaveConfigCallback(SaveConfigCallback):
+    """Save the resolved config next to the run and send it to every logger (e.g. W&B)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Log the resolved configuration as hyper-parameters of every attached logger."""
+        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": config, **_flatten(self.config.as_dict())})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}/"))
+        elif value is None or isinstance(value, str | int | float | bool):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class ContrasegCLI(LightningCLI):
+    """LightningCLI with contraseg's defaults and fail-fast configuration errors."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Link the data set's class count into the model's evaluators."""
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes",
+                              apply_on="instantiate")
+
+    def instantiate_classes(self) -> None:
+        """Instantiate, turning constructor validation errors into parser errors."""
+        try:
+            super().instantiate_classes()
+        except (ValueError, FileNotFoundError, NotADirectoryError) as err:
+            self.parser.error(f"invalid configuration: {err}")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> ContrasegCLI:
+    """Run the CLI (``args`` defaults to ``sys.argv[1:]``).
+
+    Args:
+        args: Command-line arguments, e.g. ``["fit", "--config", "cfg.yaml"]``.
+        run: Execute the subcommand (``False``: only instantiate).
+
+    Returns:
+        The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
+    """
+    return ContrasegCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=LoggerSaveConfigCallback,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args if args is not None else sys.argv[1:],
+        run=run,
+        auto_configure_optimizers=False,
+    )

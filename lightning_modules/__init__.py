@@ -1,0 +1,7 @@
+"""Contrastive and self-supervised objectives as LightningModules."""
+
+from lightning_modules.base import PretrainModule
+from lightning_modules.directclr import DirectCLR
+from lightning_modules.simclr import SimCLR
+
+__all__ = ["DirectCLR", "PretrainModule", "SimCLR"]

@@ -1,0 +1,167 @@
+"""Optimisers (SGD, AdamW, LARS) and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+
+class LARS(Optimizer):
+    """Layer-wise Adaptive Rate Scaling (You et al. 2017) on top of SGD with momentum.
+
+    For every parameter group without ``lars_exclude``, the update of a weight
+    ``w`` with gradient ``g`` is scaled by the trust ratio
+    ``eta * ||w|| / (||g|| + weight_decay * ||w||)`` (1 where a norm is zero).
+    Groups flagged ``lars_exclude=True`` (biases, norm layers, linear probes, as in
+    SimCLR) get plain SGD with momentum and their own weight decay.
+
+    Args:
+        params: Parameters or parameter groups.
+        lr: Learning rate.
+        momentum: Momentum factor.
+        weight_decay: L2 weight decay added to the gradient.
+        eta: LARS trust coefficient.
+        nesterov: Use Nesterov momentum.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        eta: float = 0.02,
+        nesterov: bool = False,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"LARS lr must be > 0, got {lr}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "eta": eta,
+            "nesterov": nesterov,
+            "lars_exclude": False,
+        }
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # noqa: D102
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            wd, mom, eta = group["weight_decay"], group["momentum"], group["eta"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if wd != 0:
+                    d_p = d_p.add(p, alpha=wd)
+                if not group["lars_exclude"]:
+                    w_norm = torch.linalg.vector_norm(p)
+                    g_norm = torch.linalg.vector_norm(p.grad)
+                    denom = g_norm + wd * w_norm
+                    trust = torch.where(
+                        (w_norm > 0) & (denom > 0), eta * w_norm / denom, torch.ones_like(w_norm)
+                    )
+                    d_p = d_p.mul(trust)
+                if mom != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d_p.clone()
+                    else:
+                        buf.mul_(mom).add_(d_p)
+                    d_p = d_p.add(buf, alpha=mom) if group["nesterov"] else buf
+                p.add_(d_p, alpha=-group["lr"])
+        return loss
+
+
+def split_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split trainable parameters into (weights, biases-and-norm-parameters).
+
+    Args:
+        module: Module whose parameters are split.
+
+    Returns:
+        ``(decay, no_decay)``: parameters with ``ndim > 1`` and the rest.
+    """
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    return decay, no_decay
+
+
+OPTIMIZERS = ("sgd", "adamw", "adam", "lars")
+
+
+def build_optimizer(
+    groups: list[dict],
+    name: str = "lars",
+    lr: float = 0.3,
+    weight_decay: float = 1e-4,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eta: float = 0.02,
+) -> Optimizer:
+    """Create an optimiser from parameter groups.
+
+    Groups may carry ``weight_decay``, ``lr`` and ``lars_exclude`` overrides.
+
+    Args:
+        groups: Parameter groups (``{"params": [...], ...}``).
+        name: One of ``sgd``, ``adamw``, ``adam``, ``lars``.
+        lr: Base learning rate.
+        weight_decay: Default weight decay.
+        momentum: Momentum (SGD, LARS).
+        betas: Adam betas.
+        eta: LARS trust coefficient.
+
+    Returns:
+        The optimiser.
+    """
+    key = name.lower()
+    if key == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
+    clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+    if key == "sgd":
+        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if key == "adamw":
+        return torch.optim.AdamW(clean, lr=lr, betas=betas, weight_decay=weight_decay)
+    if key == "adam":
+        return torch.optim.Adam(clean, lr=lr, betas=betas, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def warmup_cosine_schedule(
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup from ~0 to the base LR, then cosine decay to ``min_lr_ratio * lr``.
+
+    Args:
+        optimizer: Optimiser whose groups' ``lr`` are the peak values.
+        warmup_steps: Steps of linear warmup.
+        total_steps: Total optimisation steps.
+        min_lr_ratio: Final LR as a fraction of the peak.
+
+    Returns:
+        A per-step ``LambdaLR``.
+    """
+    warmup_steps = max(0, int(warmup_steps))
+    total_steps = max(1, int(total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
