@@ -1,0 +1,1 @@
+"""Entry point, CLI and YAML configs."""

@@ -79,7 +79,8 @@ class PretrainModule(L.LightningModule):
             "momentum": momentum,
         }
         self.freeze_backbone = freeze_backbone
-        self.warmup_epochs, self.min_lr_ratio, self.probe_lr = warmup_epochs, min_lr_ratio, probe_lr
+        self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
+        self.probe_lr = float(probe_lr)
 
     # ----------------------------------------------------------------- methods implement
     def training_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -179,6 +180,18 @@ class PretrainModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _plain_hparams(self) -> None:
+        """Store validated numbers (``PositiveFloat`` ...) as plain ``int``/``float``.
+
+        Keeps checkpoints loadable with ``torch.load(weights_only=True)``.
+        """
+        for store in (self.hparams, getattr(self, "_hparams_initial", {})):
+            for key, value in list(store.items()):
+                if isinstance(value, float) and type(value) is not float:
+                    store[key] = float(value)
+                elif isinstance(value, int) and type(value) not in (int, bool):
+                    store[key] = int(value)
 
     @staticmethod
     def _stack(views: list[Tensor]) -> Tensor:

@@ -33,6 +33,7 @@ class DirectCLR(PretrainModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self._plain_hparams()
         if d0 > self.feature_dim:
             raise ValueError(
                 f"model.d0={d0} exceeds the backbone's representation size {self.feature_dim}"

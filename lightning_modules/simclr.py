@@ -39,6 +39,7 @@ class SimCLR(PretrainModule):
     ) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters()
+        self._plain_hparams()
         self.temperature = check_temperature(temperature)
         self.decoupled, self.gather_distributed = decoupled, gather_distributed
         self.projector = MLPHead(

@@ -46,7 +46,8 @@ def test_missing_data_root(capsys, tmp_path, monkeypatch) -> None:
 def test_d0_larger_than_representation(capsys, tmp_path, monkeypatch, cifar10_root) -> None:
     monkeypatch.chdir(tmp_path)
     err = run_error(["--config", DIRECT, "--data.init_args.root", str(cifar10_root),
-                     "--model.init_args.d0", "4096", "--trainer.logger", "false"], capsys)  # fmt: skip
+                     "--model.init_args.d0", "4096", "--trainer.logger", "false"],
+                    capsys)  # fmt: skip
     assert "d0" in err and "512" in err
 
 

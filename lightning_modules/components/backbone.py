@@ -47,9 +47,9 @@ class Backbone(nn.Module):
         self.model = timm.create_model(
             name, pretrained=pretrained, in_chans=in_chans, num_classes=0, **kwargs
         )
+        self.name = name
         if cifar_stem:
             self._apply_cifar_stem()
-        self.name = name
         self.num_features: int = int(self.model.num_features)
 
     def _apply_cifar_stem(self) -> None:
