@@ -145,11 +145,11 @@ class PretrainModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Score the kNN evaluator once queries and bank are complete."""
-        if self.knn is None or not self.knn.bank_features:
-            if self.knn is not None:
-                self.knn.reset()
+        if self.knn is None:
             return
-        self.log("val/knn_acc", self.knn.compute(), prog_bar=True)
+        accuracy = self.knn.compute()  # collective under DDP: every rank calls it
+        if not torch.isnan(accuracy):
+            self.log("val/knn_acc", accuracy, prog_bar=True)
         self.knn.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:

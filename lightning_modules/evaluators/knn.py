@@ -86,8 +86,9 @@ class WeightedKNN(Metric):
 
     def compute(self) -> Tensor:
         """Top-1 accuracy of the queries; ``nan`` if bank or queries are empty."""
-        if not self.bank_features or not self.query_features:
-            return torch.tensor(float("nan"))
+        # list states before a DDP sync, concatenated tensors after it
+        if any(isinstance(s, list) and not s for s in (self.bank_features, self.query_features)):
+            return torch.tensor(float("nan"), device=self.device)
         bank, bank_labels = dim_zero_cat(self.bank_features), dim_zero_cat(self.bank_labels)
         queries, labels = dim_zero_cat(self.query_features), dim_zero_cat(self.query_labels)
         if bank.shape[0] == 0 or queries.shape[0] == 0:  # every sample was unlabeled

@@ -1,0 +1,38 @@
+"""The CLI trains with the DDP preset on 2 CPU processes (gloo) with gathered losses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_fit_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, str(REPO / "experiments" / "run.py"), "fit",
+        "--config", str(REPO / "experiments" / "configs" / "quickstart.yaml"),
+        "--config", str(REPO / "experiments" / "configs" / "presets" / "ddp_bf16.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.sync_batchnorm", "false",  # torch SyncBatchNorm needs CUDA
+        "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir", str(tmp_path),
+        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--data.init_args.knn_bank_size", "16",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "PL_DISABLE_FORK": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "train/loss" in metrics and "val/knn_acc" in metrics
