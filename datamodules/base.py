@@ -145,8 +145,9 @@ class PretrainDataModule(L.LightningDataModule):
             loaders.append(self._loader(bank, train=False))
         return loaders if len(loaders) > 1 else loaders[0]
 
-    def test_dataloader(self) -> DataLoader:  # noqa: D102
-        return self._loader(self.eval_dataset("val"), train=False)
+    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Held-out split (the ``val`` split of these data sets) plus the kNN bank."""
+        return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:  # noqa: D102
         return self._loader(self.eval_dataset("val"), train=False)

@@ -127,14 +127,25 @@ class PretrainModule(L.LightningModule):
         self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Loader 0: probe accuracy and kNN queries; loader 1 (if any): the kNN bank."""
-        features = self.embed(batch["image"])
-        labels = batch["label"]
+        self._evaluate(batch, dataloader_idx, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Same evaluation as :meth:`validation_step`, logged under ``test/``."""
+        self._evaluate(batch, dataloader_idx, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Representations (and labels) of a batch, e.g. to export embeddings."""
+        return {"embedding": self.embed(batch["image"]), "label": batch["label"]}
+
+    def _evaluate(self, batch: dict[str, Any], dataloader_idx: int, stage: str) -> None:
         if self.probe is None:
             return
+        features = self.embed(batch["image"])
+        labels = batch["label"]
         if dataloader_idx == 0:
             self.probe.loss(features, labels, train=False)
             self.log(
-                "val/probe_acc",
+                f"{stage}/probe_acc",
                 self.probe.val_acc,
                 on_epoch=True,
                 prog_bar=True,
@@ -145,11 +156,17 @@ class PretrainModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Score the kNN evaluator once queries and bank are complete."""
+        self._log_knn("val")
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._log_knn("test")
+
+    def _log_knn(self, stage: str) -> None:
         if self.knn is None:
             return
         accuracy = self.knn.compute()  # collective under DDP: every rank calls it
         if not torch.isnan(accuracy):
-            self.log("val/knn_acc", accuracy, prog_bar=True)
+            self.log(f"{stage}/knn_acc", accuracy, prog_bar=True)
         self.knn.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:

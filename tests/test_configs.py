@@ -66,3 +66,23 @@ def test_presets_compose(preset: Path, cifar10_root: Path, tmp_path: Path, monke
     assert cli.config["trainer"]["sync_batchnorm"] is True
     assert cli.trainer.precision == "bf16-mixed"
     assert yaml.safe_load(preset.read_text())["trainer"]["strategy"] == "ddp"
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands(subcommand: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = REPO / "experiments" / "configs" / "quickstart.yaml"
+    args = [subcommand, "--config", str(config), "--trainer.accelerator", "cpu",
+            "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            "--data.init_args.num_train", "16", "--data.init_args.num_val", "8",
+            "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+            "--data.init_args.knn_bank_size", "8"]  # fmt: skip
+    cli = main(args)
+    if subcommand == "predict":
+        outputs = cli.trainer.predict_loop.predictions
+        assert outputs[0]["embedding"].shape == (4, 512)
+    else:
+        metrics = cli.trainer.callback_metrics
+        stage = "val" if subcommand == "validate" else "test"
+        assert 0 <= float(metrics[f"{stage}/knn_acc"]) <= 1
+        assert f"{stage}/probe_acc" in metrics
