@@ -78,6 +78,8 @@ class PretrainModule(L.LightningModule):
             "weight_decay": weight_decay,
             "momentum": momentum,
         }
+        if freeze_backbone and self.probe is None:
+            raise ValueError("model.freeze_backbone trains only the probe: needs num_classes > 1")
         self.freeze_backbone = freeze_backbone
         self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
         self.probe_lr = float(probe_lr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import timm
-import torch
 from torch import Tensor, nn
 
 
@@ -80,8 +79,3 @@ class Backbone(nn.Module):
         if not hasattr(self.model, "forward_intermediates"):
             raise NotImplementedError(f"{self.name!r} does not expose forward_intermediates")
         return self.model.forward_intermediates(x, intermediates_only=True)
-
-    @torch.no_grad()
-    def output_dim(self) -> int:
-        """Dimension of the pooled representation."""
-        return self.num_features
