@@ -57,3 +57,37 @@ def test_override_reaches_model(tmp_path: Path, monkeypatch) -> None:
                run=False)  # fmt: skip
     assert cli.model.temperature == pytest.approx(0.3)
     assert cli.model.num_classes == cli.datamodule.num_classes == 6
+
+
+def test_readme_data_switches(tmp_path: Path, monkeypatch) -> None:
+    """The README's `--data.class_path` examples instantiate on the CIFAR config."""
+    import numpy as np
+    import scipy.io
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    svhn = tmp_path / "svhn"
+    svhn.mkdir()
+    for split in ("train", "test"):
+        scipy.io.savemat(svhn / f"{split}_32x32.mat", {
+            "X": np.zeros((32, 32, 3, 4), np.uint8), "y": np.array([[1], [2], [10], [3]])})
+    folder = tmp_path / "my_images"  # flat: unlabeled
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"{i}.png")
+    for cls, root, n_cls in (("datamodules.SVHNDataModule", svhn, 10),
+                             ("datamodules.ImageFolderDataModule", folder, 0)):
+        cli = main(["--config", CIFAR, "--data.class_path", cls, "--data.root", str(root),
+                    "--trainer.logger", "false"], run=False)  # fmt: skip
+        assert type(cli.datamodule).__name__ == cls.split(".")[1]
+        assert cli.datamodule.num_classes == n_cls and cli.model.num_classes == n_cls
+        assert cli.datamodule.augment.size == 32  # init_args carried over from the config
+
+
+def test_print_config(capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", QUICK, "--print_config"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "class_path: lightning_modules.SimCLR" in out and "temperature: 0.2" in out
