@@ -7,7 +7,12 @@ from datamodules.classification import (
     ImageFolderDataModule,
     SVHNDataModule,
 )
-from datamodules.synthetic import SyntheticDataModule, SyntheticScenes
+from datamodules.segmentation import SegmentationDataModule
+from datamodules.synthetic import (
+    SyntheticDataModule,
+    SyntheticScenes,
+    SyntheticSegmentationDataModule,
+)
 
 __all__ = [
     "CIFAR10DataModule",
@@ -15,6 +20,8 @@ __all__ = [
     "ImageFolderDataModule",
     "PretrainDataModule",
     "SVHNDataModule",
+    "SegmentationDataModule",
     "SyntheticDataModule",
     "SyntheticScenes",
+    "SyntheticSegmentationDataModule",
 ]

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from datamodules.transforms import (
-    EvalTransform,
+    ImageMaskTransform,
     MultiViewTransform,
     ViewAugmentation,
     build_eval_transform,
@@ -91,9 +91,9 @@ class PretrainDataModule(L.LightningDataModule):
         self._raw_datasets()
 
     @property
-    def eval_transform(self) -> EvalTransform:
+    def eval_transform(self) -> ImageMaskTransform:
         """Deterministic evaluation transform."""
-        return EvalTransform(
+        return ImageMaskTransform(
             build_eval_transform(
                 self.eval_size, self.augment.mean, self.augment.std, self.eval_resize
             )

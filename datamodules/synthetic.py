@@ -12,6 +12,7 @@ pure function of ``(seed, index)``: the same on every machine and in every worke
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from datamodules.base import PretrainDataModule
+from datamodules.segmentation import SegmentationDataModule
 
 SHAPES = ("disk", "square", "triangle", "ring", "cross", "diamond", "ellipse", "bar")
 
@@ -167,3 +169,67 @@ class SyntheticDataModule(PretrainDataModule):
             SyntheticScenes(self.num_train, *args, seed=2 * self.data_seed),
             SyntheticScenes(self.num_val, *args, seed=2 * self.data_seed + 1),
         )
+
+
+class _NamedSubset(Dataset):
+    """Items of ``SyntheticScenes`` selected by name (the zero-padded index), with names."""
+
+    def __init__(self, scenes: SyntheticScenes, names: list[str]) -> None:
+        self.scenes, self.names = scenes, names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+        name = self.names[index]
+        item = self.scenes[int(name)]
+        return {"image": item["image"], "mask": item["mask"], "name": name}
+
+
+class SyntheticSegmentationDataModule(SegmentationDataModule):
+    """Segmentation of :class:`SyntheticScenes`: background + one class per object type.
+
+    Args:
+        num_train: Training images (the pool that label fractions are drawn from).
+        num_val: Validation images (different seed).
+        image_size: Rendered size.
+        num_object_classes: Object classes (``num_classes = num_object_classes + 1``).
+        max_objects: Maximum objects per image.
+        data_seed: Seed of the generated data.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "synthetic"
+
+    def __init__(
+        self,
+        num_train: int = 2048,
+        num_val: int = 256,
+        image_size: int = 64,
+        num_object_classes: int = 6,
+        max_objects: int = 3,
+        data_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("crop_size", image_size)
+        kwargs.setdefault("mean", [0.5, 0.5, 0.5])
+        kwargs.setdefault("std", [0.25, 0.25, 0.25])
+        super().__init__(**kwargs)
+        self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
+        self.max_objects, self.data_seed = max_objects, data_seed
+        self.num_classes = num_object_classes + 1
+        self.classes = ["background", *SHAPES[:num_object_classes]]
+        SyntheticScenes(1, image_size, num_object_classes, max_objects, data_seed)
+
+    def _scenes(self, split: str) -> SyntheticScenes:
+        n = self.num_train if split == "train" else self.num_val
+        seed = 2 * self.data_seed + (0 if split == "train" else 1)
+        return SyntheticScenes(n, self.image_size, self.num_classes - 1, self.max_objects, seed)
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return [f"{i:06d}" for i in range(self.num_train)]
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        scenes = self._scenes(split)
+        all_names = [f"{i:06d}" for i in range(len(scenes))]
+        return _NamedSubset(scenes, list(names) if names is not None else all_names)

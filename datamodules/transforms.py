@@ -196,7 +196,7 @@ class MultiViewTransform:
             extras["mask"] = sample["mask"]
         if self.index_maps:
             extras["index"] = pixel_index_map(*image.shape[-2:])
-        out: dict[str, Any] = {"label": sample["label"], "views": []}
+        out: dict[str, Any] = {"label": sample.get("label", -1), "views": []}
         for t in self.transforms:
             res = t({"image": image, **extras})
             out["views"].append(res["image"].as_subclass(Tensor))
@@ -206,8 +206,8 @@ class MultiViewTransform:
         return out
 
 
-class EvalTransform:
-    """Apply an evaluation transform to the ``image`` (and ``mask``) of a raw sample."""
+class ImageMaskTransform:
+    """Apply a transform jointly to the ``image`` (and ``mask``) of a raw sample."""
 
     def __init__(self, transform: Callable[..., Any]) -> None:
         self.transform = transform

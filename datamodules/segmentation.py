@@ -1,0 +1,210 @@
+"""Base LightningDataModule for semantic segmentation with label fractions.
+
+Subclasses implement :meth:`SegmentationDataModule.train_names` (all labeled
+training image names) and :meth:`SegmentationDataModule.build` (a raw dataset of a
+split, optionally restricted to names).  Raw items are
+``{"image": uint8 tv_tensors.Image, "mask": tv_tensors.Mask, "name": str}``.
+
+This class owns:
+
+* the labeled subset (``label_fraction`` chosen by seed and stored in a split
+  file under ``split_dir``, or an explicit ``split_file`` such as GLCNet's
+  ``trainR1``), see :mod:`datamodules.label_fractions`;
+* joint image/mask augmentation for training (random rescale, crop padded with the
+  ignore index, flip) and normalisation for evaluation;
+* an *unlabeled view* of the whole training split with multi-view augmentation
+  (masks and pixel-index maps carried through) for pretraining.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from datamodules.base import TransformedDataset
+from datamodules.label_fractions import labeled_subset, read_split_file
+from datamodules.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageMaskTransform,
+    MultiViewTransform,
+    ViewAugmentation,
+)
+
+IGNORE_INDEX = 255
+
+
+def joint_train_transform(
+    crop_size: int,
+    resize_range: tuple[int, int] | None,
+    hflip_prob: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> v2.Compose:
+    """Random shorter-side resize, crop (padding masks with the ignore index), flip, normalise.
+
+    Args:
+        crop_size: Square crop size.
+        resize_range: Range of the shorter side before cropping, or ``None`` for none.
+        hflip_prob: Horizontal flip probability.
+        mean: Normalisation mean.
+        std: Normalisation std.
+
+    Returns:
+        A transform over ``{"image": Image, "mask": Mask}`` dicts.
+    """
+    steps: list[Any] = []
+    if resize_range is not None:
+        lo, hi = resize_range
+        steps.append(v2.RandomResize(int(lo), int(hi) + 1))
+    steps += [
+        v2.RandomCrop(
+            crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+        ),
+        v2.RandomHorizontalFlip(hflip_prob),
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ]
+    return v2.Compose(steps)
+
+
+def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Full-image evaluation transform: only dtype conversion and normalisation."""
+    return v2.Compose(
+        [
+            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+class SegmentationDataModule(L.LightningDataModule):
+    """Labeled (fraction) training, full validation and an unlabeled multi-view split.
+
+    Args:
+        batch_size: Images per step and process.
+        num_workers: DataLoader workers.
+        crop_size: Training crop size.
+        resize_range: Shorter-side range of the random rescale (``None``: no rescale).
+        hflip_prob: Horizontal flip probability.
+        mean: Normalisation mean (one value per input channel).
+        std: Normalisation std.
+        label_fraction: Fraction (``0.01`` = 1%) or number of labeled training
+            images; ``None`` uses all.
+        split_file: Explicit list of labeled training names (overrides ``label_fraction``).
+        split_dir: Where generated split files are written and read.
+        seed: Seed of the labeled subset.
+        val_batch_size: Evaluation batch size (default ``batch_size``).
+    """
+
+    name = "dataset"
+    num_classes = 0
+    classes: Sequence[str] = ()
+    palette: Sequence[tuple[int, int, int]] = ()
+    ignore_index = IGNORE_INDEX
+
+    def __init__(
+        self,
+        batch_size: int = 8,
+        num_workers: int = 4,
+        crop_size: int = 512,
+        resize_range: tuple[int, int] | None = None,
+        hflip_prob: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        label_fraction: float | int | None = None,
+        split_file: str | None = None,
+        split_dir: str = "splits",
+        seed: int = 0,
+        val_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1 or crop_size < 1:
+            raise ValueError("data.batch_size and data.crop_size must be >= 1")
+        if len(mean) != len(std):
+            raise ValueError(f"data.mean {list(mean)} and data.std {list(std)} differ in length")
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.val_batch_size = val_batch_size or batch_size
+        self.crop_size, self.resize_range, self.hflip_prob = crop_size, resize_range, hflip_prob
+        self.mean, self.std = list(mean), list(std)
+        self.label_fraction, self.split_file = label_fraction, split_file
+        self.split_dir, self.seed = Path(split_dir), seed
+
+    # ------------------------------------------------------------------ subclasses
+    def train_names(self) -> list[str]:
+        """Names of all labeled training images."""
+        raise NotImplementedError
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:
+        """Raw dataset of ``split`` (``"train"`` or ``"val"``), restricted to ``names``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (length of ``mean``)."""
+        return len(self.mean)
+
+    def labeled_names(self) -> list[str]:
+        """The labeled training subset (split file, seeded fraction, or all)."""
+        names = self.train_names()
+        if self.split_file is not None:
+            return read_split_file(self.split_file, known=names)
+        if self.label_fraction is None:
+            return names
+        tag = (
+            f"{self.label_fraction * 100:g}pct"
+            if isinstance(self.label_fraction, float) and self.label_fraction <= 1
+            else f"{int(self.label_fraction)}img"
+        )
+        path = self.split_dir / f"{self.name}_{tag}_seed{self.seed}.txt"
+        return labeled_subset(names, self.label_fraction, self.seed, path)
+
+    def train_dataset(self) -> Dataset:
+        """Labeled training subset with joint augmentation."""
+        transform = joint_train_transform(
+            self.crop_size, self.resize_range, self.hflip_prob, self.mean, self.std
+        )
+        return TransformedDataset(
+            self.build("train", self.labeled_names()), ImageMaskTransform(transform)
+        )
+
+    def val_dataset(self) -> Dataset:
+        """Full validation split, normalised only."""
+        return TransformedDataset(
+            self.build("val"), ImageMaskTransform(eval_transform(self.mean, self.std))
+        )
+
+    def unlabeled_dataset(self, views: ViewAugmentation, n_views: int = 2) -> Dataset:
+        """Whole training split as multi-view samples with masks and pixel-index maps."""
+        return TransformedDataset(self.build("train"), MultiViewTransform(views, n_views, True))
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.train_dataset(), train=True)
+
+    def val_dataloader(self) -> DataLoader:  # noqa: D102
+        return self._loader(self.val_dataset(), train=False)
+
+    def test_dataloader(self) -> DataLoader:  # noqa: D102
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:  # noqa: D102
+        return self.val_dataloader()
