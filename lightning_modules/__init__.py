@@ -2,6 +2,7 @@
 
 from lightning_modules.base import PretrainModule
 from lightning_modules.directclr import DirectCLR
+from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.simclr import SimCLR
 
-__all__ = ["DirectCLR", "PretrainModule", "SimCLR"]
+__all__ = ["DirectCLR", "PretrainModule", "SegmentationFineTune", "SimCLR"]

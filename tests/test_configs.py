@@ -28,7 +28,12 @@ def tiny_overrides(config: Path, data_root: Path, out: Path) -> list[str]:
         "--data.init_args.num_workers", "0",
     ]  # fmt: skip
     data_cls = cfg["data"]["class_path"]
-    if "Synthetic" in data_cls:
+    if "SyntheticSegmentation" in data_cls:
+        args += ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
+                 "--data.init_args.split_dir", str(out / "splits"),
+                 "--data.init_args.label_fraction", "8",
+                 "--model.init_args.init_checkpoint", "null"]  # fmt: skip
+    elif "Synthetic" in data_cls:
         args += ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8"]
     elif "CIFAR10" in data_cls:
         args += ["--data.init_args.root", str(data_root)]
@@ -49,8 +54,9 @@ def test_config_fit_smoke(config: Path, cifar10_root: Path, tmp_path: Path, monk
     cli = main(["fit", "--config", str(config), *tiny_overrides(config, cifar10_root, tmp_path)])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 2
-    loss = cli.trainer.callback_metrics["train/loss"]
-    assert loss.isfinite()
+    metrics = cli.trainer.callback_metrics
+    assert metrics["train/loss"].isfinite()
+    assert any(k.startswith("val/") for k in metrics)
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

@@ -41,8 +41,9 @@ def test_joint_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None
         item = ds[i]
         image, mask = item["image"], item["mask"]
         assert image.shape == (3, 48, 48) and mask.shape == (48, 48)
-        ignore = mask == 255  # only padding is labeled 255 here; padding is black
-        assert ignore.any() and (image[:, ignore] == 0).all()  # a 32-40 px image padded to 48 has ignore pixels
+        # only padding is labeled 255 in synthetic masks; a 32-40 px image padded to 48
+        ignore = mask == 255
+        assert ignore.any() and (image[:, ignore] == 0).all()  # padding is black
         assert set(mask.unique().tolist()) <= set(range(dm.num_classes)) | {255}
 
 

@@ -1,0 +1,67 @@
+"""Fine-tuning module: encoder init from contraseg checkpoints, freezing, metrics, windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from datamodules import SyntheticSegmentationDataModule
+from lightning_modules import SegmentationFineTune, SimCLR
+
+
+def simclr_checkpoint(tmp_path: Path, **kwargs) -> tuple[Path, SimCLR]:
+    torch.manual_seed(0)
+    model = SimCLR(projector_hidden_dims=[32], projector_out_dim=8, **kwargs)
+    path = tmp_path / "pretrain.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path, model
+
+
+def test_encoder_initialised_from_pretraining_checkpoint(tmp_path: Path) -> None:
+    path, pre = simclr_checkpoint(tmp_path)
+    ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
+    report = ft.init_report
+    assert len(report["loaded"]) == 120 and not report["shape_mismatch"] and not report["missing"]
+    pre_sd = pre.backbone.model.state_dict()
+    for name, value in ft.net.encoder.model.state_dict().items():
+        assert torch.equal(value, pre_sd[name]), name
+    random = SegmentationFineTune(num_classes=4)
+    assert not torch.equal(random.net.encoder.model.conv1.weight, pre_sd["conv1.weight"])
+
+
+def test_mismatched_stem_is_reported_not_loaded(tmp_path: Path) -> None:
+    path, _ = simclr_checkpoint(tmp_path, backbone_kwargs={"cifar_stem": True})
+    ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
+    assert ft.init_report["shape_mismatch"] == ["conv1.weight"]
+    assert len(ft.init_report["loaded"]) == 119
+
+
+def test_bad_checkpoints(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="init_checkpoint"):
+        SegmentationFineTune(num_classes=4, init_checkpoint=str(tmp_path / "none.ckpt"))
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, other)
+    with pytest.raises(ValueError, match="backbone.model"):
+        SegmentationFineTune(num_classes=4, init_checkpoint=str(other))
+
+
+def test_fit_frozen_encoder_with_sliding_window(tmp_path: Path) -> None:
+    dm = SyntheticSegmentationDataModule(num_train=32, num_val=4, image_size=32, batch_size=4,
+                                         num_workers=0, label_fraction=8, crop_size=32,
+                                         split_dir=str(tmp_path / "splits"))  # fmt: skip
+    model = SegmentationFineTune(num_classes=dm.num_classes, freeze_encoder=True,
+                                 sliding_window=16, sliding_stride=8)  # fmt: skip
+    before = {k: v.clone() for k, v in model.net.encoder.state_dict().items() if "weight" in k}
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, dm)
+    metrics = trainer.callback_metrics
+    for key in ("val/miou", "val/overall_accuracy", "val/kappa", "val/mean_f1"):
+        assert 0 <= float(metrics[key]) <= 1 or key == "val/kappa"
+    assert "val/iou/background" in metrics  # class names taken from the datamodule
+    after = model.net.encoder.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert model.net.decoder.parameters().__next__().requires_grad
