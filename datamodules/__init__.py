@@ -8,6 +8,12 @@ from datamodules.classification import (
     SVHNDataModule,
 )
 from datamodules.segmentation import SegmentationDataModule
+from datamodules.segmentation_sets import (
+    CityscapesDataModule,
+    PotsdamDataModule,
+    PotsdamTilesDataModule,
+    VOCDataModule,
+)
 from datamodules.synthetic import (
     SyntheticDataModule,
     SyntheticScenes,
@@ -15,6 +21,10 @@ from datamodules.synthetic import (
 )
 
 __all__ = [
+    "CityscapesDataModule",
+    "PotsdamDataModule",
+    "PotsdamTilesDataModule",
+    "VOCDataModule",
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ImageFolderDataModule",

@@ -91,11 +91,11 @@ class SegmentationDataModule(L.LightningDataModule):
     Args:
         batch_size: Images per step and process.
         num_workers: DataLoader workers.
-        crop_size: Training crop size.
+        crop_size: Training crop size (default: the data set's ``default_crop_size``).
         resize_range: Shorter-side range of the random rescale (``None``: no rescale).
         hflip_prob: Horizontal flip probability.
-        mean: Normalisation mean (one value per input channel).
-        std: Normalisation std.
+        mean: Normalisation mean, one value per input channel (default: ImageNet's).
+        std: Normalisation std (default: ImageNet's).
         label_fraction: Fraction (``0.01`` = 1%) or number of labeled training
             images; ``None`` uses all.
         split_file: Explicit list of labeled training names (overrides ``label_fraction``).
@@ -109,16 +109,17 @@ class SegmentationDataModule(L.LightningDataModule):
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
     ignore_index = IGNORE_INDEX
+    default_crop_size = 512
 
     def __init__(
         self,
         batch_size: int = 8,
         num_workers: int = 4,
-        crop_size: int = 512,
+        crop_size: int | None = None,
         resize_range: tuple[int, int] | None = None,
         hflip_prob: float = 0.5,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         label_fraction: float | int | None = None,
         split_file: str | None = None,
         split_dir: str = "splits",
@@ -126,6 +127,9 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
     ) -> None:
         super().__init__()
+        crop_size = self.default_crop_size if crop_size is None else crop_size
+        mean = list(IMAGENET_MEAN) if mean is None else mean
+        std = list(IMAGENET_STD) if std is None else std
         if batch_size < 1 or crop_size < 1:
             raise ValueError("data.batch_size and data.crop_size must be >= 1")
         if len(mean) != len(std):
@@ -172,9 +176,10 @@ class SegmentationDataModule(L.LightningDataModule):
         transform = joint_train_transform(
             self.crop_size, self.resize_range, self.hflip_prob, self.mean, self.std
         )
-        return TransformedDataset(
-            self.build("train", self.labeled_names()), ImageMaskTransform(transform)
-        )
+        names = self.labeled_names()
+        if not names:
+            raise ValueError(f"{self.name}: the labeled training subset is empty (no image found)")
+        return TransformedDataset(self.build("train", names), ImageMaskTransform(transform))
 
     def val_dataset(self) -> Dataset:
         """Full validation split, normalised only."""

@@ -211,9 +211,10 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
         data_seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("crop_size", image_size)
-        kwargs.setdefault("mean", [0.5, 0.5, 0.5])
-        kwargs.setdefault("std", [0.25, 0.25, 0.25])
+        # explicit None (as the CLI passes defaults) also means "this data set's default"
+        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
+            if kwargs.get(key) is None:
+                kwargs[key] = value
         super().__init__(**kwargs)
         self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
         self.max_objects, self.data_seed = max_objects, data_seed

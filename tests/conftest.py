@@ -38,3 +38,86 @@ def write_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def cifar10_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar"))
+
+
+def _png(path: Path, array: np.ndarray, palette: list[int] | None = None) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(array)
+    if palette is not None:
+        image = image.convert("P")
+        image.putpalette(palette)
+        image = Image.fromarray(array, mode="P")
+        image.putpalette(palette)
+    image.save(path)
+
+
+def write_cityscapes(root: Path, h: int = 64, w: int = 128, seed: int = 0) -> Path:
+    """Official layout: leftImg8bit/{split}/{city}/*_leftImg8bit.png + gtFine labelIds PNGs."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([0, 7, 8, 11, 26, 33], dtype=np.uint8)
+    for split, cities in (("train", ("aachen", "bochum")), ("val", ("frankfurt",))):
+        for city in cities:
+            for k in range(2):
+                stem = f"{city}_{k:06d}_000019"
+                _png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                     rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # fmt: skip
+                _png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                     ids[rng.integers(0, len(ids), (h, w))])  # fmt: skip
+    return root
+
+
+def write_voc(root: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+    """VOC2012 layout: JPEGImages, palette SegmentationClass PNGs, ImageSets/Segmentation."""
+    from PIL import Image
+
+    from datamodules.voc import voc_colormap
+
+    rng = np.random.default_rng(seed)
+    voc = root / "VOC2012"
+    palette = voc_colormap().flatten().tolist()
+    splits = {"train": [f"2007_{i:06d}" for i in range(4)], "val": ["2008_000001"]}
+    for split, ids in splits.items():
+        (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        for image_id in ids:
+            (voc / "JPEGImages").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                voc / "JPEGImages" / f"{image_id}.jpg"
+            )
+            label = rng.integers(0, 21, (h, w)).astype(np.uint8)
+            label[0, :] = 255
+            _png(voc / "SegmentationClass" / f"{image_id}.png", label, palette)
+    return voc
+
+
+def write_potsdam_tiles(root: Path, size: int = 80, seed: int = 0) -> Path:
+    """Raw tile layout: 4_Ortho_RGBIR/*_RGBIR.tif + 5_Labels_all_noBoundary/*.tif (colours)."""
+    import tifffile
+
+    from datamodules.potsdam import POTSDAM_PALETTE, POTSDAM_TEST_TILES, POTSDAM_TRAIN_TILES
+
+    rng = np.random.default_rng(seed)
+    colours = np.array([*POTSDAM_PALETTE, (0, 0, 0)], dtype=np.uint8)
+    (root / "4_Ortho_RGBIR").mkdir(parents=True)
+    (root / "5_Labels_all_noBoundary").mkdir(parents=True)
+    for tile in (*POTSDAM_TRAIN_TILES, *POTSDAM_TEST_TILES):
+        tifffile.imwrite(root / "4_Ortho_RGBIR" / f"top_potsdam_{tile}_RGBIR.tif",
+                         rng.integers(0, 256, (size, size, 4), dtype=np.uint8))  # fmt: skip
+        label = colours[rng.integers(0, len(colours), (size, size))]
+        tifffile.imwrite(
+            root / "5_Labels_all_noBoundary" / f"top_potsdam_{tile}_label_noBoundary.tif", label
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def seg_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("seg")
+    return {
+        "cityscapes": write_cityscapes(base / "cityscapes"),
+        "voc": write_voc(base / "voc"),
+        "potsdam_tiles": write_potsdam_tiles(base / "potsdam"),
+        "potsdam": REPO.parent / "shared" / "data" / "potsdam-glcnet",
+    }

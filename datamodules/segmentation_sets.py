@@ -1,0 +1,193 @@
+"""Segmentation LightningDataModules over the real formats: Cityscapes, VOC (+SBD), Potsdam.
+
+Each wraps a raw reader (``cityscapes.py``, ``voc.py``, ``potsdam.py``) in
+:class:`~datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
+joint augmentation and the unlabeled multi-view split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from torch.utils.data import Dataset
+
+from datamodules.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesDataset
+from datamodules.io import require_dir
+from datamodules.potsdam import POTSDAM_CLASSES, POTSDAM_PALETTE, PotsdamCrops, PotsdamTiles
+from datamodules.segmentation import SegmentationDataModule
+from datamodules.voc import VOC_CLASSES, VOC_PALETTE, VOCSegmentation
+
+GLCNET_MEAN = 0.5  # GLCNet normalises x / 255 * 3.2 - 1.6, i.e. (x/255 - 0.5) / 0.3125
+GLCNET_STD = 0.3125
+
+
+def _glcnet_defaults(kwargs: dict[str, Any], n_bands: int, crop_size: int) -> None:
+    """Fill unset (or ``None``) crop size and normalisation with GLCNet's values."""
+    for key, value in (
+        ("crop_size", crop_size), ("mean", [GLCNET_MEAN] * n_bands), ("std", [GLCNET_STD] * n_bands)
+    ):  # fmt: skip
+        if kwargs.get(key) is None:
+            kwargs[key] = value
+
+
+class CityscapesDataModule(SegmentationDataModule):
+    """Cityscapes fine annotations (19 train ids), ``train`` (2,975) / ``val`` (500).
+
+    Args:
+        root: Folder with ``leftImg8bit/`` and ``gtFine/``.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "cityscapes"
+    num_classes = 19
+    classes = CITYSCAPES_CLASSES
+    palette = CITYSCAPES_PALETTE
+
+    def __init__(self, root: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = require_dir(root, "data.root (Cityscapes: leftImg8bit/ and gtFine/)")
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(CityscapesDataset(self.root, "train").names)
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        return CityscapesDataset(self.root, split, names=names)
+
+
+class VOCDataModule(SegmentationDataModule):
+    """PASCAL VOC 2012 (21 classes); ``trainaug`` (10,582) when ``sbd_root`` is given.
+
+    Args:
+        root: ``VOC2012`` folder (or a folder containing ``VOCdevkit/VOC2012``).
+        sbd_root: SBD ``benchmark_RELEASE`` folder for the augmented training set.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "voc"
+    num_classes = 21
+    classes = VOC_CLASSES
+    palette = VOC_PALETTE
+
+    def __init__(self, root: str, sbd_root: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = require_dir(root, "data.root (PASCAL VOC 2012)")
+        self.sbd_root = require_dir(sbd_root, "data.sbd_root (SBD)") if sbd_root else None
+        self.train_split = "trainaug" if sbd_root else "train"
+        if sbd_root:
+            self.name = "voc_trainaug"
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(VOCSegmentation(self.root, self.train_split, self.sbd_root).names)
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        voc_split = self.train_split if split == "train" else "val"
+        return VOCSegmentation(self.root, voc_split, self.sbd_root, names=names)
+
+
+class PotsdamDataModule(SegmentationDataModule):
+    """ISPRS Potsdam in GLCNet's 256x256 crop layout (``train_RGBIR/``, ``train_lbl/``, lists).
+
+    Args:
+        root: Folder with ``{train,val}_RGBIR/``, ``{train,val}_lbl/`` and the list files.
+        bands: ``rgbir`` (4 bands, GLCNet) or ``rgb``.
+        labeled_list: Official labeled list, e.g. ``trainR1`` (GLCNet's 1% split, 138
+            crops); overrides ``label_fraction``.
+        train_list: List of the whole training split (``train``: 13,824 crops).
+        val_list: Validation list (``val``: 8,064, or ``valR1500``).
+        missing: ``error`` or ``skip`` listed crops that are not on disk.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
+            (default normalisation is GLCNet's).
+    """
+
+    name = "potsdam"
+    num_classes = 6
+    classes = POTSDAM_CLASSES
+    palette = POTSDAM_PALETTE
+
+    def __init__(
+        self,
+        root: str,
+        bands: Literal["rgb", "rgbir"] = "rgbir",
+        labeled_list: str | None = None,
+        train_list: str = "train",
+        val_list: str = "val",
+        missing: Literal["error", "skip"] = "error",
+        **kwargs: Any,
+    ) -> None:
+        n_bands = 4 if bands == "rgbir" else 3
+        _glcnet_defaults(kwargs, n_bands, crop_size=256)
+        super().__init__(**kwargs)
+        if len(self.mean) != n_bands:
+            raise ValueError(f"data.mean has {len(self.mean)} values but bands={bands!r}")
+        self.root = require_dir(root, "data.root (Potsdam GLCNet crops)")
+        self.bands, self.missing = bands, missing
+        self.labeled_list, self.train_list, self.val_list = labeled_list, train_list, val_list
+
+    def _crops(
+        self, split: str, list_name: str, names: Sequence[str] | None = None
+    ) -> PotsdamCrops:
+        return PotsdamCrops(self.root, split, list_name, self.bands, names, self.missing)
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(self._crops("train", self.train_list).names)
+
+    def labeled_names(self) -> list[str]:  # noqa: D102
+        if self.labeled_list is not None:
+            return list(self._crops("train", self.labeled_list).names)
+        return super().labeled_names()
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        if split == "train":
+            return self._crops("train", self.train_list, names)
+        return self._crops("val", self.val_list)
+
+
+class PotsdamTilesDataModule(SegmentationDataModule):
+    """Raw 6000x6000 Potsdam tiles: random windows for training, a sliding grid for testing.
+
+    The standard split (24 train / 14 test tiles) is used; label fractions select
+    training *tiles*.  Windows are read through memory maps, never decoding a tile per
+    sample (see :class:`~datamodules.potsdam.PotsdamTiles`).
+
+    Args:
+        root: Folder with ``2_Ortho_RGB/`` or ``4_Ortho_RGBIR/`` and ``5_Labels_all*/``.
+        bands: ``rgbir`` or ``rgb``.
+        label_variant: ``full`` or ``noBoundary`` (eroded boundaries ignored).
+        samples_per_epoch: Random training windows per epoch.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "potsdam_tiles"
+    num_classes = 6
+    classes = POTSDAM_CLASSES
+    palette = POTSDAM_PALETTE
+
+    def __init__(
+        self,
+        root: str,
+        bands: Literal["rgb", "rgbir"] = "rgbir",
+        label_variant: Literal["full", "noBoundary"] = "noBoundary",
+        samples_per_epoch: int = 4000,
+        **kwargs: Any,
+    ) -> None:
+        n_bands = 4 if bands == "rgbir" else 3
+        _glcnet_defaults(kwargs, n_bands, crop_size=512)
+        super().__init__(**kwargs)
+        self.root = require_dir(root, "data.root (Potsdam tiles)")
+        self.bands, self.label_variant = bands, label_variant
+        self.samples_per_epoch = samples_per_epoch
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(self._tiles("train", None).tile_ids)
+
+    def _tiles(self, split: str, names: Sequence[str] | None) -> PotsdamTiles:
+        return PotsdamTiles(
+            self.root, split, tile_ids=names, crop_size=self.crop_size,
+            mode="random" if split == "train" else "sliding",
+            samples_per_epoch=self.samples_per_epoch, bands=self.bands,
+            label_variant=self.label_variant, seed=self.seed,
+        )  # fmt: skip
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        return self._tiles("train" if split == "train" else "test", names)
