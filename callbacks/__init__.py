@@ -2,5 +2,11 @@
 
 from callbacks.loggers import WandbLogger
 from callbacks.rank_monitor import EmbeddingRankMonitor
+from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverlays
 
-__all__ = ["EmbeddingRankMonitor", "WandbLogger"]
+__all__ = [
+    "ColourPredictionWriter",
+    "EmbeddingRankMonitor",
+    "SegmentationOverlays",
+    "WandbLogger",
+]

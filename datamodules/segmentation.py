@@ -85,6 +85,16 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     )
 
 
+class _NoImageLabel:
+    """Wrap a sample transform and add ``label = -1`` (no image-level label)."""
+
+    def __init__(self, transform: ImageMaskTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        return {**self.transform(sample), "label": -1}
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """Labeled (fraction) training, full validation and an unlabeled multi-view split.
 
@@ -102,6 +112,11 @@ class SegmentationDataModule(L.LightningDataModule):
         split_dir: Where generated split files are written and read.
         seed: Seed of the labeled subset.
         val_batch_size: Evaluation batch size (default ``batch_size``).
+        pretrain_views: Switch to *pretraining* mode: training batches are unlabeled
+            multi-view samples of the whole training split (``views``, ``masks``,
+            ``index_maps``), ``num_classes`` reads 0 so image-level probes are off, and
+            validation batches carry ``label = -1``.
+        n_views: Views per image in pretraining mode.
     """
 
     name = "dataset"
@@ -125,6 +140,8 @@ class SegmentationDataModule(L.LightningDataModule):
         split_dir: str = "splits",
         seed: int = 0,
         val_batch_size: int | None = None,
+        pretrain_views: ViewAugmentation | None = None,
+        n_views: int = 2,
     ) -> None:
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -140,6 +157,9 @@ class SegmentationDataModule(L.LightningDataModule):
         self.mean, self.std = list(mean), list(std)
         self.label_fraction, self.split_file = label_fraction, split_file
         self.split_dir, self.seed = Path(split_dir), seed
+        self.pretrain_views, self.n_views = pretrain_views, n_views
+        if pretrain_views is not None:
+            self.num_classes = 0  # no image-level labels to probe during pretraining
 
     # ------------------------------------------------------------------ subclasses
     def train_names(self) -> list[str]:
@@ -181,8 +201,17 @@ class SegmentationDataModule(L.LightningDataModule):
             raise ValueError(f"{self.name}: the labeled training subset is empty (no image found)")
         return TransformedDataset(self.build("train", names), ImageMaskTransform(transform))
 
+    def eval_dataset(self, split: str = "val") -> Dataset:
+        """Normalised ``train`` or ``val`` images with ``label = -1`` (for callbacks)."""
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        transform = _NoImageLabel(ImageMaskTransform(eval_transform(self.mean, self.std)))
+        return TransformedDataset(self.build(split), transform)
+
     def val_dataset(self) -> Dataset:
         """Full validation split, normalised only."""
+        if self.pretrain_views is not None:
+            return self.eval_dataset("val")
         return TransformedDataset(
             self.build("val"), ImageMaskTransform(eval_transform(self.mean, self.std))
         )
@@ -203,6 +232,8 @@ class SegmentationDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:  # noqa: D102
+        if self.pretrain_views is not None:
+            return self._loader(self.unlabeled_dataset(self.pretrain_views, self.n_views), True)
         return self._loader(self.train_dataset(), train=True)
 
     def val_dataloader(self) -> DataLoader:  # noqa: D102

@@ -65,3 +65,23 @@ def test_fit_frozen_encoder_with_sliding_window(tmp_path: Path) -> None:
     after = model.net.encoder.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in before.items())
     assert model.net.decoder.parameters().__next__().requires_grad
+
+
+def test_cli_predict_writes_colour_pngs(tmp_path: Path, monkeypatch) -> None:
+    """README: `predict ... --trainer.callbacks+=callbacks.ColourPredictionWriter`."""
+    import numpy as np
+    from PIL import Image
+
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "experiments/configs/finetune_quickstart.yaml"
+    main(["predict", "--config", str(config), "--model.init_checkpoint", "null",
+          "--trainer.logger", "false", "--trainer.accelerator", "cpu",
+          "--data.num_val", "6", "--data.num_workers", "0",
+          "--trainer.callbacks+=callbacks.ColourPredictionWriter",
+          "--trainer.callbacks.output_dir", str(tmp_path / "preds")])  # fmt: skip
+    pngs = sorted((tmp_path / "preds").glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{i:06d}" for i in range(6)]
+    labels = np.array(Image.open(pngs[0]))
+    assert labels.shape == (32, 32) and labels.max() < 7
