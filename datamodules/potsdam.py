@@ -31,6 +31,7 @@ TIFFs are read with ``tifffile`` (Pillow opens 4-band RGBIR files as RGBA).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -178,7 +179,16 @@ def _decode_mask(rgb: np.ndarray, path: Path, strict_colours: bool) -> tuple[np.
             f"Label {path} contains {unknown} pixels with unknown colours {bad[:5]} "
             f"(expected only the ISPRS colours {POTSDAM_PALETTE} and boundary (0, 0, 0))"
         )
+    if unknown and str(path) not in _REPORTED:
+        _REPORTED.add(str(path))
+        warnings.warn(
+            f"{path}: {unknown} pixels with colours outside the ISPRS table set to ignore (255)",
+            stacklevel=3,
+        )
     return mask, unknown
+
+
+_REPORTED: set[str] = set()  # label files whose unknown colours were already reported
 
 
 def _strip_tif(name: str) -> str:

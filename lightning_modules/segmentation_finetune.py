@@ -29,30 +29,48 @@ from lightning_modules.evaluators.segmentation_metrics import SegmentationMetric
 ARCHITECTURES = {"deeplabv3plus": "DeepLabV3Plus", "unet": "Unet", "fpn": "FPN"}
 
 
+# where encoder weights live: contraseg pretraining, contraseg fine-tuning, a plain timm file
+CHECKPOINT_PREFIXES = ("backbone.model.", "net.encoder.model.", "")
+
+
 def load_encoder_from_checkpoint(
-    encoder: nn.Module, checkpoint_path: str | Path, prefix: str = "backbone.model."
+    encoder: nn.Module, checkpoint_path: str | Path
 ) -> dict[str, list[str]]:
-    """Copy ``prefix``-ed weights of a contraseg checkpoint into an smp timm encoder.
+    """Copy encoder weights from a checkpoint into an smp timm encoder, by name.
+
+    Accepted: contraseg pretraining checkpoints (``backbone.model.*``), contraseg
+    fine-tuning checkpoints (``net.encoder.model.*``) and plain timm state dicts (e.g.
+    ImageNet weights you downloaded).  The first prefix whose names match the encoder
+    is used.
 
     Args:
         encoder: ``model.encoder`` of an smp model with a ``tu-`` (timm) encoder.
         checkpoint_path: Lightning checkpoint (``state_dict`` inside) or a plain state dict.
-        prefix: Prefix of the backbone weights in the checkpoint.
 
     Returns:
         ``{"loaded": [...], "shape_mismatch": [...], "missing": [...]}`` key lists
-        (names relative to the timm model).
+        (names relative to the timm model), plus ``"prefix"``.
     """
     path = Path(checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init_checkpoint {str(path)!r} does not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    source = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not source:
-        raise ValueError(f"{path} has no weights under {prefix!r}: not a contraseg checkpoint?")
     target = encoder.model.state_dict()
-    report: dict[str, list[str]] = {"loaded": [], "shape_mismatch": [], "missing": []}
+    source: dict[str, Tensor] = {}
+    prefix = ""
+    for prefix in CHECKPOINT_PREFIXES:
+        source = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(source) & set(target):
+            break
+    else:
+        raise ValueError(
+            f"{path} has no encoder weights under any of {CHECKPOINT_PREFIXES} that match the "
+            f"{type(encoder.model).__name__} encoder: not a contraseg or timm checkpoint?"
+        )
+    report: dict[str, list[str]] = {
+        "loaded": [], "shape_mismatch": [], "missing": [], "prefix": [prefix]
+    }  # fmt: skip
     update = {}
     for name, value in target.items():
         if name not in source:
@@ -76,8 +94,8 @@ class SegmentationFineTune(L.LightningModule):
         encoder: timm model name (used as smp's ``tu-<name>`` encoder).
         encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights; needs them
             downloadable or cached).
-        init_checkpoint: contraseg pretraining checkpoint whose backbone initialises
-            the encoder.
+        init_checkpoint: Checkpoint initialising the encoder: a contraseg pretraining or
+            fine-tuning checkpoint, or a plain timm state dict (e.g. ImageNet weights).
         freeze_encoder: Train only the decoder and head (linear-probe-style segmentation).
         ignore_index: Label value ignored by the loss and metrics.
         optimizer: ``adamw``, ``adam``, ``sgd`` or ``lars``.

@@ -44,7 +44,7 @@ def test_bad_checkpoints(tmp_path: Path) -> None:
         SegmentationFineTune(num_classes=4, init_checkpoint=str(tmp_path / "none.ckpt"))
     other = tmp_path / "other.ckpt"
     torch.save({"state_dict": {"foo.weight": torch.zeros(1)}}, other)
-    with pytest.raises(ValueError, match="backbone.model"):
+    with pytest.raises(ValueError, match="no encoder weights"):
         SegmentationFineTune(num_classes=4, init_checkpoint=str(other))
 
 
@@ -85,3 +85,34 @@ def test_cli_predict_writes_colour_pngs(tmp_path: Path, monkeypatch) -> None:
     assert [p.stem for p in pngs] == [f"{i:06d}" for i in range(6)]
     labels = np.array(Image.open(pngs[0]))
     assert labels.shape == (32, 32) and labels.max() < 7
+
+
+def test_encoder_from_plain_timm_weights(tmp_path: Path) -> None:
+    import timm
+
+    torch.manual_seed(2)
+    ref = timm.create_model("resnet18")  # with its classifier, as published weights are
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(ref.state_dict(), path)
+    ft = SegmentationFineTune(num_classes=3, init_checkpoint=str(path))
+    assert ft.init_report["prefix"] == [""] and len(ft.init_report["loaded"]) == 120
+    assert torch.equal(ft.net.encoder.model.conv1.weight, ref.conv1.weight)
+
+
+def test_potsdam_unknown_colours_are_reported(tmp_path: Path) -> None:
+    import numpy as np
+    import tifffile
+
+    from datamodules.potsdam import PotsdamCrops
+
+    for folder in ("train_RGBIR", "train_lbl"):
+        (tmp_path / folder).mkdir()
+    tifffile.imwrite(tmp_path / "train_RGBIR" / "a.tif", np.zeros((8, 8, 4), np.uint8))
+    label = np.full((8, 8, 3), 255, np.uint8)
+    label[0, :3] = (12, 34, 56)
+    tifffile.imwrite(tmp_path / "train_lbl" / "a.tif", label)
+    (tmp_path / "train_RGBIR.txt").write_text("a.tif\n")
+    (tmp_path / "train_lbl.txt").write_text("a.tif\n")
+    with pytest.warns(UserWarning, match=r"a\.tif: 3 pixels with colours outside"):
+        item = PotsdamCrops(tmp_path, "train")[0]
+    assert int((item["mask"] == 255).sum()) == 3
