@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datamodules.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesDataset
 from datamodules.io import require_dir
@@ -143,6 +144,36 @@ class PotsdamDataModule(SegmentationDataModule):
         return self._crops("val", self.val_list)
 
 
+class EpochWindowSampler(Sampler[int]):
+    """Shuffled order over random tile windows that draws new windows every epoch.
+
+    Lightning calls :meth:`set_epoch` before it creates each epoch's DataLoader
+    iterator, i.e. before non-persistent workers copy the dataset, so the workers draw
+    that epoch's windows (and resumed runs continue the sequence). Outside Lightning,
+    call ``set_epoch(e)`` before iterating each epoch.
+
+    Args:
+        tiles: The random-mode tile dataset.
+        seed: Seed of the shuffling.
+    """
+
+    def __init__(self, tiles: PotsdamTiles, seed: int = 0) -> None:
+        self.tiles, self.seed, self.epoch = tiles, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # noqa: D102
+        self.epoch = int(epoch)
+        self.tiles.set_epoch(self.epoch)
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(len(self.tiles), generator=g).tolist()
+        self.epoch += 1
+        return iter(order)
+
+
 class PotsdamTilesDataModule(SegmentationDataModule):
     """Raw 6000x6000 Potsdam tiles: random windows for training, a sliding grid for testing.
 
@@ -191,3 +222,16 @@ class PotsdamTilesDataModule(SegmentationDataModule):
 
     def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
         return self._tiles("train" if split == "train" else "test", names)
+
+    def train_dataloader(self) -> DataLoader:
+        """New random windows every epoch (non-persistent workers see the new epoch)."""
+        dataset = self.train_dataset()
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochWindowSampler(dataset.dataset, self.seed),  # type: ignore[attr-defined]
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            pin_memory=torch.cuda.is_available(),
+        )

@@ -60,3 +60,21 @@ def test_loaders_and_unlabeled_views(tmp_path: Path) -> None:
     assert len(sample["views"]) == 2 and len(sample["index_maps"]) == 2
     assert sample["masks"][0].shape == (16, 16)
     assert dm.num_classes == 7 and dm.classes[0] == "background" and dm.in_channels == 3
+
+
+def test_potsdam_tiles_draw_new_windows_every_epoch(seg_roots) -> None:
+    from datamodules import PotsdamTilesDataModule
+
+    dm = PotsdamTilesDataModule(str(seg_roots["potsdam_tiles"]), crop_size=32,
+                                samples_per_epoch=8, batch_size=4, num_workers=1)  # fmt: skip
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # as Lightning does before each epoch
+        epochs.append([(t, tuple(w.tolist())) for b in loader
+                       for t, w in zip(b["tile"], torch.stack(b["window"], 1))])  # fmt: skip
+    assert len(epochs[0]) == 8 and epochs[0] != epochs[1]
+    loader.sampler.set_epoch(0)
+    again = [(t, tuple(w.tolist())) for b in loader
+             for t, w in zip(b["tile"], torch.stack(b["window"], 1))]  # fmt: skip
+    assert again == epochs[0]  # the worker saw epoch 0 again: deterministic per epoch
