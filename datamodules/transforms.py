@@ -31,6 +31,9 @@ class ViewAugmentation:
         crop_scale: Area range of ``RandomResizedCrop``.
         crop_ratio: Aspect-ratio range of ``RandomResizedCrop``.
         hflip_prob: Horizontal flip probability.
+        vflip_prob: Vertical flip probability (remote sensing: no canonical "up").
+        rot90_prob: Probability of a rotation by 90, 180 or 270 degrees (uniform), exact
+            on pixels, masks and index maps (GLCNet's second view uses 0.8).
         jitter_prob: Probability of colour jitter.
         brightness: Jitter brightness strength.
         contrast: Jitter contrast strength.
@@ -47,6 +50,8 @@ class ViewAugmentation:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_prob: float = 0.5
+    vflip_prob: float = 0.0
+    rot90_prob: float = 0.0
     jitter_prob: float = 0.8
     brightness: float = 0.4
     contrast: float = 0.4
@@ -62,7 +67,9 @@ class ViewAugmentation:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
-        for name in ("hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob", "solarize_prob"):
+        probs = ("hflip_prob", "vflip_prob", "rot90_prob", "jitter_prob", "grayscale_prob",
+                 "blur_prob", "solarize_prob")  # fmt: skip
+        for name in probs:
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -86,6 +93,11 @@ def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
     steps: list[Callable[..., Any]] = [
         v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)),
         v2.RandomHorizontalFlip(cfg.hflip_prob),
+        v2.RandomVerticalFlip(cfg.vflip_prob),
+        v2.RandomApply(
+            [v2.RandomChoice([v2.RandomRotation((a, a)) for a in (90, 180, 270)])],
+            p=cfg.rot90_prob,
+        ),
         _RGBOnly(
             v2.RandomApply(
                 [v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)],

@@ -127,3 +127,20 @@ def test_four_band_views_skip_rgb_only_ops() -> None:
                            std=[0.5] * 4)  # fmt: skip
     out = MultiViewTransform(cfg)({"image": img, "label": 0})
     assert out["views"][0].shape == (4, 16, 16)
+
+
+def test_rot90_and_vflip_keep_correspondences() -> None:
+    src = SyntheticScenes(1, 24, 4)[0]
+    cfg = ViewAugmentation(size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.0,
+                           vflip_prob=0.5, rot90_prob=1.0, **PLAIN)  # fmt: skip
+    flat = src["image"].float().div(255).flatten(1)
+    rotated = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        out = MultiViewTransform(cfg, n_views=1, index_maps=True)(src)
+        view, idx = out["views"][0], out["index_maps"][0]
+        assert torch.allclose(view, flat[:, idx], atol=1e-6)  # exact, no interpolation
+        assert torch.equal(out["masks"][0], src["mask"].flatten()[idx])
+        assert sorted(idx.flatten().tolist()) == list(range(24 * 24))  # a permutation
+        rotated += not torch.equal(idx, torch.arange(24 * 24).view(24, 24))
+    assert rotated == 6
