@@ -42,7 +42,9 @@ class PretrainDataModule(L.LightningDataModule):
     Args:
         batch_size: Images per step and process (each yields ``n_views`` views).
         num_workers: DataLoader workers.
-        augment: View augmentation (SimCLR recipe).
+        augment: View augmentation (SimCLR recipe), or one per view for asymmetric
+            recipes (e.g. GLCNet's plain first view and strongly augmented second view);
+            a list sets the number of views.
         n_views: Views per image.
         eval_size: Evaluation crop size (default: ``augment.size``).
         eval_resize: Shorter-side resize before the evaluation crop (default: ``eval_size``).
@@ -57,7 +59,7 @@ class PretrainDataModule(L.LightningDataModule):
         self,
         batch_size: int = 256,
         num_workers: int = 4,
-        augment: ViewAugmentation | None = None,
+        augment: ViewAugmentation | list[ViewAugmentation] | None = None,
         n_views: int = 2,
         eval_size: int | None = None,
         eval_resize: int | None = None,
@@ -71,6 +73,14 @@ class PretrainDataModule(L.LightningDataModule):
         if n_views < 1:
             raise ValueError(f"data.n_views must be >= 1, got {n_views}")
         self.batch_size, self.num_workers = batch_size, num_workers
+        if isinstance(augment, list):
+            if not augment:
+                raise ValueError("data.augment: an empty list of views")
+            self.view_augments: list[ViewAugmentation] | None = list(augment)
+            n_views = len(augment)
+            augment = augment[0]
+        else:
+            self.view_augments = None
         self.augment = augment or ViewAugmentation()
         self.n_views, self.index_maps, self.seed = n_views, index_maps, seed
         self.eval_size = eval_size or self.augment.size
@@ -101,7 +111,9 @@ class PretrainDataModule(L.LightningDataModule):
 
     def train_dataset(self) -> Dataset:
         """Training set with multi-view augmentation."""
-        views = MultiViewTransform(self.augment, self.n_views, index_maps=self.index_maps)
+        views = MultiViewTransform(
+            self.view_augments or self.augment, self.n_views, index_maps=self.index_maps
+        )
         return TransformedDataset(self._raw_datasets()[0], views)
 
     def eval_dataset(self, split: str = "val") -> Dataset:

@@ -116,7 +116,8 @@ class SegmentationDataModule(L.LightningDataModule):
             multi-view samples of the whole training split (``views``, ``masks``,
             ``index_maps``), ``num_classes`` reads 0 so image-level probes are off, and
             validation batches carry ``label = -1``.
-        n_views: Views per image in pretraining mode.
+            A list gives one configuration per view (asymmetric recipes).
+        n_views: Views per image in pretraining mode (with a single configuration).
     """
 
     name = "dataset"
@@ -140,7 +141,7 @@ class SegmentationDataModule(L.LightningDataModule):
         split_dir: str = "splits",
         seed: int = 0,
         val_batch_size: int | None = None,
-        pretrain_views: ViewAugmentation | None = None,
+        pretrain_views: ViewAugmentation | list[ViewAugmentation] | None = None,
         n_views: int = 2,
     ) -> None:
         super().__init__()
@@ -216,7 +217,9 @@ class SegmentationDataModule(L.LightningDataModule):
             self.build("val"), ImageMaskTransform(eval_transform(self.mean, self.std))
         )
 
-    def unlabeled_dataset(self, views: ViewAugmentation, n_views: int = 2) -> Dataset:
+    def unlabeled_dataset(
+        self, views: ViewAugmentation | list[ViewAugmentation], n_views: int = 2
+    ) -> Dataset:
         """Whole training split as multi-view samples with masks and pixel-index maps."""
         return TransformedDataset(self.build("train"), MultiViewTransform(views, n_views, True))
 

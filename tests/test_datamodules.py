@@ -144,3 +144,20 @@ def test_rot90_and_vflip_keep_correspondences() -> None:
         assert sorted(idx.flatten().tolist()) == list(range(24 * 24))  # a permutation
         rotated += not torch.equal(idx, torch.arange(24 * 24).view(24, 24))
     assert rotated == 6
+
+
+def test_asymmetric_views_from_cli(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quickstart.yaml"
+    views = '[{"size": 16, "hflip_prob": 0.0}, {"size": 16, "rot90_prob": 0.8, "vflip_prob": 0.5}]'
+    cli = main(["--config", str(config), "--data.augment", views, "--trainer.logger", "false"],
+               run=False)  # fmt: skip
+    dm = cli.datamodule
+    assert dm.n_views == 2 and dm.view_augments[1].rot90_prob == 0.8
+    dm.setup("fit")
+    sample = dm.train_dataset()[0]
+    assert [v.shape[-1] for v in sample["views"]] == [16, 16]

@@ -1,0 +1,398 @@
+r"""Supervised pixel-contrastive loss (Zhao et al. 2021; Hu et al. 2021), memory-bounded.
+
+Zhao et al., *Contrastive Learning for Label-Efficient Semantic Segmentation*
+(ICCV 2021; google-research ``supervised_pixel_contrastive_loss``) contrast the
+L2-normalised pixel embeddings :math:`z_i` of a batch of dense feature maps.
+Pixels whose label is ``ignore_index`` are removed entirely.  For an anchor
+:math:`i` with similarities :math:`s_{ij} = z_i^\top z_j / \tau`, positives
+:math:`P(i) = \{p \ne i : y_p = y_i\}` and negatives
+:math:`N(i) = \{n : y_n \ne y_i\}` (optionally restricted to the anchor's own
+image, :math:`g_n = g_i`):
+
+.. math::
+
+    \ell_i = \frac{1}{|P(i)|} \sum_{p \in P(i)}
+        -\log \frac{e^{s_{ip}}}{e^{s_{ip}} + \sum_{n \in N(i)} e^{s_{in}}}
+      = \frac{1}{|P(i)|} \sum_{p \in P(i)}
+        \big[\operatorname{logaddexp}(s_{ip}, L_i) - s_{ip}\big],
+    \qquad L_i = \log \sum_{n \in N(i)} e^{s_{in}},
+
+and :math:`\mathcal{L} = \frac{1}{|V|} \sum_{i \in V} \ell_i` over the anchors
+:math:`V` (all kept pixels, or those selected by ``anchor_mask``) that have at
+least one positive.  Note the *per-positive* denominator
+:math:`e^{s_{ip}} + \sum_n e^{s_{in}}`: unlike SupCon (see
+:mod:`lightning_modules.losses.contrastive`) the other positives are not in it.
+An anchor without negatives has :math:`L_i = -\infty` and contributes 0.
+
+**Self-pair.**  The official code builds the positive mask from label equality
+alone, so it includes the anchor itself (:math:`p = i`, a constant
+:math:`s_{ii} = 1/\tau`): that term only pushes negatives away, and it makes an
+anchor that is the only pixel of its class count as "having a positive".  We
+exclude it, as SupCon and :func:`~lightning_modules.losses.contrastive_loss` do,
+so that every positive term pulls two *different* pixels together and
+singleton-class anchors are skipped instead of contributing a pure repulsion
+weighted by :math:`1/|P(i)|` that depends on class frequency.
+
+**Variants.**  ``anchor_mask`` restricts the anchors while every kept pixel stays
+a candidate (Hu et al., MICCAI 2021: background pixels are not anchors but are
+in the denominators).  ``negatives_from_own_group=True`` with ``groups`` = image
+index per pixel takes the negatives only from the anchor's own image while
+positives still come from all images (Zhao et al.'s cross-image variant).
+
+**Memory.**  :func:`pixel_contrastive_loss` never materialises the ``N x N``
+similarity matrix: a custom autograd Function processes the anchors in blocks
+of ``block_size`` rows, saves only per-anchor statistics (:math:`L_i`,
+:math:`|P(i)|`) and recomputes each ``block x N`` similarity block in backward
+(manual gradient checkpointing) with the analytic gradient
+
+.. math::
+
+    \frac{\partial \ell_i}{\partial s_{ip}} = -\frac{\sigma_{ip}}{|P(i)|},
+    \qquad
+    \frac{\partial \ell_i}{\partial s_{in}} =
+        \Big(\sum_{p} \frac{\sigma_{ip}}{|P(i)|}\Big) e^{s_{in} - L_i},
+    \qquad \sigma_{ip} = \operatorname{sigmoid}(L_i - s_{ip}),
+
+so peak memory grows with ``block_size * N``.  All similarity math runs in
+float32, also under autocast; the loss is finite at temperature 0.01.
+:func:`stride_sample` and :func:`block_partition` implement Hu et al.'s two ways
+of bounding ``N`` on dense maps.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_modules.losses.contrastive import check_temperature
+
+__all__ = [
+    "block_partition",
+    "pixel_contrastive_loss",
+    "pixel_contrastive_loss_naive",
+    "stride_sample",
+    "tiled_pixel_contrastive_loss",
+]
+
+
+def _prepare(
+    embeddings: Tensor,
+    labels: Tensor,
+    ignore_index: int,
+    anchor_mask: Tensor | None,
+    groups: Tensor | None,
+    negatives_from_own_group: bool,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
+    """Validate, drop ignored pixels, normalise and select the valid anchors.
+
+    Returns:
+        ``(z, labels, groups, anchor_index, n_pos)``: float32 normalised kept
+        embeddings, their labels and groups, the indices (into the kept pixels)
+        of anchors with at least one positive and their positive counts.
+    """
+    if embeddings.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got {tuple(embeddings.shape)}")
+    n = embeddings.shape[0]
+    for name, t in (("labels", labels), ("anchor_mask", anchor_mask), ("groups", groups)):
+        if t is not None and t.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
+    if negatives_from_own_group and groups is None:
+        raise ValueError("negatives_from_own_group=True needs groups")
+    keep = labels != ignore_index
+    z = F.normalize(embeddings[keep].float(), dim=1)
+    y = labels[keep]
+    g = groups[keep] if (groups is not None and negatives_from_own_group) else None
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    n_pos = counts[inverse] - 1  # same label, anchor itself excluded
+    is_anchor = n_pos > 0
+    if anchor_mask is not None:
+        is_anchor &= anchor_mask[keep].bool()
+    anchor_index = is_anchor.nonzero().squeeze(1)
+    return z, y, g, anchor_index, n_pos[anchor_index]
+
+
+def _block_masks(
+    yb: Tensor, y: Tensor, gb: Tensor | None, g: Tensor | None, rows: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Positive and negative masks of one anchor block (``rows`` = anchor columns)."""
+    pos = yb[:, None] == y[None, :]
+    neg = ~pos
+    if g is not None and gb is not None:
+        neg &= gb[:, None] == g[None, :]
+    pos[torch.arange(rows.shape[0], device=rows.device), rows] = False
+    return pos, neg
+
+
+class _BlockedPixelContrast(torch.autograd.Function):
+    """Blocked forward / recomputing backward of the per-positive-denominator loss."""
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: torch.autograd.function.FunctionCtx,
+        z: Tensor,
+        y: Tensor,
+        g: Tensor | None,
+        anchor_index: Tensor,
+        n_pos: Tensor,
+        tau: float,
+        block_size: int,
+    ) -> Tensor:
+        total = z.new_zeros(())
+        lse_neg = z.new_empty(anchor_index.shape[0])
+        for start in range(0, anchor_index.shape[0], block_size):
+            rows = anchor_index[start : start + block_size]
+            s = (z[rows] / tau) @ z.T
+            gb = None if g is None else g[rows]
+            pos, neg = _block_masks(y[rows], y, gb, g, rows)
+            lneg = torch.logsumexp(s.masked_fill(~neg, float("-inf")), dim=1)
+            lse_neg[start : start + rows.shape[0]] = lneg
+            # -log(e^s / (e^s + e^L)) = logaddexp(s, L) - s = softplus(L - s)
+            terms = F.softplus(lneg[:, None] - s).masked_fill_(~pos, 0.0)
+            total += (terms.sum(dim=1) / n_pos[start : start + rows.shape[0]]).sum()
+        count = max(anchor_index.shape[0], 1)
+        ctx.save_for_backward(z, y, g, anchor_index, n_pos, lse_neg)
+        ctx.tau, ctx.block_size, ctx.count = tau, block_size, count
+        return total / count
+
+    @staticmethod
+    def backward(  # noqa: D102
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        z, y, g, anchor_index, n_pos, lse_neg = ctx.saved_tensors
+        scale = grad / (ctx.count * ctx.tau)
+        grad_z = torch.zeros_like(z)
+        for start in range(0, anchor_index.shape[0], ctx.block_size):
+            rows = anchor_index[start : start + ctx.block_size]
+            stop = start + rows.shape[0]
+            a = z[rows]
+            s = (a / ctx.tau) @ z.T
+            gb = None if g is None else g[rows]
+            pos, neg = _block_masks(y[rows], y, gb, g, rows)
+            lneg = lse_neg[start:stop, None]
+            # d l_i / d s_ip = -sigmoid(L_i - s_ip) / |P(i)|
+            sig = torch.sigmoid(lneg - s).masked_fill_(~pos, 0.0)
+            sig /= n_pos[start:stop, None]
+            weight = sig.sum(dim=1, keepdim=True)
+            # d l_i / d s_in = weight_i * softmax over negatives; rows without negatives
+            # have L_i = -inf (exp -> inf) but are fully masked here.
+            s.sub_(lneg).exp_().masked_fill_(~neg, 0.0)
+            dS = s.mul_(weight).sub_(sig).mul_(scale)  # noqa: N806
+            grad_z.index_add_(0, rows, dS @ z)
+            grad_z.addmm_(dS.T, a)
+        return grad_z, None, None, None, None, None, None
+
+
+def pixel_contrastive_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    temperature: float = 0.07,
+    ignore_index: int = 255,
+    anchor_mask: Tensor | None = None,
+    groups: Tensor | None = None,
+    negatives_from_own_group: bool = False,
+    block_size: int = 4096,
+) -> Tensor:
+    """Supervised pixel-contrastive loss in ``block_size x N`` memory (module docstring).
+
+    Args:
+        embeddings: ``(N, D)`` pixel embeddings (normalised here, any float dtype).
+        labels: ``(N,)`` integer class labels; ``ignore_index`` pixels are dropped.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of pixels that are neither anchors nor candidates.
+        anchor_mask: Optional bool ``(N,)``; only these pixels act as anchors while
+            every non-ignored pixel stays a positive / negative candidate.
+        groups: Optional ``(N,)`` image index per pixel (used by
+            ``negatives_from_own_group``).
+        negatives_from_own_group: Take the negatives of an anchor only from its own
+            group (image); positives still come from all groups.
+        block_size: Anchors processed per block; peak memory is
+            ``O(block_size * N)``.
+
+    Returns:
+        Scalar float32 loss; 0 (attached to the graph) when no anchor has a positive.
+
+    Raises:
+        ValueError: On a bad temperature, block size or shapes.
+    """
+    tau = check_temperature(temperature)
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        z, y, g, anchor_index, n_pos = _prepare(
+            embeddings, labels, ignore_index, anchor_mask, groups, negatives_from_own_group
+        )
+        if anchor_index.numel() == 0:
+            return z.sum() * 0.0
+        return _BlockedPixelContrast.apply(
+            z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
+        )
+
+
+def pixel_contrastive_loss_naive(
+    embeddings: Tensor,
+    labels: Tensor,
+    temperature: float = 0.07,
+    ignore_index: int = 255,
+    anchor_mask: Tensor | None = None,
+    groups: Tensor | None = None,
+    negatives_from_own_group: bool = False,
+) -> Tensor:
+    """Reference implementation of :func:`pixel_contrastive_loss` with plain autograd.
+
+    Builds the full ``N x N`` similarity and mask matrices (``O(N^2)`` memory, several
+    ``N x N`` buffers saved for backward); meant for tests and small ``N`` only.
+
+    Args:
+        embeddings: ``(N, D)`` pixel embeddings (normalised here).
+        labels: ``(N,)`` integer class labels.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of ignored pixels.
+        anchor_mask: Optional bool ``(N,)`` anchor selection.
+        groups: Optional ``(N,)`` image index per pixel.
+        negatives_from_own_group: Negatives only from the anchor's own group.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    tau = check_temperature(temperature)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        z, y, g, anchor_index, n_pos = _prepare(
+            embeddings, labels, ignore_index, anchor_mask, groups, negatives_from_own_group
+        )
+        if anchor_index.numel() == 0:
+            return z.sum() * 0.0
+        s = z[anchor_index] @ z.T / tau
+        pos, neg = _block_masks(y[anchor_index], y, None if g is None else g[anchor_index], g,
+                                anchor_index)
+        has_neg = neg.any(dim=1, keepdim=True)
+        # rows without negatives: logsumexp over finite dummies, then replaced by -inf, so
+        # that no NaN gradient (exp(-inf - -inf)) reaches the graph.
+        masked = torch.where(has_neg, s.masked_fill(~neg, float("-inf")), torch.zeros_like(s))
+        lneg = torch.where(has_neg, torch.logsumexp(masked, dim=1, keepdim=True), float("-inf"))
+        terms = torch.logaddexp(s, lneg.expand_as(s)) - s
+        per_anchor = torch.where(pos, terms, torch.zeros_like(terms)).sum(dim=1) / n_pos
+        return per_anchor.mean()
+
+
+def stride_sample(
+    features: Tensor, labels: Tensor, stride: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Keep every ``stride``-th pixel in both directions (Hu et al.'s "stride" mode).
+
+    Pixel ``(b, h, w)`` with ``h % stride == 0`` and ``w % stride == 0`` is kept, so
+    ``N = B * ceil(H / stride) * ceil(W / stride)`` and the loss costs
+    ``stride^-4`` of the full-resolution one.
+
+    Args:
+        features: ``(B, D, H, W)`` dense embeddings.
+        labels: ``(B, H, W)`` labels at the same resolution.
+        stride: Sampling step ``>= 1``.
+
+    Returns:
+        ``(embeddings (M, D), labels (M,), groups (M,))`` in ``(b, h, w)`` row-major
+        order, where ``groups`` is the image index ``b``.
+
+    Raises:
+        ValueError: On mismatched shapes or ``stride < 1``.
+    """
+    _check_dense(features, labels)
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return _flatten(features[:, :, ::stride, ::stride], labels[:, ::stride, ::stride])
+
+
+def block_partition(
+    features: Tensor, labels: Tensor, block: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Split dense maps into ``block x block`` spatial tiles (Hu et al.'s "block" mode).
+
+    Each tile holds the pixels of one spatial window in *all* ``B`` images; the
+    loss is computed independently per tile and the tile losses are averaged
+    (:func:`tiled_pixel_contrastive_loss`), so the cost is
+    ``(H W / block^2) * (B block^2)^2`` instead of ``(B H W)^2`` and pixels only
+    meet candidates from the same window.  Tiles at the right / bottom border are
+    smaller when ``block`` does not divide ``H`` or ``W``.
+
+    Args:
+        features: ``(B, D, H, W)`` dense embeddings.
+        labels: ``(B, H, W)`` labels.
+        block: Tile side ``>= 1``.
+
+    Returns:
+        Row-major list of tiles ``(embeddings (M, D), labels (M,), groups (M,))``
+        with pixels in ``(b, h, w)`` order and ``groups`` the image index.
+
+    Raises:
+        ValueError: On mismatched shapes or ``block < 1``.
+    """
+    _check_dense(features, labels)
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    height, width = labels.shape[1:]
+    return [
+        _flatten(features[:, :, i : i + block, j : j + block], labels[:, i : i + block, j : j + block])
+        for i in range(0, height, block)
+        for j in range(0, width, block)
+    ]
+
+
+def tiled_pixel_contrastive_loss(
+    features: Tensor, labels: Tensor, block: int, **kwargs: object
+) -> Tensor:
+    r"""Mean of :func:`pixel_contrastive_loss` over the tiles of :func:`block_partition`.
+
+    :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles
+    :math:`T` that have at least one valid anchor (tiles without one would add a
+    meaningless 0).  ``anchor_mask`` may be given as ``(B, H, W)``.
+
+    Args:
+        features: ``(B, D, H, W)`` dense embeddings.
+        labels: ``(B, H, W)`` labels.
+        block: Tile side.
+        **kwargs: Further arguments of :func:`pixel_contrastive_loss`.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    anchor_mask = kwargs.pop("anchor_mask", None)
+    ignore_index = int(kwargs.get("ignore_index", 255))  # type: ignore[arg-type]
+    tiles = block_partition(features, labels, block)
+    masks: list[Tensor | None] = [None] * len(tiles)
+    if anchor_mask is not None:
+        assert isinstance(anchor_mask, Tensor)
+        height, width = labels.shape[1:]
+        masks = [
+            anchor_mask[:, i : i + block, j : j + block].reshape(-1)
+            for i in range(0, height, block)
+            for j in range(0, width, block)
+        ]
+    losses = []
+    for (emb, lab, grp), mask in zip(tiles, masks):
+        kept = lab != ignore_index
+        _, inverse, counts = torch.unique(lab[kept], return_inverse=True, return_counts=True)
+        valid = counts[inverse] > 1
+        if mask is not None:
+            valid &= mask[kept].bool()
+        if bool(valid.any()):
+            losses.append(
+                pixel_contrastive_loss(emb, lab, anchor_mask=mask, groups=grp, **kwargs)  # type: ignore[arg-type]
+            )
+    if not losses:
+        return features.float().sum() * 0.0
+    return torch.stack(losses).mean()
+
+
+def _check_dense(features: Tensor, labels: Tensor) -> None:
+    if features.ndim != 4 or labels.shape != (features.shape[0], *features.shape[2:]):
+        raise ValueError(
+            f"expected features (B, D, H, W) and labels (B, H, W), got "
+            f"{tuple(features.shape)} and {tuple(labels.shape)}"
+        )
+
+
+def _flatten(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    b, d, h, w = features.shape
+    emb = features.permute(0, 2, 3, 1).reshape(b * h * w, d)
+    groups = torch.arange(b, device=labels.device).repeat_interleave(h * w)
+    return emb, labels.reshape(-1), groups
