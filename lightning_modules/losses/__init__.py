@@ -7,12 +7,28 @@ from lightning_modules.losses.contrastive import (
     nt_xent_loss,
 )
 from lightning_modules.losses.directclr import directclr_loss, info_nce_loss
+from lightning_modules.losses.glcnet import (
+    glcnet_loss,
+    local_matching_embeddings,
+    sample_corresponding_patches,
+    style_features,
+)
+from lightning_modules.losses.pixel_contrast import (
+    pixel_contrastive_loss,
+    tiled_pixel_contrastive_loss,
+)
 
 __all__ = [
     "check_temperature",
     "contrastive_loss",
     "directclr_loss",
+    "glcnet_loss",
     "info_nce_loss",
     "instance_labels",
+    "local_matching_embeddings",
     "nt_xent_loss",
+    "pixel_contrastive_loss",
+    "sample_corresponding_patches",
+    "style_features",
+    "tiled_pixel_contrastive_loss",
 ]

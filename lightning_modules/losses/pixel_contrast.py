@@ -215,6 +215,29 @@ def pixel_contrastive_loss(
     Raises:
         ValueError: On a bad temperature, block size or shapes.
     """
+    return _pixel_contrastive_loss(
+        embeddings,
+        labels,
+        temperature,
+        ignore_index,
+        anchor_mask,
+        groups,
+        negatives_from_own_group,
+        block_size,
+    )[0]
+
+
+def _pixel_contrastive_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    temperature: float,
+    ignore_index: int,
+    anchor_mask: Tensor | None,
+    groups: Tensor | None,
+    negatives_from_own_group: bool,
+    block_size: int,
+) -> tuple[Tensor, int]:
+    """:func:`pixel_contrastive_loss` and its number of valid anchors."""
     tau = check_temperature(temperature)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -222,11 +245,13 @@ def pixel_contrastive_loss(
         z, y, g, anchor_index, n_pos = _prepare(
             embeddings, labels, ignore_index, anchor_mask, groups, negatives_from_own_group
         )
-        if anchor_index.numel() == 0:
-            return z.sum() * 0.0
-        return _BlockedPixelContrast.apply(
+        count = int(anchor_index.numel())
+        if count == 0:
+            return z.sum() * 0.0, 0
+        loss = _BlockedPixelContrast.apply(
             z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
         )
+        return loss, count
 
 
 def pixel_contrastive_loss_naive(
@@ -263,8 +288,9 @@ def pixel_contrastive_loss_naive(
         if anchor_index.numel() == 0:
             return z.sum() * 0.0
         s = z[anchor_index] @ z.T / tau
-        pos, neg = _block_masks(y[anchor_index], y, None if g is None else g[anchor_index], g,
-                                anchor_index)
+        pos, neg = _block_masks(
+            y[anchor_index], y, None if g is None else g[anchor_index], g, anchor_index
+        )
         has_neg = neg.any(dim=1, keepdim=True)
         # rows without negatives: logsumexp over finite dummies, then replaced by -inf, so
         # that no NaN gradient (exp(-inf - -inf)) reaches the graph.
@@ -275,9 +301,7 @@ def pixel_contrastive_loss_naive(
         return per_anchor.mean()
 
 
-def stride_sample(
-    features: Tensor, labels: Tensor, stride: int
-) -> tuple[Tensor, Tensor, Tensor]:
+def stride_sample(features: Tensor, labels: Tensor, stride: int) -> tuple[Tensor, Tensor, Tensor]:
     """Keep every ``stride``-th pixel in both directions (Hu et al.'s "stride" mode).
 
     Pixel ``(b, h, w)`` with ``h % stride == 0`` and ``w % stride == 0`` is kept, so
@@ -331,36 +355,46 @@ def block_partition(
         raise ValueError(f"block must be >= 1, got {block}")
     height, width = labels.shape[1:]
     return [
-        _flatten(features[:, :, i : i + block, j : j + block], labels[:, i : i + block, j : j + block])
+        _flatten(
+            features[:, :, i : i + block, j : j + block], labels[:, i : i + block, j : j + block]
+        )
         for i in range(0, height, block)
         for j in range(0, width, block)
     ]
 
 
 def tiled_pixel_contrastive_loss(
-    features: Tensor, labels: Tensor, block: int, **kwargs: object
+    features: Tensor,
+    labels: Tensor,
+    block: int,
+    temperature: float = 0.07,
+    ignore_index: int = 255,
+    anchor_mask: Tensor | None = None,
+    negatives_from_own_group: bool = False,
+    block_size: int = 4096,
 ) -> Tensor:
     r"""Mean of :func:`pixel_contrastive_loss` over the tiles of :func:`block_partition`.
 
     :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles
-    :math:`T` that have at least one valid anchor (tiles without one would add a
-    meaningless 0).  ``anchor_mask`` may be given as ``(B, H, W)``.
+    :math:`T` that have at least one valid anchor (a tile without one would add a
+    meaningless 0 to the mean).
 
     Args:
         features: ``(B, D, H, W)`` dense embeddings.
         labels: ``(B, H, W)`` labels.
         block: Tile side.
-        **kwargs: Further arguments of :func:`pixel_contrastive_loss`.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of ignored pixels.
+        anchor_mask: Optional bool ``(B, H, W)`` anchor selection.
+        negatives_from_own_group: Negatives only from the anchor's own image.
+        block_size: Anchor block size of :func:`pixel_contrastive_loss`.
 
     Returns:
         Scalar float32 loss.
     """
-    anchor_mask = kwargs.pop("anchor_mask", None)
-    ignore_index = int(kwargs.get("ignore_index", 255))  # type: ignore[arg-type]
     tiles = block_partition(features, labels, block)
     masks: list[Tensor | None] = [None] * len(tiles)
     if anchor_mask is not None:
-        assert isinstance(anchor_mask, Tensor)
         height, width = labels.shape[1:]
         masks = [
             anchor_mask[:, i : i + block, j : j + block].reshape(-1)
@@ -369,15 +403,11 @@ def tiled_pixel_contrastive_loss(
         ]
     losses = []
     for (emb, lab, grp), mask in zip(tiles, masks):
-        kept = lab != ignore_index
-        _, inverse, counts = torch.unique(lab[kept], return_inverse=True, return_counts=True)
-        valid = counts[inverse] > 1
-        if mask is not None:
-            valid &= mask[kept].bool()
-        if bool(valid.any()):
-            losses.append(
-                pixel_contrastive_loss(emb, lab, anchor_mask=mask, groups=grp, **kwargs)  # type: ignore[arg-type]
-            )
+        loss, count = _pixel_contrastive_loss(
+            emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size
+        )
+        if count:
+            losses.append(loss)
     if not losses:
         return features.float().sum() * 0.0
     return torch.stack(losses).mean()
