@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def tiny_overrides(
         "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0",
     ]  # fmt: skip
-    data_cls = cfg["data"]["class_path"]
+    data_cls, model_cls = cfg["data"]["class_path"], cfg["model"]["class_path"]
     seg = SEG_TINY.get(data_cls.rsplit(".", 1)[-1])
     if seg is not None:
         root = seg_roots[seg[0]]
@@ -54,10 +55,18 @@ def tiny_overrides(
             pytest.skip(f"{root} not available")
         args += ["--data.init_args.root", str(root), *seg[1], "--data.init_args.batch_size", "2",
                  "--data.init_args.split_dir", str(out / "splits")]  # fmt: skip
-        if "pretrain_views" in cfg["data"]["init_args"]:  # SimCLR on the unlabeled crops
+        views = cfg["data"]["init_args"].get("pretrain_views")
+        if views is not None:  # pretraining on the unlabeled crops
             args = [a for a in args if a not in ("unet", "--model.init_args.architecture")]
-            args += ["--model.init_args.backbone", "resnet18",
-                     "--data.init_args.pretrain_views.size", "64"]  # fmt: skip
+            small = {**views, "size": 64} if isinstance(views, dict) else [
+                {**v, "size": 64} for v in views
+            ]
+            args += ["--data.init_args.pretrain_views", json.dumps(small)]
+            if "GLCNet" in model_cls:
+                args += ["--model.init_args.encoder", "resnet18",
+                         "--model.init_args.patch_size", "16"]  # fmt: skip
+            else:
+                args += ["--model.init_args.backbone", "resnet18"]
         else:
             args += ["--model.init_args.encoder", "resnet18",
                      "--model.init_args.sliding_window", "32",
@@ -67,8 +76,9 @@ def tiny_overrides(
     elif "SyntheticSegmentation" in data_cls:
         args += ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
                  "--data.init_args.split_dir", str(out / "splits"),
-                 "--data.init_args.label_fraction", "8",
-                 "--model.init_args.init_checkpoint", "null"]  # fmt: skip
+                 "--data.init_args.label_fraction", "8"]  # fmt: skip
+        if "SegmentationFineTune" in model_cls:
+            args += ["--model.init_args.init_checkpoint", "null"]
     elif "Synthetic" in data_cls:
         args += ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8"]
     elif "CIFAR10" in data_cls:

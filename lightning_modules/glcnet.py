@@ -1,0 +1,318 @@
+"""GLCNet pretraining (Li et al., TGRS 2022): global style + local matching contrast.
+
+A DeepLabV3+ (smp, timm ``tu-`` encoder) is pretrained on two views of each
+unlabeled image:
+
+* the **global style** branch summarises the ASPP output of each view by its
+  channel-wise mean and variance (:func:`~lightning_modules.losses.glcnet.style_features`)
+  and projects it with an MLP ``2C -> 256 -> 64``;
+* the **local matching** branch samples up to ``num_patches`` matched
+  ``patch_size`` windows from the views' pixel-index maps
+  (:func:`~lightning_modules.losses.glcnet.sample_corresponding_patches`), average-pools
+  the decoder output (upsampled to the view size) over each window and projects it
+  with an MLP ``C -> C -> 64``;
+* the loss is :func:`~lightning_modules.losses.glcnet.glcnet_loss`
+  (``weight * L_global + (1 - weight) * L_local``, decoupled NT-Xent).
+
+The encoder weights live under ``net.encoder.model.*``, the layout
+:class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` loads with
+``init_checkpoint``.  Training batches come from a segmentation data module in
+``pretrain_views`` mode (``views`` and ``index_maps``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules.components import MLPHead, build_optimizer, warmup_cosine_schedule
+from lightning_modules.components.optim import OPTIMIZERS, split_decay_groups
+from lightning_modules.losses.contrastive import check_temperature
+from lightning_modules.losses.glcnet import (
+    glcnet_loss,
+    local_matching_embeddings,
+    sample_corresponding_patches,
+    style_features,
+)
+
+__all__ = ["GLCNet"]
+
+
+def _out_channels(module: nn.Module) -> int:
+    """Output channels of the last convolution of ``module``."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f"{type(module).__name__} has no Conv2d layer")
+    return convs[-1].out_channels
+
+
+class GLCNet(L.LightningModule):
+    """GLCNet: DeepLabV3+ pretrained with global style and local matching contrast.
+
+    Args:
+        encoder: timm model name (smp ``tu-<name>`` encoder; the paper uses ResNet-50).
+        in_channels: Input bands (4 for Potsdam RGB+IR).
+        num_patches: Matched patches per image for the local branch (paper: 4).
+        patch_size: Patch side in view pixels (paper: 48 at 224); must be smaller
+            than the views.
+        temperature: NT-Xent temperature (paper: 0.5).
+        weight: Weight ``lambda`` of the global part (paper: 0.5).
+        use_style: Global branch on the style vector ``[mean, var]`` of the ASPP
+            output; ``False`` uses global average pooling (the "no style" ablation).
+        use_global: Include the global contrast.
+        use_local: Include the local matching contrast.
+        global_hidden_dim: Hidden width of the global projector.
+        proj_dim: Output dimension of both projectors.
+        upsample_decoder: Upsample the decoder output to the view size before pooling
+            the patches (as in the paper); ``False`` pools the stride-4 map directly
+            (bilinear RoIAlign approximation, much less memory at 224 px).
+        gather_distributed: Contrast the global embeddings across DDP ranks.
+        optimizer: ``adam``, ``adamw``, ``sgd`` or ``lars``.
+        lr: Peak learning rate.
+        weight_decay: Weight decay of weights (biases and norms get none).
+        momentum: Momentum for SGD/LARS.
+        warmup_epochs: Linear warmup length in epochs before the cosine decay.
+        min_lr_ratio: Final LR of the cosine schedule as a fraction of ``lr``.
+        num_classes: Accepted and ignored (the CLI links ``data.num_classes`` here).
+
+    Raises:
+        ValueError: On invalid sizes, weights, switches or optimiser names.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet50",
+        in_channels: int = 3,
+        num_patches: int = 4,
+        patch_size: int = 48,
+        temperature: float = 0.5,
+        weight: float = 0.5,
+        use_style: bool = True,
+        use_global: bool = True,
+        use_local: bool = True,
+        global_hidden_dim: int = 256,
+        proj_dim: int = 64,
+        upsample_decoder: bool = True,
+        gather_distributed: bool = False,
+        optimizer: str = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-5,
+        momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+        num_classes: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not (use_global or use_local):
+            raise ValueError("GLCNet needs model.use_global or model.use_local (both are off)")
+        if num_patches < 1 or patch_size < 1:
+            raise ValueError(
+                f"model.num_patches and model.patch_size must be >= 1, got {num_patches}, "
+                f"{patch_size}"
+            )
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"model.weight must be in [0, 1], got {weight}")
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if warmup_epochs < 0:
+            raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.temperature = check_temperature(temperature)
+        self.net = smp.DeepLabV3Plus(
+            encoder_name=f"tu-{encoder}",
+            encoder_weights=None,
+            in_channels=in_channels,
+            classes=1,
+        )
+        # no segmentation output in pretraining: drop the head (no unused parameters)
+        self.net.segmentation_head = nn.Identity()
+        decoder = self.net.decoder
+        aspp_channels = _out_channels(decoder.aspp)
+        self.decoder_channels = _out_channels(decoder.block2)
+        self.feature_dim = self.net.encoder.out_channels[-1]
+        self.global_head = (
+            MLPHead(aspp_channels * (2 if use_style else 1), [global_hidden_dim], proj_dim)
+            if use_global
+            else None
+        )
+        self.local_head = (
+            MLPHead(self.decoder_channels, [self.decoder_channels], proj_dim) if use_local else None
+        )
+        if not use_local:  # the decoder after the ASPP gets no gradient without the local part
+            for part in (decoder.up, decoder.block1, decoder.block2):
+                part.requires_grad_(False)
+        self.num_patches, self.patch_size = num_patches, patch_size
+        self.weight, self.use_style = weight, use_style
+        self.use_global, self.use_local = use_global, use_local
+        self.upsample_decoder, self.gather_distributed = upsample_decoder, gather_distributed
+        self.optim_cfg = {
+            "name": optimizer,
+            "lr": float(lr),
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+        }
+        self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
+
+    # ----------------------------------------------------------------- network parts
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
+        """ASPP output and (if the local part is on) decoder output of a batch.
+
+        Args:
+            images: ``(B, C, H, W)`` views.
+
+        Returns:
+            ``(aspp, decoded)``: the ASPP output ``(B, C_aspp, H/16, W/16)`` and the
+            DeepLabV3+ decoder output ``(B, C_dec, H/4, W/4)`` (``None`` without the
+            local part), composed exactly as ``DeepLabV3PlusDecoder.forward``.
+        """
+        features = self.net.encoder(images)
+        decoder = self.net.decoder
+        aspp = decoder.aspp(features[-1])
+        if not self.use_local:
+            return aspp, None
+        high_res = decoder.block1(features[2])
+        decoded = decoder.block2(torch.cat([decoder.up(aspp), high_res], dim=1))
+        return aspp, decoded
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Global average pool of the last encoder feature map (rank monitor, export).
+
+        Args:
+            images: ``(B, C, H, W)`` images.
+
+        Returns:
+            ``(B, feature_dim)`` representations.
+        """
+        return self.net.encoder(images)[-1].mean(dim=(2, 3))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Alias of :meth:`embed`."""
+        return self.embed(images)
+
+    # ----------------------------------------------------------------- loss
+    def training_loss(
+        self, views: list[Tensor], index_maps: list[Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """GLCNet loss of two views and their pixel-index maps.
+
+        Args:
+            views: Two ``(B, C, H, W)`` views (more are ignored).
+            index_maps: Their ``(B, H, W)`` source-pixel id maps.
+
+        Returns:
+            ``(loss, logs)`` with ``loss_global`` / ``loss_local`` (parts switched on)
+            and ``valid_patches`` (fraction of the ``B * num_patches`` patches matched).
+
+        Raises:
+            ValueError: With fewer than two views or index maps, or views not larger
+                than ``patch_size``.
+        """
+        if len(views) < 2 or len(index_maps) < 2:
+            raise ValueError(
+                f"GLCNet needs two views with index maps, got {len(views)} views and "
+                f"{len(index_maps)} index maps (use the data module's pretrain_views mode)"
+            )
+        v1, v2 = views[0], views[1]
+        if self.use_local and min(*v1.shape[-2:], *v2.shape[-2:]) <= self.patch_size:
+            raise ValueError(
+                f"model.patch_size ({self.patch_size}) must be smaller than the views "
+                f"({tuple(v1.shape[-2:])}, {tuple(v2.shape[-2:])})"
+            )
+        b = v1.shape[0]
+        if v1.shape == v2.shape:  # one pass over both views
+            aspp, decoded = self.encode(torch.cat([v1, v2]))
+            aspp_1, aspp_2 = aspp[:b], aspp[b:]
+            dec_1, dec_2 = (decoded[:b], decoded[b:]) if decoded is not None else (None, None)
+        else:
+            aspp_1, dec_1 = self.encode(v1)
+            aspp_2, dec_2 = self.encode(v2)
+
+        logs: dict[str, Tensor] = {}
+        g1 = g2 = l1 = l2 = None
+        if self.global_head is not None:
+            if self.use_style:
+                s = style_features(torch.cat([aspp_1, aspp_2]))
+            else:
+                s = torch.cat([aspp_1, aspp_2]).float().mean(dim=(2, 3))
+            g = self.global_head(s)  # autocast casts the float32 statistics itself
+            g1, g2 = g[:b], g[b:]
+        if self.local_head is not None and dec_1 is not None and dec_2 is not None:
+            c1, c2, valid = sample_corresponding_patches(
+                index_maps[0], index_maps[1], self.num_patches, self.patch_size
+            )
+            logs["valid_patches"] = valid.float().mean()
+            if self.upsample_decoder:
+                dec_1 = F.interpolate(
+                    dec_1, size=v1.shape[-2:], mode="bilinear", align_corners=False
+                )
+                dec_2 = F.interpolate(
+                    dec_2, size=v2.shape[-2:], mode="bilinear", align_corners=False
+                )
+            # centres of view 2 refer to view 2's pixels: pool each view at its own scale
+            r1, _ = local_matching_embeddings(
+                dec_1, dec_1, c1, c1, valid, self.patch_size, tuple(v1.shape[-2:])
+            )
+            r2, _ = local_matching_embeddings(
+                dec_2, dec_2, c2, c2, valid, self.patch_size, tuple(v2.shape[-2:])
+            )
+            k = r1.shape[0]
+            if k >= 2:  # NT-Xent (and the projector's BN) need at least two pairs
+                z = self.local_head(torch.cat([r1, r2]))
+                l1, l2 = z[:k], z[k:]
+            else:  # no usable match: an empty pair, zero loss kept on the graph
+                zero = (r1.sum() + r2.sum()) * 0.0
+                l1 = l2 = r1.new_zeros(0, self.hparams.proj_dim) + zero
+        loss, parts = glcnet_loss(
+            g1,
+            g2,
+            l1,
+            l2,
+            temperature=self.temperature,
+            weight=self.weight,
+            use_global=self.use_global,
+            use_local=self.use_local,
+            gather_distributed=self.gather_distributed,
+        )
+        logs.update(parts)
+        return loss, logs
+
+    # ----------------------------------------------------------------- Lightning hooks
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """GLCNet loss of a ``pretrain_views`` batch; logs ``train/*``."""
+        loss, logs = self.training_loss(batch["views"], batch["index_maps"])
+        bsz = batch["views"][0].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
+        for key in ("loss_global", "loss_local", "valid_patches"):
+            if key in logs:
+                self.log(f"train/{key}", logs[key], batch_size=bsz, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """No labels to score: the loop only drives callbacks (e.g. the rank monitor)."""
+        return None
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
+        """Representations (and labels) of a batch, e.g. to export embeddings."""
+        return {"embedding": self.embed(batch["image"]), "label": batch["label"]}
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Optimiser (no decay on biases and norms) with warmup + cosine per step."""
+        decay, no_decay = split_decay_groups(self)
+        groups = [
+            {"params": decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
+        ]
+        optimizer = build_optimizer(groups, **self.optim_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(round(self.warmup_epochs * total / epochs))
+        scheduler = warmup_cosine_schedule(optimizer, warmup, total, self.min_lr_ratio)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
