@@ -19,8 +19,8 @@ import torch
 from jsonargparse.typing import PositiveFloat
 from torch import Tensor
 
-from lightning_modules.components import Backbone, build_optimizer, warmup_cosine_schedule
-from lightning_modules.components.optim import OPTIMIZERS, split_decay_groups
+from lightning_modules.components import Backbone
+from lightning_modules.components.optim import OPTIMIZERS, scheduled_optimizer, split_decay_groups
 from lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
 
 
@@ -190,15 +190,9 @@ class PretrainModule(L.LightningModule):
                     "lars_exclude": True,
                 }
             )
-        optimizer = build_optimizer(groups, **self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(self.warmup_epochs * total / epochs))
-        scheduler = warmup_cosine_schedule(optimizer, warmup, total, self.min_lr_ratio)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return scheduled_optimizer(
+            groups, self.trainer, self.warmup_epochs, self.min_lr_ratio, **self.optim_cfg
+        )
 
     def _plain_hparams(self) -> None:
         """Store validated numbers (``PositiveFloat`` ...) as plain ``int``/``float``.

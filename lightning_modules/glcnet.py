@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.components import MLPHead, build_optimizer, warmup_cosine_schedule
-from lightning_modules.components.optim import OPTIMIZERS, split_decay_groups
+from lightning_modules.components import MLPHead
+from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.glcnet import (
     glcnet_loss,
@@ -302,17 +302,7 @@ class GLCNet(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimiser (no decay on biases and norms) with warmup + cosine per step."""
-        decay, no_decay = split_decay_groups(self)
-        groups = [
-            {"params": decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-        ]
-        optimizer = build_optimizer(groups, **self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
-        warmup = int(round(self.warmup_epochs * total / epochs))
-        scheduler = warmup_cosine_schedule(optimizer, warmup, total, self.min_lr_ratio)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return scheduled_optimizer(
+            param_groups(self), self.trainer, self.warmup_epochs, self.min_lr_ratio,
+            **self.optim_cfg,
+        )  # fmt: skip

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from lightning_modules.components import build_optimizer, warmup_cosine_schedule
-from lightning_modules.components.optim import OPTIMIZERS, split_decay_groups
+from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
 from lightning_modules.components.sliding_window import sliding_window_inference
 from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
 
@@ -216,19 +215,8 @@ class SegmentationFineTune(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimiser over trainable parameters with warmup + cosine per step."""
-        decay, no_decay = split_decay_groups(self.net)
-        groups = [
-            {"params": decay},
-            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-        ]
         hp = self.hparams
-        optimizer = build_optimizer(
-            [g for g in groups if g["params"]], hp.optimizer, hp.lr, hp.weight_decay
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        warmup = int(round(hp.warmup_epochs * total / max(1, self.trainer.max_epochs or 1)))
-        scheduler = warmup_cosine_schedule(optimizer, warmup, total)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+        return scheduled_optimizer(
+            param_groups(self.net), self.trainer, hp.warmup_epochs,
+            name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay,
+        )  # fmt: skip

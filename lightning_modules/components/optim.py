@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -165,3 +166,36 @@ def warmup_cosine_schedule(
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def param_groups(module: nn.Module) -> list[dict]:
+    """Weights with weight decay, biases and norm parameters without (and without LARS)."""
+    decay, no_decay = split_decay_groups(module)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}]
+    return [g for g in groups if g["params"]]
+
+
+def scheduled_optimizer(
+    groups: list[dict],
+    trainer: Any,
+    warmup_epochs: float = 0.0,
+    min_lr_ratio: float = 0.0,
+    **optim_kwargs: Any,
+) -> dict[str, Any]:
+    """Optimiser plus per-step warmup + cosine schedule, as ``configure_optimizers`` returns.
+
+    Args:
+        groups: Parameter groups (see :func:`build_optimizer`).
+        trainer: The Lightning trainer (``estimated_stepping_batches``, ``max_epochs``).
+        warmup_epochs: Warmup length in epochs (converted to steps).
+        min_lr_ratio: Final LR as a fraction of the peak.
+        **optim_kwargs: :func:`build_optimizer` arguments (``name``, ``lr``, ...).
+
+    Returns:
+        ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": "step"}}``.
+    """
+    optimizer = build_optimizer(groups, **optim_kwargs)
+    total = int(trainer.estimated_stepping_batches)
+    warmup = int(round(warmup_epochs * total / max(1, trainer.max_epochs or 1)))
+    scheduler = warmup_cosine_schedule(optimizer, warmup, total, min_lr_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
