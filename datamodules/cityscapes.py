@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file
+from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file, select_names
 
 __all__ = [
     "CITYSCAPES_CLASSES",
@@ -205,18 +205,8 @@ class CityscapesDataset(Dataset[dict[str, Any]]):
                 f"No Cityscapes images (*{_IMAGE_SUFFIX}) found under {image_dir}/<city>/ ({_HINT})"
             )
 
-        stems = sorted(samples)
-        if names is not None:
-            if isinstance(names, str):
-                raise ValueError("names must be a sequence of stems, not a single string")
-            wanted = set(names)
-            missing = sorted(wanted.difference(samples))
-            if missing:
-                raise ValueError(
-                    f"{len(missing)} requested Cityscapes names are not in the {split} split under "
-                    f"{image_dir}, e.g. {missing[:5]}"
-                )
-            stems = [s for s in stems if s in wanted]
+        where = f"the {split} split under {image_dir}"
+        stems = select_names(sorted(samples), names, "Cityscapes", where)
 
         self.names: list[str] = stems
         self._files = [samples[s] for s in stems]

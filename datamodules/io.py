@@ -8,6 +8,7 @@ directory can be diagnosed from the exception alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,33 @@ def read_image_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
             f"Decoded image {path} has shape {array.shape}, expected (H, W, 3) after RGB conversion"
         )
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def select_names(
+    available: Sequence[str], names: Sequence[str] | None, what: str, where: str
+) -> list[str]:
+    """Restrict ``available`` (kept in its order) to ``names``, refusing unknown ones.
+
+    Args:
+        available: Names present in the split, in dataset order.
+        names: Requested subset, or ``None`` for all.
+        what: Data set name for messages (e.g. ``"Cityscapes"``).
+        where: Where the split lives, for messages.
+
+    Returns:
+        The selected names.
+
+    Raises:
+        ValueError: If ``names`` is a string or names something not in ``available``.
+    """
+    if names is None:
+        return list(available)
+    if isinstance(names, str):
+        raise ValueError("names must be a sequence of names, not a single string")
+    wanted = set(names)
+    missing = sorted(wanted.difference(available))
+    if missing:
+        raise ValueError(
+            f"{len(missing)} requested {what} names are not in {where}, e.g. {missing[:5]}"
+        )
+    return [n for n in available if n in wanted]

@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file
+from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file, select_names
 
 __all__ = [
     "VOC_CLASSES",
@@ -312,17 +312,7 @@ class VOCSegmentation(Dataset[dict[str, Any]]):
             list_path = self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
             ids = _read_id_list(list_path, f"VOC {split} list", _VOC_HINT)
 
-        if names is not None:
-            if isinstance(names, str):
-                raise ValueError("names must be a sequence of ids, not a single string")
-            wanted = set(names)
-            missing = sorted(wanted.difference(ids))
-            if missing:
-                raise ValueError(
-                    f"{len(missing)} requested VOC names are not in split {split!r}, "
-                    f"e.g. {missing[:5]}"
-                )
-            ids = [i for i in ids if i in wanted]
+        ids = select_names(ids, names, "VOC", f"split {split!r}")
 
         self.names: list[str] = ids
         self._files = [(self._image_path(i), self._label_path(i)) for i in ids]
