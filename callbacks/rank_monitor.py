@@ -25,21 +25,19 @@ Contract with the rest of the codebase:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from callbacks.figures import image_loggers, save_and_log_figure
 from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
 
 __all__ = ["EmbeddingRankMonitor"]
@@ -351,45 +349,18 @@ class EmbeddingRankMonitor(pl.Callback):
         self, trainer: pl.Trainer, spectrum: Tensor, erank: float, collapsed: int
     ) -> None:
         """Plot the spectrum, save it (rank zero) and log it to image-capable loggers."""
-        image_loggers = [
-            logger
-            for logger in trainer.loggers
-            if isinstance(logger, (WandbLogger, TensorBoardLogger))
-        ]
-        if not (self.save_plots or image_loggers):
+        if not (self.save_plots or image_loggers(trainer)):
             return
         # `trainer.log_dir` broadcasts from rank zero: it must be evaluated on all ranks.
         log_dir = (trainer.log_dir or trainer.default_root_dir) if self.save_plots else None
         if not trainer.is_global_zero:
             return
-
-        epoch = trainer.current_epoch
-        fig = self._figure(spectrum, erank, collapsed, epoch)
-        path: str | None = None
-        try:
-            if log_dir is not None:
-                out_dir = os.path.join(log_dir, "spectra")
-                os.makedirs(out_dir, exist_ok=True)
-                path = os.path.join(out_dir, f"epoch_{epoch:04d}.png")
-                fig.savefig(path, dpi=100)
-                self.last_plot_path = path
-            for logger in image_loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(
-                        key="rank/spectrum",
-                        images=[path if path is not None else fig],
-                        step=trainer.global_step,
-                    )
-                else:
-                    logger.experiment.add_figure(
-                        "rank/spectrum", fig, global_step=trainer.global_step, close=False
-                    )
-        except Exception as err:  # a plotting/logging hiccup must not kill the training run
-            rank_zero_warn(f"EmbeddingRankMonitor: could not save/log spectrum plot: {err!r}")
-        finally:
-            # The figure is created without pyplot (no global figure manager holds it);
-            # clearing it releases its artists, the closest equivalent of `plt.close(fig)`.
-            fig.clear()
+        fig = self._figure(spectrum, erank, collapsed, trainer.current_epoch)
+        path = save_and_log_figure(
+            trainer, fig, "rank/spectrum", log_dir, "spectra", "EmbeddingRankMonitor"
+        )
+        if path is not None:
+            self.last_plot_path = path
 
     def _figure(self, spectrum: Tensor, erank: float, collapsed: int, epoch: int) -> Figure:
         """Agg-backed figure of ``log10`` singular values against their index."""

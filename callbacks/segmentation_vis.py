@@ -34,13 +34,13 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from callbacks.figures import image_loggers, save_and_log_figure
 from datamodules.voc import voc_colormap
 
 __all__ = [
@@ -336,44 +336,19 @@ class SegmentationOverlays(pl.Callback):
 
     def _plot_and_log(self, trainer: pl.Trainer) -> None:
         """Plot the buffered samples, save the PNG (rank zero) and log it to image loggers."""
-        image_loggers = [
-            logger
-            for logger in trainer.loggers
-            if isinstance(logger, (WandbLogger, TensorBoardLogger))
-        ]
-        if not (self.save_png or image_loggers):
+        if not (self.save_png or image_loggers(trainer)):
             return
         # `trainer.log_dir` broadcasts from rank zero: it must be evaluated on all ranks.
         log_dir = (trainer.log_dir or trainer.default_root_dir) if self.save_png else None
         if not trainer.is_global_zero or not self.samples:
             return
-
-        epoch = trainer.current_epoch
         datamodule = getattr(trainer, "datamodule", None)
-        fig = self._figure(self.samples, datamodule, epoch)
-        path: str | None = None
-        try:
-            if log_dir is not None:
-                out_dir = os.path.join(log_dir, "predictions")
-                os.makedirs(out_dir, exist_ok=True)
-                path = os.path.join(out_dir, f"epoch_{epoch:04d}.png")
-                fig.savefig(path, dpi=100)
-                self.last_png_path = path
-            for logger in image_loggers:
-                if isinstance(logger, WandbLogger):
-                    logger.log_image(
-                        key=self.key,
-                        images=[path if path is not None else _figure_to_array(fig)],
-                        step=trainer.global_step,
-                    )
-                else:
-                    logger.experiment.add_figure(
-                        self.key, fig, global_step=trainer.global_step, close=False
-                    )
-        except Exception as err:  # a plotting/logging hiccup must not kill the training run
-            rank_zero_warn(f"SegmentationOverlays: could not save/log the overlay grid: {err!r}")
-        finally:
-            fig.clear()  # no pyplot: releasing the artists is the equivalent of plt.close
+        fig = self._figure(self.samples, datamodule, trainer.current_epoch)
+        path = save_and_log_figure(
+            trainer, fig, self.key, log_dir, "predictions", "SegmentationOverlays"
+        )
+        if path is not None:
+            self.last_png_path = path
 
     def _figure(self, samples: Sequence[dict[str, Any]], datamodule: Any, epoch: int) -> Figure:
         """Agg-backed grid figure: one row per sample, three columns."""
@@ -402,13 +377,6 @@ class SegmentationOverlays(pl.Callback):
         fig.suptitle(f"Validation predictions - epoch {epoch}")
         fig.tight_layout()
         return fig
-
-
-def _figure_to_array(fig: Figure) -> np.ndarray:
-    """Render an Agg-backed figure to an ``(H, W, 3)`` uint8 array."""
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 class ColourPredictionWriter(BasePredictionWriter):
