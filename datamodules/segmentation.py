@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -118,6 +118,9 @@ class SegmentationDataModule(L.LightningDataModule):
             validation batches carry ``label = -1``.
             A list gives one configuration per view (asymmetric recipes).
         n_views: Views per image in pretraining mode (with a single configuration).
+        pretrain_subset: Images of the pretraining mode: ``"all"`` (the whole
+            training split, unlabeled methods) or ``"labeled"`` (only the labeled
+            subset, with its masks: Zhao et al., Hu et al. stage 2, Lee et al.).
     """
 
     name = "dataset"
@@ -143,6 +146,7 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: int | None = None,
         pretrain_views: ViewAugmentation | list[ViewAugmentation] | None = None,
         n_views: int = 2,
+        pretrain_subset: Literal["all", "labeled"] = "all",
     ) -> None:
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -158,7 +162,12 @@ class SegmentationDataModule(L.LightningDataModule):
         self.mean, self.std = list(mean), list(std)
         self.label_fraction, self.split_file = label_fraction, split_file
         self.split_dir, self.seed = Path(split_dir), seed
+        if pretrain_subset not in ("all", "labeled"):
+            raise ValueError(
+                f"data.pretrain_subset must be 'all' or 'labeled', got {pretrain_subset!r}"
+            )
         self.pretrain_views, self.n_views = pretrain_views, n_views
+        self.pretrain_subset = pretrain_subset
         if pretrain_views is not None:
             self.num_classes = 0  # no image-level labels to probe during pretraining
 
@@ -220,8 +229,23 @@ class SegmentationDataModule(L.LightningDataModule):
     def unlabeled_dataset(
         self, views: ViewAugmentation | list[ViewAugmentation], n_views: int = 2
     ) -> Dataset:
-        """Whole training split as multi-view samples with masks and pixel-index maps."""
-        return TransformedDataset(self.build("train"), MultiViewTransform(views, n_views, True))
+        """Training split (or its labeled subset) as multi-view samples with masks and index maps.
+
+        Args:
+            views: Augmentation of every view, or one per view.
+            n_views: Number of views with a single configuration.
+
+        Returns:
+            Dataset of ``views`` / ``masks`` / ``index_maps`` / ``source_size`` samples
+            over the whole training split, or over :meth:`labeled_names` when
+            ``pretrain_subset="labeled"``.
+        """
+        names = self.labeled_names() if self.pretrain_subset == "labeled" else None
+        if names is not None and not names:
+            raise ValueError(f"{self.name}: the labeled training subset is empty (no image found)")
+        return TransformedDataset(
+            self.build("train", names), MultiViewTransform(views, n_views, True)
+        )
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         return DataLoader(

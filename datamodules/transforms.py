@@ -180,7 +180,8 @@ class MultiViewTransform:
     Input samples are dicts with ``image`` (uint8 ``tv_tensors.Image``), ``label``
     and optionally ``mask`` (``tv_tensors.Mask``).  The output holds ``views`` (list
     of float tensors) and ``label``; with masks, ``masks``; with
-    ``index_maps=True``, ``index_maps`` (each view's source-pixel indices).
+    ``index_maps=True``, ``index_maps`` (each view's source-pixel indices) and
+    ``source_size`` (``(H, W)`` of the source image, to decode the indices).
 
     Args:
         views: One :class:`ViewAugmentation` per view (asymmetric recipes), or a
@@ -206,9 +207,10 @@ class MultiViewTransform:
         extras: dict[str, tv_tensors.Mask] = {}
         if "mask" in sample:
             extras["mask"] = sample["mask"]
+        out: dict[str, Any] = {"label": sample.get("label", -1), "views": []}
         if self.index_maps:
             extras["index"] = pixel_index_map(*image.shape[-2:])
-        out: dict[str, Any] = {"label": sample.get("label", -1), "views": []}
+            out["source_size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
         for t in self.transforms:
             res = t({"image": image, **extras})
             out["views"].append(res["image"].as_subclass(Tensor))

@@ -97,6 +97,10 @@ class PretrainModule(L.LightningModule):
         """
         raise NotImplementedError
 
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """:meth:`training_loss` of ``batch["views"]``; methods needing more keys override it."""
+        return self.training_loss(batch["views"])
+
     # ----------------------------------------------------------------- shared behaviour
     def embed(self, images: Tensor) -> Tensor:
         """Representation used by every evaluator (probe, kNN, rank monitor)."""
@@ -110,9 +114,9 @@ class PretrainModule(L.LightningModule):
         """Self-supervised loss plus the (detached) online probe loss."""
         if self.freeze_backbone:
             with torch.no_grad():
-                loss, features, logs = self.training_loss(batch["views"])
+                loss, features, logs = self.batch_loss(batch)
         else:
-            loss, features, logs = self.training_loss(batch["views"])
+            loss, features, logs = self.batch_loss(batch)
         bsz = features.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
         for key, value in logs.items():

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
-import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_modules.components import MLPHead
-from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
+from lightning_modules.dense_base import DensePretrainModule, out_channels
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.glcnet import (
     glcnet_loss,
@@ -43,15 +41,7 @@ from lightning_modules.losses.glcnet import (
 __all__ = ["GLCNet"]
 
 
-def _out_channels(module: nn.Module) -> int:
-    """Output channels of the last convolution of ``module``."""
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError(f"{type(module).__name__} has no Conv2d layer")
-    return convs[-1].out_channels
-
-
-class GLCNet(L.LightningModule):
+class GLCNet(DensePretrainModule):
     """GLCNet: DeepLabV3+ pretrained with global style and local matching contrast.
 
     Args:
@@ -72,6 +62,8 @@ class GLCNet(L.LightningModule):
             the patches (as in the paper); ``False`` pools the stride-4 map directly
             (bilinear RoIAlign approximation, much less memory at 224 px).
         gather_distributed: Contrast the global embeddings across DDP ranks.
+        init_checkpoint: Optional checkpoint initialising the encoder (e.g. ImageNet
+            timm weights).
         optimizer: ``adam``, ``adamw``, ``sgd`` or ``lars``.
         lr: Peak learning rate.
         weight_decay: Weight decay of weights (biases and norms get none).
@@ -99,6 +91,7 @@ class GLCNet(L.LightningModule):
         proj_dim: int = 64,
         upsample_decoder: bool = True,
         gather_distributed: bool = False,
+        init_checkpoint: str | None = None,
         optimizer: str = "adam",
         lr: float = 1e-3,
         weight_decay: float = 1e-5,
@@ -107,7 +100,10 @@ class GLCNet(L.LightningModule):
         min_lr_ratio: float = 0.0,
         num_classes: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            "deeplabv3plus", encoder, in_channels, init_checkpoint, optimizer, lr, weight_decay,
+            momentum, warmup_epochs, min_lr_ratio,
+        )  # fmt: skip
         self.save_hyperparameters()
         if not (use_global or use_local):
             raise ValueError("GLCNet needs model.use_global or model.use_local (both are off)")
@@ -118,23 +114,10 @@ class GLCNet(L.LightningModule):
             )
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"model.weight must be in [0, 1], got {weight}")
-        if optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if warmup_epochs < 0:
-            raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.temperature = check_temperature(temperature)
-        self.net = smp.DeepLabV3Plus(
-            encoder_name=f"tu-{encoder}",
-            encoder_weights=None,
-            in_channels=in_channels,
-            classes=1,
-        )
-        # no segmentation output in pretraining: drop the head (no unused parameters)
-        self.net.segmentation_head = nn.Identity()
         decoder = self.net.decoder
-        aspp_channels = _out_channels(decoder.aspp)
-        self.decoder_channels = _out_channels(decoder.block2)
-        self.feature_dim = self.net.encoder.out_channels[-1]
+        aspp_channels = out_channels(decoder.aspp)
+        self.decoder_channels = out_channels(decoder.block2)
         self.global_head = (
             MLPHead(aspp_channels * (2 if use_style else 1), [global_hidden_dim], proj_dim)
             if use_global
@@ -150,13 +133,6 @@ class GLCNet(L.LightningModule):
         self.weight, self.use_style = weight, use_style
         self.use_global, self.use_local = use_global, use_local
         self.upsample_decoder, self.gather_distributed = upsample_decoder, gather_distributed
-        self.optim_cfg = {
-            "name": optimizer,
-            "lr": float(lr),
-            "weight_decay": weight_decay,
-            "momentum": momentum,
-        }
-        self.warmup_epochs, self.min_lr_ratio = warmup_epochs, min_lr_ratio
 
     # ----------------------------------------------------------------- network parts
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -178,21 +154,6 @@ class GLCNet(L.LightningModule):
         high_res = decoder.block1(features[2])
         decoded = decoder.block2(torch.cat([decoder.up(aspp), high_res], dim=1))
         return aspp, decoded
-
-    def embed(self, images: Tensor) -> Tensor:
-        """Global average pool of the last encoder feature map (rank monitor, export).
-
-        Args:
-            images: ``(B, C, H, W)`` images.
-
-        Returns:
-            ``(B, feature_dim)`` representations.
-        """
-        return self.net.encoder(images)[-1].mean(dim=(2, 3))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Alias of :meth:`embed`."""
-        return self.embed(images)
 
     # ----------------------------------------------------------------- loss
     def training_loss(
@@ -281,28 +242,6 @@ class GLCNet(L.LightningModule):
         logs.update(parts)
         return loss, logs
 
-    # ----------------------------------------------------------------- Lightning hooks
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        """GLCNet loss of a ``pretrain_views`` batch; logs ``train/*``."""
-        loss, logs = self.training_loss(batch["views"], batch["index_maps"])
-        bsz = batch["views"][0].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=bsz, sync_dist=True)
-        for key in ("loss_global", "loss_local", "valid_patches"):
-            if key in logs:
-                self.log(f"train/{key}", logs[key], batch_size=bsz, sync_dist=True)
-        return loss
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """No labels to score: the loop only drives callbacks (e.g. the rank monitor)."""
-        return None
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
-        """Representations (and labels) of a batch, e.g. to export embeddings."""
-        return {"embedding": self.embed(batch["image"]), "label": batch["label"]}
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        """Optimiser (no decay on biases and norms) with warmup + cosine per step."""
-        return scheduled_optimizer(
-            param_groups(self), self.trainer, self.warmup_epochs, self.min_lr_ratio,
-            **self.optim_cfg,
-        )  # fmt: skip
+    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """GLCNet loss of a ``pretrain_views`` batch (``views`` and ``index_maps``)."""
+        return self.training_loss(batch["views"], batch["index_maps"])

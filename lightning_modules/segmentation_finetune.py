@@ -4,14 +4,15 @@ The encoder can start from random weights, from timm's ImageNet weights (when th
 user has them), or from **any contraseg pretraining checkpoint**: weights under
 ``backbone.model.*`` are mapped by name onto the smp encoder (``encoder.model.*``),
 and a report says what was loaded, what was skipped (shape mismatch) and what the
-checkpoint did not have.  Validation accumulates a confusion matrix over the whole
-split (mIoU, per-class IoU, overall accuracy, Cohen's kappa, F1) and can run
-sliding-window inference on images larger than the training crops.
+checkpoint did not have (see ``components.checkpoint_init``, which can also load decoder
+parts such as GLCNet's ASPP and drop extra pretraining input channels).  Validation
+accumulates a confusion matrix over the whole split (mIoU, per-class IoU, overall
+accuracy, Cohen's kappa, F1) and can run sliding-window inference on images larger than
+the training crops.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -19,68 +20,20 @@ import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 
+from lightning_modules.components.checkpoint_init import (
+    CHECKPOINT_PREFIXES,
+    init_from_checkpoint,
+    load_encoder_from_checkpoint,
+    summarize,
+)
 from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
 from lightning_modules.components.sliding_window import sliding_window_inference
 from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
 
 ARCHITECTURES = {"deeplabv3plus": "DeepLabV3Plus", "unet": "Unet", "fpn": "FPN"}
-
-
-# where encoder weights live: contraseg pretraining, contraseg fine-tuning, a plain timm file
-CHECKPOINT_PREFIXES = ("backbone.model.", "net.encoder.model.", "")
-
-
-def load_encoder_from_checkpoint(
-    encoder: nn.Module, checkpoint_path: str | Path
-) -> dict[str, list[str]]:
-    """Copy encoder weights from a checkpoint into an smp timm encoder, by name.
-
-    Accepted: contraseg pretraining checkpoints (``backbone.model.*``), contraseg
-    fine-tuning checkpoints (``net.encoder.model.*``) and plain timm state dicts (e.g.
-    ImageNet weights you downloaded).  The first prefix whose names match the encoder
-    is used.
-
-    Args:
-        encoder: ``model.encoder`` of an smp model with a ``tu-`` (timm) encoder.
-        checkpoint_path: Lightning checkpoint (``state_dict`` inside) or a plain state dict.
-
-    Returns:
-        ``{"loaded": [...], "shape_mismatch": [...], "missing": [...]}`` key lists
-        (names relative to the timm model), plus ``"prefix"``.
-    """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model.init_checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    target = encoder.model.state_dict()
-    source: dict[str, Tensor] = {}
-    prefix = ""
-    for prefix in CHECKPOINT_PREFIXES:
-        source = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        if set(source) & set(target):
-            break
-    else:
-        raise ValueError(
-            f"{path} has no encoder weights under any of {CHECKPOINT_PREFIXES} that match the "
-            f"{type(encoder.model).__name__} encoder: not a contraseg or timm checkpoint?"
-        )
-    report: dict[str, list[str]] = {
-        "loaded": [], "shape_mismatch": [], "missing": [], "prefix": [prefix]
-    }  # fmt: skip
-    update = {}
-    for name, value in target.items():
-        if name not in source:
-            report["missing"].append(name)
-        elif source[name].shape != value.shape:
-            report["shape_mismatch"].append(name)
-        else:
-            update[name] = source[name]
-            report["loaded"].append(name)
-    encoder.model.load_state_dict(update, strict=False)
-    return report
+__all__ = ["CHECKPOINT_PREFIXES", "SegmentationFineTune", "load_encoder_from_checkpoint"]
 
 
 class SegmentationFineTune(L.LightningModule):
@@ -95,6 +48,11 @@ class SegmentationFineTune(L.LightningModule):
             downloadable or cached).
         init_checkpoint: Checkpoint initialising the encoder: a contraseg pretraining or
             fine-tuning checkpoint, or a plain timm state dict (e.g. ImageNet weights).
+        init_decoder: Decoder name prefixes also loaded from ``init_checkpoint``'s
+            ``net.decoder.*`` (same smp architecture): ``["aspp"]`` for the DeepLabV3+ ASPP
+            (GLCNet protocol), ``[""]`` for the whole decoder.  The head stays random.
+        slice_input_channels: Load checkpoint convs with extra trailing input channels
+            (e.g. image + mask pretraining) on their first ``in_channels`` channels.
         freeze_encoder: Train only the decoder and head (linear-probe-style segmentation).
         ignore_index: Label value ignored by the loss and metrics.
         optimizer: ``adamw``, ``adam``, ``sgd`` or ``lars``.
@@ -114,6 +72,8 @@ class SegmentationFineTune(L.LightningModule):
         encoder: str = "resnet18",
         encoder_weights: str | None = None,
         init_checkpoint: str | None = None,
+        init_decoder: list[str] | None = None,
+        slice_input_channels: bool = True,
         freeze_encoder: bool = False,
         ignore_index: int = 255,
         optimizer: str = "adamw",
@@ -132,6 +92,8 @@ class SegmentationFineTune(L.LightningModule):
             raise ValueError(f"model.architecture must be one of {list(ARCHITECTURES)}")
         if optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if init_decoder and init_checkpoint is None:
+            raise ValueError("model.init_decoder needs model.init_checkpoint")
         self.net = getattr(smp, ARCHITECTURES[architecture])(
             encoder_name=f"tu-{encoder}",
             encoder_weights=encoder_weights,
@@ -140,13 +102,10 @@ class SegmentationFineTune(L.LightningModule):
         )
         self.init_report: dict[str, list[str]] | None = None
         if init_checkpoint is not None:
-            self.init_report = load_encoder_from_checkpoint(self.net.encoder, init_checkpoint)
-            r = self.init_report
-            rank_zero_info(
-                f"encoder init from {init_checkpoint}: {len(r['loaded'])} tensors loaded, "
-                f"{len(r['shape_mismatch'])} shape mismatches {r['shape_mismatch'][:5]}, "
-                f"{len(r['missing'])} not in the checkpoint {r['missing'][:5]}"
+            self.init_report = init_from_checkpoint(
+                self.net, init_checkpoint, init_decoder, slice_input_channels
             )
+            rank_zero_info(f"init from {init_checkpoint}: {summarize(self.init_report)}")
         if freeze_encoder:
             self.net.encoder.requires_grad_(False)
         self.num_classes, self.ignore_index = num_classes, ignore_index

@@ -31,6 +31,8 @@ SEG_TINY = {
     "PotsdamTilesDataModule": ("potsdam_tiles", ["--data.init_args.crop_size", "64",
                                                  "--data.init_args.samples_per_epoch", "8"]),
 }  # fmt: skip
+# dense pretraining modules whose encoder is set by ``encoder`` (not ``backbone``)
+DENSE = {"PixelContrast", "SupervisedLocalContrast"}
 
 
 def tiny_overrides(
@@ -65,6 +67,10 @@ def tiny_overrides(
             if "GLCNet" in model_cls:
                 args += ["--model.init_args.encoder", "resnet18",
                          "--model.init_args.patch_size", "16"]  # fmt: skip
+            elif model_cls.rsplit(".", 1)[-1] in DENSE:
+                args += ["--model.init_args.encoder", "resnet18"]
+                if "PixelContrast" in model_cls:  # decoder resolution: 16 x 16 at 64 px
+                    args += ["--model.init_args.loss_size", "null"]
             else:
                 args += ["--model.init_args.backbone", "resnet18"]
         else:
@@ -77,14 +83,14 @@ def tiny_overrides(
         args += ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
                  "--data.init_args.split_dir", str(out / "splits"),
                  "--data.init_args.label_fraction", "8"]  # fmt: skip
-        if "SegmentationFineTune" in model_cls:
-            args += ["--model.init_args.init_checkpoint", "null"]
     elif "Synthetic" in data_cls:
         args += ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8"]
     elif "CIFAR10" in data_cls:
         args += ["--data.init_args.root", str(data_root)]
     else:
         pytest.fail(f"no tiny overrides for {data_cls} in {config.name}")
+    if cfg["model"].get("init_args", {}).get("init_checkpoint"):  # earlier stage's output
+        args += ["--model.init_args.init_checkpoint", "null"]
     return args
 
 

@@ -47,3 +47,37 @@ class MLPHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Project ``(B, in_dim)`` to ``(B, out_dim)``."""
         return self.net(x)
+
+
+class ConvProjectionHead(nn.Module):
+    """Dense projector of 1x1 convolutions ``in -> hidden... -> out`` (BN + ReLU between).
+
+    Zhao et al. (2021) project decoder features with two 1x1 convolutions of 256
+    channels (BN + ReLU after the first); Hu et al. (2021) use ``64 -> 256 -> 128``.
+
+    Args:
+        in_channels: Input channels.
+        hidden_channels: Widths of the hidden 1x1 convolutions.
+        out_channels: Output channels (embedding dimension).
+    """
+
+    def __init__(
+        self, in_channels: int, hidden_channels: Sequence[int] = (256,), out_channels: int = 256
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for width in hidden_channels:
+            layers += [
+                nn.Conv2d(prev, width, kernel_size=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+            prev = width
+        layers.append(nn.Conv2d(prev, out_channels, kernel_size=1))
+        self.net = nn.Sequential(*layers)
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Project ``(B, in_channels, H, W)`` to ``(B, out_channels, H, W)`` (not normalised)."""
+        return self.net(x)

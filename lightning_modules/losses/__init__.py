@@ -14,21 +14,29 @@ from lightning_modules.losses.glcnet import (
     style_features,
 )
 from lightning_modules.losses.pixel_contrast import (
+    cross_image_pixel_contrastive_loss,
+    distortion_pixel_contrastive_loss,
     pixel_contrastive_loss,
     tiled_pixel_contrastive_loss,
+    within_image_pixel_contrastive_loss,
 )
+from lightning_modules.losses.pixel_supcon import pixel_supcon_loss
 
 __all__ = [
     "check_temperature",
     "contrastive_loss",
+    "cross_image_pixel_contrastive_loss",
     "directclr_loss",
+    "distortion_pixel_contrastive_loss",
     "glcnet_loss",
     "info_nce_loss",
     "instance_labels",
     "local_matching_embeddings",
     "nt_xent_loss",
     "pixel_contrastive_loss",
+    "pixel_supcon_loss",
     "sample_corresponding_patches",
     "style_features",
     "tiled_pixel_contrastive_loss",
+    "within_image_pixel_contrastive_loss",
 ]

@@ -56,7 +56,17 @@ of ``block_size`` rows, saves only per-anchor statistics (:math:`L_i`,
 so peak memory grows with ``block_size * N``.  All similarity math runs in
 float32, also under autocast; the loss is finite at temperature 0.01.
 :func:`stride_sample` and :func:`block_partition` implement Hu et al.'s two ways
-of bounding ``N`` on dense maps.
+of bounding ``N`` on dense maps; :func:`tiled_pixel_contrastive_loss` averages
+this loss (or the SupCon one of :mod:`lightning_modules.losses.pixel_supcon`,
+``kind="supcon"``) over the tiles.
+
+**Official composition (Zhao et al.).**  Over dense maps, one loss per image or
+image pair, averaged over the units with at least one valid anchor:
+:func:`within_image_pixel_contrastive_loss` (each image on its own),
+:func:`cross_image_pixel_contrastive_loss` (an image and a permuted image of the
+second batch; positives from both, negatives from the anchor's own image) and
+:func:`distortion_pixel_contrastive_loss` (label-free: two distorted views of an
+image, positives = pixels from the same source cell).
 """
 
 from __future__ import annotations
@@ -69,11 +79,16 @@ from lightning_modules.losses.contrastive import check_temperature
 
 __all__ = [
     "block_partition",
+    "cross_image_pixel_contrastive_loss",
+    "distortion_pixel_contrastive_loss",
     "pixel_contrastive_loss",
     "pixel_contrastive_loss_naive",
     "stride_sample",
     "tiled_pixel_contrastive_loss",
+    "within_image_pixel_contrastive_loss",
 ]
+
+_TILE_KINDS = ("per_positive", "supcon")
 
 
 def _prepare(
@@ -372,8 +387,9 @@ def tiled_pixel_contrastive_loss(
     anchor_mask: Tensor | None = None,
     negatives_from_own_group: bool = False,
     block_size: int = 4096,
+    kind: str = "per_positive",
 ) -> Tensor:
-    r"""Mean of :func:`pixel_contrastive_loss` over the tiles of :func:`block_partition`.
+    r"""Mean of a pixel-contrastive loss over the tiles of :func:`block_partition`.
 
     :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles
     :math:`T` that have at least one valid anchor (a tile without one would add a
@@ -386,12 +402,28 @@ def tiled_pixel_contrastive_loss(
         temperature: Softmax temperature ``tau > 0``.
         ignore_index: Label of ignored pixels.
         anchor_mask: Optional bool ``(B, H, W)`` anchor selection.
-        negatives_from_own_group: Negatives only from the anchor's own image.
-        block_size: Anchor block size of :func:`pixel_contrastive_loss`.
+        negatives_from_own_group: Negatives only from the anchor's own image (only
+            for ``kind="per_positive"``).
+        block_size: Anchor block size of the per-tile loss.
+        kind: Per-tile loss: ``"per_positive"`` for :func:`pixel_contrastive_loss`
+            (Zhao et al.) or ``"supcon"`` for
+            :func:`~lightning_modules.losses.pixel_supcon.pixel_supcon_loss`
+            (Hu et al.'s ``BlockConLoss``).
 
     Returns:
         Scalar float32 loss.
+
+    Raises:
+        ValueError: On an unknown ``kind``, ``negatives_from_own_group`` with
+            ``kind="supcon"``, or the errors of the per-tile loss.
     """
+    if kind not in _TILE_KINDS:
+        raise ValueError(f"kind must be one of {_TILE_KINDS}, got {kind!r}")
+    if kind == "supcon" and negatives_from_own_group:
+        raise ValueError("negatives_from_own_group is only supported for kind='per_positive'")
+    # lazy import: pixel_supcon imports _prepare from this module
+    from lightning_modules.losses.pixel_supcon import _pixel_supcon_loss
+
     tiles = block_partition(features, labels, block)
     masks: list[Tensor | None] = [None] * len(tiles)
     if anchor_mask is not None:
@@ -403,14 +435,251 @@ def tiled_pixel_contrastive_loss(
         ]
     losses = []
     for (emb, lab, grp), mask in zip(tiles, masks):
-        loss, count = _pixel_contrastive_loss(
-            emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size
-        )
+        if kind == "supcon":
+            loss, count = _pixel_supcon_loss(emb, lab, temperature, ignore_index, mask, block_size)
+        else:
+            loss, count = _pixel_contrastive_loss(
+                emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size
+            )
         if count:
             losses.append(loss)
     if not losses:
         return features.float().sum() * 0.0
     return torch.stack(losses).mean()
+
+
+def within_image_pixel_contrastive_loss(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float = 0.07,
+    ignore_index: int = 255,
+    block_size: int = 4096,
+) -> Tensor:
+    r"""Zhao et al.'s within-image loss: :func:`pixel_contrastive_loss` per image.
+
+    Positives and negatives of an anchor come only from its own image;
+    :math:`\mathcal{L} = \frac{1}{|I|} \sum_{b \in I} \mathcal{L}_b` over the images
+    :math:`I` with at least one valid anchor.  The official code applies this to the
+    original and to the augmented batch and sums the two; the caller does that.
+
+    Args:
+        features: ``(B, D, H, W)`` dense embeddings.
+        labels: ``(B, H, W)`` labels.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of ignored pixels.
+        block_size: Anchor block size of :func:`pixel_contrastive_loss`.
+
+    Returns:
+        Scalar float32 loss; 0 (attached to the graph) when no image has a valid anchor.
+
+    Raises:
+        ValueError: On mismatched shapes, a bad temperature or block size.
+    """
+    _check_dense(features, labels)
+    losses = []
+    for b in range(features.shape[0]):
+        loss, count = _pixel_contrastive_loss(
+            features[b].flatten(1).T,
+            labels[b].reshape(-1),
+            temperature,
+            ignore_index,
+            None,
+            None,
+            False,
+            block_size,
+        )
+        if count:
+            losses.append(loss)
+    return _mean_or_zero(losses, features)
+
+
+def cross_image_pixel_contrastive_loss(
+    features1: Tensor,
+    features2: Tensor,
+    labels1: Tensor,
+    labels2: Tensor,
+    permutation: Tensor | None = None,
+    temperature: float = 0.07,
+    ignore_index: int = 255,
+    block_size: int = 4096,
+) -> Tensor:
+    r"""Zhao et al.'s cross-image loss over pairs of images.
+
+    Image :math:`b` of batch 1 is paired with image :math:`\pi(b)` of batch 2 (the
+    official code uses the augmented batch, shuffled by a random permutation
+    :math:`\pi`).  The pixels of both images are concatenated; positives are the
+    pixels with the anchor's label in *either* image, negatives only those of the
+    anchor's *own* image (``negatives_from_own_group=True``).  Every kept pixel of
+    both images is an anchor.  :math:`\mathcal{L}` is the mean of the pair losses
+    over the pairs with at least one valid anchor.
+
+    Args:
+        features1: ``(B, D, H1, W1)`` dense embeddings of the first batch.
+        features2: ``(B, D, H2, W2)`` dense embeddings of the second batch (the
+            spatial size may differ from the first).
+        labels1: ``(B, H1, W1)`` labels of the first batch.
+        labels2: ``(B, H2, W2)`` labels of the second batch.
+        permutation: Optional ``(B,)`` permutation of ``range(B)``; ``None`` pairs
+            image ``b`` with image ``b``.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of ignored pixels.
+        block_size: Anchor block size of :func:`pixel_contrastive_loss`.
+
+    Returns:
+        Scalar float32 loss; 0 (attached to the graph) when no pair has a valid anchor.
+
+    Raises:
+        ValueError: On mismatched shapes, a permutation that is not one of
+            ``range(B)``, a bad temperature or block size.
+    """
+    _check_two_views(features1, features2, labels1, labels2, "labels")
+    batch = features1.shape[0]
+    perm = _check_permutation(permutation, batch, features1.device)
+    losses = []
+    for b in range(batch):
+        e1, e2 = features1[b].flatten(1).T, features2[int(perm[b])].flatten(1).T
+        groups = torch.cat(
+            [
+                torch.zeros(e1.shape[0], dtype=torch.long, device=e1.device),
+                torch.ones(e2.shape[0], dtype=torch.long, device=e1.device),
+            ]
+        )
+        loss, count = _pixel_contrastive_loss(
+            torch.cat([e1, e2]),
+            torch.cat([labels1[b].reshape(-1), labels2[int(perm[b])].reshape(-1)]),
+            temperature,
+            ignore_index,
+            None,
+            groups,
+            True,
+            block_size,
+        )
+        if count:
+            losses.append(loss)
+    return _mean_or_zero(losses, features1, features2)
+
+
+def distortion_pixel_contrastive_loss(
+    features1: Tensor,
+    features2: Tensor,
+    index1: Tensor,
+    index2: Tensor,
+    source_width: int | Tensor,
+    cell: int,
+    temperature: float = 0.07,
+    block_size: int = 4096,
+) -> Tensor:
+    r"""Zhao et al.'s label-free loss between two distorted views of each image.
+
+    In the paper a pixel's positive is "the same pixel under two distortions".  At
+    the (lower) feature resolution this is realised as *the same source cell*: each
+    feature pixel carries the id ``y * source_width + x`` of the original-image pixel
+    it comes from (``index1`` / ``index2``; a negative id means "no source pixel" and
+    the pixel is ignored), and its label is the id of the ``cell x cell`` source cell
+    :math:`(\lfloor y / c \rfloor, \lfloor x / c \rfloor)` containing it.  Per image,
+    the pixels of both views are concatenated; positives are the pixels covering the
+    anchor's cell (in either view), negatives all other pixels of the two views.
+    Anchors are restricted to pixels whose cell also occurs in the *other* view, so
+    every anchor has a cross-view positive.  :math:`\mathcal{L}` is the mean over
+    the images with at least one valid anchor.
+
+    Args:
+        features1: ``(B, D, H1, W1)`` dense embeddings of view 1.
+        features2: ``(B, D, H2, W2)`` dense embeddings of view 2.
+        index1: ``(B, H1, W1)`` integer source-pixel ids of view 1.
+        index2: ``(B, H2, W2)`` integer source-pixel ids of view 2.
+        source_width: Width ``>= 1`` of the original image (to decode the ids), or a
+            ``(B,)`` tensor with one width per image (e.g. ``batch["source_size"][:, 1]``).
+        cell: Side ``>= 1`` of the source cells that define positives.
+        temperature: Softmax temperature ``tau > 0``.
+        block_size: Anchor block size of :func:`pixel_contrastive_loss`.
+
+    Returns:
+        Scalar float32 loss; 0 (attached to the graph) when no image has a valid anchor.
+
+    Raises:
+        ValueError: On mismatched shapes, non-integer ids, ``source_width < 1``,
+            ``cell < 1``, a bad temperature or block size.
+    """
+    _check_two_views(features1, features2, index1, index2, "index")
+    for name, t in (("index1", index1), ("index2", index2)):
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+    widths = source_width if isinstance(source_width, Tensor) else torch.tensor([source_width])
+    if widths.numel() not in (1, index1.shape[0]) or bool((widths < 1).any()):
+        raise ValueError(
+            f"source_width must be >= 1 (one value or one per image), got {source_width}"
+        )
+    if cell < 1:
+        raise ValueError(f"cell must be >= 1, got {cell}")
+    cells1 = _source_cells(index1, source_width, cell)
+    cells2 = _source_cells(index2, source_width, cell)
+    losses = []
+    for b in range(features1.shape[0]):
+        c1, c2 = cells1[b].reshape(-1), cells2[b].reshape(-1)
+        anchors = torch.cat([(c1 >= 0) & torch.isin(c1, c2), (c2 >= 0) & torch.isin(c2, c1)])
+        loss, count = _pixel_contrastive_loss(
+            torch.cat([features1[b].flatten(1).T, features2[b].flatten(1).T]),
+            torch.cat([c1, c2]),
+            temperature,
+            -1,
+            anchors,
+            None,
+            False,
+            block_size,
+        )
+        if count:
+            losses.append(loss)
+    return _mean_or_zero(losses, features1, features2)
+
+
+def _source_cells(index: Tensor, source_width: int | Tensor, cell: int) -> Tensor:
+    """Flattened source-cell id of every source-pixel id (``-1`` where the id is < 0)."""
+    index = index.long()
+    if isinstance(source_width, Tensor):  # one width per image of the (B, H, W) maps
+        source_width = source_width.to(index.device).long().view(-1, *[1] * (index.ndim - 1))
+    cells_x = -(-source_width // cell)
+    ids = index.clamp_min(0)
+    cells = (ids // source_width // cell) * cells_x + (ids % source_width) // cell
+    return torch.where(index >= 0, cells, torch.full_like(cells, -1))
+
+
+def _check_two_views(
+    features1: Tensor, features2: Tensor, maps1: Tensor, maps2: Tensor, name: str
+) -> None:
+    for i, (f, m) in enumerate(((features1, maps1), (features2, maps2)), start=1):
+        if f.ndim != 4 or m.shape != (f.shape[0], *f.shape[2:]):
+            raise ValueError(
+                f"expected features{i} (B, D, H, W) and {name}{i} (B, H, W), got "
+                f"{tuple(f.shape)} and {tuple(m.shape)}"
+            )
+    if features1.shape[:2] != features2.shape[:2]:
+        raise ValueError(
+            f"features1 and features2 must agree in (B, D), got {tuple(features1.shape[:2])} "
+            f"and {tuple(features2.shape[:2])}"
+        )
+
+
+def _check_permutation(permutation: Tensor | None, batch: int, device: torch.device) -> Tensor:
+    if permutation is None:
+        return torch.arange(batch, device=device)
+    if permutation.shape != (batch,) or not torch.equal(
+        permutation.detach().long().sort().values.cpu(), torch.arange(batch)
+    ):
+        raise ValueError(
+            f"permutation must be a permutation of range({batch}), got {permutation.tolist()}"
+        )
+    return permutation.long()
+
+
+def _mean_or_zero(losses: list[Tensor], *features: Tensor) -> Tensor:
+    """Mean of the unit losses, or a graph-attached float32 zero when there are none."""
+    if losses:
+        return torch.stack(losses).mean()
+    zero = features[0].float().sum() * 0.0
+    for f in features[1:]:
+        zero = zero + f.float().sum() * 0.0
+    return zero
 
 
 def _check_dense(features: Tensor, labels: Tensor) -> None:
