@@ -9,6 +9,10 @@ of the pixels labelled ``ignore_index``) three implementations are compared:
   :func:`~lightning_modules.losses.pixel_contrast.pixel_contrastive_loss` with
   that ``block_size`` (blocked forward, recomputing analytic backward).
 
+``--methods supcon-naive supcon-chunked-4096 ...`` measures the same for Hu et
+al.'s SupCon-denominator loss
+(:mod:`lightning_modules.losses.pixel_supcon`).
+
 **Time.**  Median wall-clock time of ``loss = f(z); loss.backward()`` over
 ``--repeats`` runs after ``--warmup`` untimed runs (synchronised on CUDA); the
 first timed run is also the peak-memory run.
@@ -52,8 +56,10 @@ from lightning_modules.losses.pixel_contrast import (
     pixel_contrastive_loss,
     pixel_contrastive_loss_naive,
 )
+from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, pixel_supcon_loss_naive
 
 METHODS = ("naive", "chunked-1024", "chunked-4096")
+SUPCON_METHODS = ("supcon-naive", "supcon-chunked-1024", "supcon-chunked-4096")
 N_CLASSES = 19
 IGNORE = 255
 
@@ -68,10 +74,14 @@ def _inputs(n: int, dim: int, device: torch.device, seed: int = 0) -> tuple[Tens
 
 
 def _loss(method: str, z: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    supcon = method.startswith("supcon-")
+    method = method.removeprefix("supcon-")
     if method == "naive":
-        return pixel_contrastive_loss_naive(z, labels, temperature, IGNORE)
+        naive = pixel_supcon_loss_naive if supcon else pixel_contrastive_loss_naive
+        return naive(z, labels, temperature, IGNORE)
     block = int(method.split("-")[1])
-    return pixel_contrastive_loss(z, labels, temperature, IGNORE, block_size=block)
+    blocked = pixel_supcon_loss if supcon else pixel_contrastive_loss
+    return blocked(z, labels, temperature, IGNORE, block_size=block)
 
 
 def _sync(device: torch.device) -> None:
@@ -124,7 +134,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 def _measure(method: str, n: int, args: argparse.Namespace) -> dict[str, float] | str:
     """Run :func:`_worker` in a fresh interpreter; a string on failure."""
-    if method == "naive":
+    if method.endswith("naive"):
         est_gb = 4 * n * n * 4 / 1e9
         if est_gb > args.max_naive_gb:
             return f"skipped (estimated {est_gb:.1f} GB)"
@@ -165,8 +175,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=0.07)
     parser.add_argument("--max-naive-gb", type=float, default=8.0)
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    choices = METHODS + SUPCON_METHODS
+    parser.add_argument("--methods", nargs="+", choices=choices, default=list(METHODS))
+    parser.add_argument("--worker", choices=choices, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

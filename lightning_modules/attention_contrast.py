@@ -25,7 +25,8 @@ i.e. fine-tuning sees an all-zero attention channel).
 Per image and step, up to ``objects_per_image`` classes present in **every** view
 (at least ``min_object_pixels`` pixels, not excluded, not ignored) are drawn at
 random; each becomes one sample of every view.  Images without such a class are
-skipped in that step.
+skipped in that step.  Under DDP each rank contrasts its own pairs: their number
+varies from step to step and rank to rank, which an all-gather cannot take.
 """
 
 from __future__ import annotations
@@ -95,7 +96,6 @@ class AttentionGuidedContrast(PretrainModule):
         temperature: SupCon temperature.
         projector_hidden_dims: Hidden widths of the MLP projector.
         projector_out_dim: Embedding dimension.
-        gather_distributed: Contrast against all DDP ranks' samples (with gradients).
         **kwargs: :class:`~lightning_modules.base.PretrainModule` arguments
             (``backbone``, optimiser, ...).
 
@@ -113,7 +113,6 @@ class AttentionGuidedContrast(PretrainModule):
         temperature: float = 0.1,
         projector_hidden_dims: Sequence[int] = (2048,),
         projector_out_dim: int = 128,
-        gather_distributed: bool = True,
         **kwargs: Any,
     ) -> None:
         backbone_kwargs = dict(kwargs.pop("backbone_kwargs", None) or {})
@@ -126,7 +125,6 @@ class AttentionGuidedContrast(PretrainModule):
         self.temperature = check_temperature(temperature)
         self.objects_per_image, self.min_object_pixels = objects_per_image, min_object_pixels
         self.exclude_classes, self.ignore_index = list(exclude_classes), ignore_index
-        self.gather_distributed = gather_distributed
         self.projector = MLPHead(self.feature_dim, list(projector_hidden_dims), projector_out_dim)
 
     def embed(self, images: Tensor) -> Tensor:
@@ -158,19 +156,16 @@ class AttentionGuidedContrast(PretrainModule):
             masks, self.objects_per_image, self.min_object_pixels, self.exclude_classes,
             self.ignore_index,
         )  # fmt: skip
-        if index.numel() < 2:  # nothing to contrast in this step: zero loss on the graph
+        if index.numel() < 2:  # nothing to contrast: zero loss through every parameter (DDP)
             features = self.embed(views[0])
             zero = torch.zeros((), device=features.device)
-            return features.sum() * 0.0, features, {"objects": zero}
+            return self.projector(features).sum() * 0.0, features, {"objects": zero}
         inputs = [
             torch.cat([v[index], (m[index] == cls.view(-1, 1, 1)).unsqueeze(1).to(v.dtype)], 1)
             for v, m in zip(views, masks)
         ]
         features = self.backbone(torch.cat(inputs))
         z = self.projector(features)
-        loss = nt_xent_loss(
-            z, labels=cls.repeat(len(views)), temperature=self.temperature,
-            gather_distributed=self.gather_distributed,
-        )  # fmt: skip
+        loss = nt_xent_loss(z, labels=cls.repeat(len(views)), temperature=self.temperature)
         objects = torch.tensor(float(index.numel()), device=features.device)
         return loss, features[: index.numel()], {"objects": objects}

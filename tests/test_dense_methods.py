@@ -212,8 +212,7 @@ def test_sample_objects_draws_classes_present_in_every_view(batch: dict[str, Any
 def test_attention_guided_loss_is_supcon_over_highlighted_objects(batch: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = AttentionGuidedContrast(backbone="resnet18", objects_per_image=2,
-                                    min_object_pixels=4, projector_hidden_dims=[64],
-                                    gather_distributed=False)  # fmt: skip
+                                    min_object_pixels=4, projector_hidden_dims=[64])
     model.eval()
     torch.manual_seed(3)
     loss, features, logs = model.batch_loss(batch)
@@ -247,3 +246,15 @@ def test_attention_stage_two_drops_the_attention_channel(tmp_path: Path) -> None
     assert not report["shape_mismatch"] and not report["missing"]
     source = stage1.backbone.model.conv1.weight
     assert torch.equal(model.net.encoder.model.conv1.weight, source[:, :3])
+
+
+def test_attention_guided_step_without_objects_touches_every_parameter(
+    batch: dict[str, Any],
+) -> None:
+    """No drawable object: zero loss whose graph still reaches every parameter (DDP)."""
+    model = AttentionGuidedContrast(backbone="resnet18", projector_hidden_dims=[32])
+    empty = {**batch, "masks": [torch.full_like(m, 255) for m in batch["masks"]]}
+    loss, _, logs = model.batch_loss(empty)
+    assert float(loss.detach()) == 0.0 and float(logs["objects"]) == 0.0
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
