@@ -258,3 +258,28 @@ def test_attention_guided_step_without_objects_touches_every_parameter(
     assert float(loss.detach()) == 0.0 and float(logs["objects"]) == 0.0
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_cli_pretrain_then_finetune_with_decoder(tmp_path: Path, monkeypatch) -> None:
+    """The README recipe: pixelcontrast_quickstart.yaml, then finetune with init_decoder."""
+    from experiments.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    tiny = ["--trainer.max_steps", "1", "--trainer.accelerator", "cpu",
+            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", str(tmp_path / "logs"),
+            "--data.init_args.num_train", "400", "--data.init_args.num_val", "4",
+            "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4"]  # fmt: skip
+    pre = main(["fit", "--config", str(configs / "pixelcontrast_quickstart.yaml"), *tiny,
+                "--model.init_args.encoder", "resnet18"])  # fmt: skip
+    ckpt = tmp_path / "outputs" / "pixelcontrast_quickstart" / "checkpoints" / "last.ckpt"
+    assert pre.trainer.global_step == 1 and ckpt.is_file()
+    ft = main(["fit", "--config", str(configs / "finetune_quickstart.yaml"), *tiny,
+               "--trainer.limit_val_batches", "1", "--model.init_checkpoint", str(ckpt),
+               "--model.init_decoder", '[""]'])  # fmt: skip
+    report = ft.model.init_report
+    assert report is not None and not report["missing"] and not report["shape_mismatch"]
+    assert sum(n.startswith("decoder.") for n in report["loaded"]) == len(
+        ft.model.net.decoder.state_dict()
+    )
