@@ -29,7 +29,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.components import ConvProjectionHead
@@ -129,7 +128,7 @@ class SupervisedLocalContrast(DensePretrainModule):
                 "SupervisedLocalContrast needs a mask per view (use the data module's "
                 "pretrain_views mode with pretrain_subset: labeled)"
             )
-        z = F.normalize(self.head(self.decode(torch.cat(views))).float(), dim=1)
+        z = self.head(self.decode(torch.cat(views)))  # normalised (in float32) by the loss
         labels = torch.cat([resize_labels(m, tuple(z.shape[-2:])) for m in masks])
         anchors = labels != self.ignore_index
         if self.background_index is not None:

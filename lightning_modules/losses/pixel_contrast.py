@@ -251,8 +251,15 @@ def _pixel_contrastive_loss(
     groups: Tensor | None,
     negatives_from_own_group: bool,
     block_size: int,
+    function: type[torch.autograd.Function] | None = None,
 ) -> tuple[Tensor, int]:
-    """:func:`pixel_contrastive_loss` and its number of valid anchors."""
+    """A blocked pixel loss and its number of valid anchors.
+
+    Validates, drops ignored pixels, selects the anchors with a positive and applies
+    ``function`` (default :class:`_BlockedPixelContrast`; Hu et al.'s SupCon
+    denominator passes its own) as ``function(z, y, g, anchor_index, n_pos, tau,
+    block_size)``.
+    """
     tau = check_temperature(temperature)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
@@ -263,7 +270,7 @@ def _pixel_contrastive_loss(
         count = int(anchor_index.numel())
         if count == 0:
             return z.sum() * 0.0, 0
-        loss = _BlockedPixelContrast.apply(
+        loss = (function or _BlockedPixelContrast).apply(
             z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
         )
         return loss, count
@@ -421,8 +428,10 @@ def tiled_pixel_contrastive_loss(
         raise ValueError(f"kind must be one of {_TILE_KINDS}, got {kind!r}")
     if kind == "supcon" and negatives_from_own_group:
         raise ValueError("negatives_from_own_group is only supported for kind='per_positive'")
-    # lazy import: pixel_supcon imports _prepare from this module
-    from lightning_modules.losses.pixel_supcon import _pixel_supcon_loss
+    # lazy import: pixel_supcon builds on this module
+    from lightning_modules.losses.pixel_supcon import _BlockedPixelSupCon
+
+    function = _BlockedPixelSupCon if kind == "supcon" else _BlockedPixelContrast
 
     tiles = block_partition(features, labels, block)
     masks: list[Tensor | None] = [None] * len(tiles)
@@ -435,17 +444,13 @@ def tiled_pixel_contrastive_loss(
         ]
     losses = []
     for (emb, lab, grp), mask in zip(tiles, masks):
-        if kind == "supcon":
-            loss, count = _pixel_supcon_loss(emb, lab, temperature, ignore_index, mask, block_size)
-        else:
-            loss, count = _pixel_contrastive_loss(
-                emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size
-            )
+        loss, count = _pixel_contrastive_loss(
+            emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size,
+            function,
+        )  # fmt: skip
         if count:
             losses.append(loss)
-    if not losses:
-        return features.float().sum() * 0.0
-    return torch.stack(losses).mean()
+    return _mean_or_zero(losses, features)
 
 
 def within_image_pixel_contrastive_loss(

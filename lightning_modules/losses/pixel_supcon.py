@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_contrast import _prepare
+from lightning_modules.losses.pixel_contrast import _pixel_contrastive_loss, _prepare
 
 __all__ = ["pixel_supcon_loss", "pixel_supcon_loss_naive"]
 
@@ -70,11 +70,13 @@ class _BlockedPixelSupCon(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         z: Tensor,
         y: Tensor,
+        g: None,
         anchor_index: Tensor,
         n_pos: Tensor,
         tau: float,
         block_size: int,
     ) -> Tensor:
+        # g (groups) is part of the shared call signature; SupCon has no group restriction
         total = z.new_zeros(())
         lse = z.new_empty(anchor_index.shape[0])
         for start in range(0, anchor_index.shape[0], block_size):
@@ -110,7 +112,7 @@ class _BlockedPixelSupCon(torch.autograd.Function):
             dS = prob.sub_(target).mul_(scale)  # noqa: N806
             grad_z.index_add_(0, rows, dS @ z)
             grad_z.addmm_(dS.T, a)
-        return grad_z, None, None, None, None, None
+        return grad_z, None, None, None, None, None, None
 
 
 def pixel_supcon_loss(
@@ -154,20 +156,10 @@ def _pixel_supcon_loss(
     block_size: int,
 ) -> tuple[Tensor, int]:
     """:func:`pixel_supcon_loss` and its number of valid anchors."""
-    tau = check_temperature(temperature)
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        z, y, _, anchor_index, n_pos = _prepare(
-            embeddings, labels, ignore_index, anchor_mask, None, False
-        )
-        count = int(anchor_index.numel())
-        if count == 0:
-            return z.sum() * 0.0, 0
-        loss = _BlockedPixelSupCon.apply(
-            z, y, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
-        )
-        return loss, count
+    return _pixel_contrastive_loss(
+        embeddings, labels, temperature, ignore_index, anchor_mask, None, False, block_size,
+        _BlockedPixelSupCon,
+    )  # fmt: skip
 
 
 def pixel_supcon_loss_naive(
