@@ -1,6 +1,6 @@
 """Training throughput of SimCLR: Lightning ``Trainer.fit`` vs a plain PyTorch loop.
 
-Both settings train the same :class:`lightning_modules.SimCLR` (timm backbone,
+Both settings train the same :class:`lightning_modules.SimCLR` (timm encoder,
 default projector, online linear probe, SGD with the module's own parameter
 groups and per-step warmup + cosine schedule) on the same batches, and differ only
 in what drives the step:
@@ -9,8 +9,8 @@ in what drives the step:
   checkpointing, progress bar, model summary and validation disabled, so the
   measured difference is the Trainer's per-step overhead (hooks, ``self.log``
   bookkeeping, closure-based optimisation, precision plugin);
-* ``plain``: ``loss, feats, _ = model.training_loss(views)`` plus
-  ``model.probe.loss(feats, label)`` (exactly what ``PretrainModule.training_step``
+* ``plain``: ``loss, _, feats = model.training_loss(batch)`` plus
+  ``model.probe.loss(feats, label)`` (exactly what ``EmbeddingTask.training_step``
   computes, without ``self.log``), ``zero_grad`` / ``backward`` / ``step`` and
   ``scheduler.step()``, under the same ``torch.autocast`` (and ``GradScaler`` for
   ``16-mixed``) that Lightning's precision plugin uses.
@@ -84,8 +84,8 @@ def _make_model(args: argparse.Namespace) -> SimCLR:
     """A freshly initialised SimCLR (same seed every call) trained with SGD."""
     torch.manual_seed(0)
     return SimCLR(
-        backbone=args.backbone,
-        num_classes=args.num_classes,
+        encoder=args.encoder,
+        probe_classes=args.num_classes,
         optimizer="sgd",
         lr=0.1,
         warmup_epochs=0.1,
@@ -164,7 +164,7 @@ def _run_plain(args: argparse.Namespace, loader: DataLoader, device: torch.devic
         if i == last:
             break
         with _autocast(args):
-            loss, features, _ = model.training_loss(batch["views"])
+            loss, _, features = model.training_loss(batch)
             total: Tensor = loss + model.probe.loss(features, batch["label"], train=True)
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
@@ -186,7 +186,7 @@ def _parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--size", type=int, default=32, help="view height and width")
-    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--num-classes", type=int, default=10, help="online probe classes")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per run")
@@ -223,7 +223,7 @@ def main() -> None:
         f"{torch.get_num_threads()} | device {args.device} ({name}) | precision {args.precision}"
     )
     print(
-        f"SimCLR {args.backbone}, batch {args.batch_size} x 2 views of {args.size}x{args.size}, "
+        f"SimCLR {args.encoder}, batch {args.batch_size} x 2 views of {args.size}x{args.size}, "
         f"SGD, {args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds\n"
     )
     loader = DataLoader(_make_batches(args, device), batch_size=None, shuffle=False)

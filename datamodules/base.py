@@ -36,6 +36,31 @@ class TransformedDataset(Dataset):
         return self.transform(self.dataset[index])
 
 
+class KNNEvalSet(Dataset):
+    """Held-out queries and kNN bank interleaved in one dataset, items tagged ``knn_bank``.
+
+    One loader (not two) keeps every metric in one place of Lightning's result tables;
+    the parts are interleaved in proportion, so ``limit_val_batches`` sees both.
+
+    Args:
+        queries: Held-out evaluation dataset.
+        bank: Training images under the evaluation transform (``None``: queries only).
+    """
+
+    def __init__(self, queries: Dataset, bank: Dataset | None = None) -> None:
+        self.parts = [queries] + ([bank] if bank is not None else [])
+        keys = [((j + 0.5) / len(part), p, j)  # type: ignore[arg-type]
+                for p, part in enumerate(self.parts) for j in range(len(part))]  # type: ignore[arg-type]  # fmt: skip
+        self.order = [(p, j) for _, p, j in sorted(keys)]
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+        part, j = self.order[index]
+        return {**self.parts[part][j], "knn_bank": part == 1}
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Multi-view pretraining data with evaluation splits.
 
@@ -88,6 +113,16 @@ class PretrainDataModule(L.LightningDataModule):
         self.knn_bank_size = knn_bank_size
         self._raw: tuple[Dataset, Dataset] | None = None
 
+    @property
+    def probe_classes(self) -> int:
+        """Image-level classes of the online evaluators (``num_classes``; 0: unlabeled)."""
+        return self.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels (length of the normalisation mean)."""
+        return len(self.augment.mean)
+
     def build_datasets(self) -> tuple[Dataset, Dataset]:
         """Return the raw ``(train, val)`` datasets (implemented by subclasses)."""
         raise NotImplementedError
@@ -125,7 +160,7 @@ class PretrainDataModule(L.LightningDataModule):
 
     def knn_bank(self) -> Dataset | None:
         """Seeded subset of the training set under the eval transform, or ``None``."""
-        if self.knn_bank_size == 0 or self.num_classes < 2:
+        if self.knn_bank_size == 0 or self.probe_classes < 2:
             return None
         bank = self.eval_dataset("train")
         n = len(bank)  # type: ignore[arg-type]
@@ -149,15 +184,11 @@ class PretrainDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:  # noqa: D102
         return self._loader(self.train_dataset(), train=True)
 
-    def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Validation loader, followed by the kNN bank loader when kNN is enabled."""
-        loaders = [self._loader(self.eval_dataset("val"), train=False)]
-        bank = self.knn_bank()
-        if bank is not None:
-            loaders.append(self._loader(bank, train=False))
-        return loaders if len(loaders) > 1 else loaders[0]
+    def val_dataloader(self) -> DataLoader:
+        """One loader over :class:`KNNEvalSet` (held-out split and kNN bank, interleaved)."""
+        return self._loader(KNNEvalSet(self.eval_dataset("val"), self.knn_bank()), train=False)
 
-    def test_dataloader(self) -> DataLoader | list[DataLoader]:
+    def test_dataloader(self) -> DataLoader:
         """Held-out split (the ``val`` split of these data sets) plus the kNN bank."""
         return self.val_dataloader()
 

@@ -114,8 +114,7 @@ class SegmentationDataModule(L.LightningDataModule):
         val_batch_size: Evaluation batch size (default ``batch_size``).
         pretrain_views: Switch to *pretraining* mode: training batches are unlabeled
             multi-view samples of the whole training split (``views``, ``masks``,
-            ``index_maps``), ``num_classes`` reads 0 so image-level probes are off, and
-            validation batches carry ``label = -1``.
+            ``index_maps``) and validation batches carry ``label = -1``.
             A list gives one configuration per view (asymmetric recipes).
         n_views: Views per image in pretraining mode (with a single configuration).
         pretrain_subset: Images of the pretraining mode: ``"all"`` (the whole
@@ -168,8 +167,6 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         self.pretrain_views, self.n_views = pretrain_views, n_views
         self.pretrain_subset = pretrain_subset
-        if pretrain_views is not None:
-            self.num_classes = 0  # no image-level labels to probe during pretraining
 
     # ------------------------------------------------------------------ subclasses
     def train_names(self) -> list[str]:
@@ -181,6 +178,11 @@ class SegmentationDataModule(L.LightningDataModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared
+    @property
+    def probe_classes(self) -> int:
+        """No image-level classes: segmentation data disables the online probe and kNN."""
+        return 0
+
     @property
     def in_channels(self) -> int:
         """Number of input channels (length of ``mean``)."""

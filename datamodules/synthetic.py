@@ -219,16 +219,14 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
         self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
         self.max_objects, self.data_seed = max_objects, data_seed
         self.classes = ["background", *SHAPES[:num_object_classes]]
-        self.num_segmentation_classes = num_object_classes + 1
-        if self.pretrain_views is None:  # pretraining mode reports no classes to probe
-            self.num_classes = self.num_segmentation_classes
+        self.num_classes = num_object_classes + 1
         SyntheticScenes(1, image_size, num_object_classes, max_objects, data_seed)
 
     def _scenes(self, split: str) -> SyntheticScenes:
         n = self.num_train if split == "train" else self.num_val
         seed = 2 * self.data_seed + (0 if split == "train" else 1)
         return SyntheticScenes(
-            n, self.image_size, self.num_segmentation_classes - 1, self.max_objects, seed
+            n, self.image_size, self.num_classes - 1, self.max_objects, seed
         )
 
     def train_names(self) -> list[str]:  # noqa: D102

@@ -3,16 +3,19 @@
 A thin :class:`lightning.pytorch.cli.LightningCLI` in subclass mode: any
 LightningModule, LightningDataModule, callback or logger class can be chosen with
 ``class_path`` in YAML and every argument overridden on the command line
-(``--model.temperature 0.1``).
+(``--model.temperature 0.1``).  The data module's ``in_channels``, ``num_classes``
+(segmentation classes) and ``probe_classes`` (image-level classes of the online
+evaluators) are linked into the model arguments of the same name, where the model has one.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+LINKED = ("in_channels", "num_classes", "probe_classes")
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -42,9 +45,10 @@ class ContrasegCLI(LightningCLI):
     """LightningCLI with contraseg's defaults and fail-fast configuration errors."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """Link the data set's class count into the model's evaluators."""
-        parser.link_arguments("data.num_classes", "model.init_args.num_classes",
-                              apply_on="instantiate")
+        """Link the data set's channels and class counts into the model."""
+        for name in LINKED:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}",
+                                  apply_on="instantiate")  # fmt: skip
 
     def instantiate_classes(self) -> None:
         """Instantiate, turning constructor validation errors into parser errors."""
@@ -55,10 +59,11 @@ class ContrasegCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None, run: bool = True) -> ContrasegCLI:
-    """Run the CLI (``args`` defaults to ``sys.argv[1:]``).
+    """Run the CLI.
 
     Args:
-        args: Command-line arguments, e.g. ``["fit", "--config", "cfg.yaml"]``.
+        args: Command-line arguments, e.g. ``["fit", "--config", "cfg.yaml"]``;
+            ``None`` reads ``sys.argv`` (the console script and ``run.py``).
         run: Execute the subcommand (``False``: only instantiate).
 
     Returns:
@@ -72,7 +77,7 @@ def main(args: list[str] | None = None, run: bool = True) -> ContrasegCLI:
         save_config_callback=LoggerSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
-        args=args if args is not None else sys.argv[1:],
+        args=args,
         run=run,
         auto_configure_optimizers=False,
     )

@@ -1,21 +1,26 @@
-"""Contrastive and self-supervised objectives as LightningModules."""
+"""Contrastive and self-supervised objectives as LightningModules over one task base."""
 
 from lightning_modules.attention_contrast import AttentionGuidedContrast
-from lightning_modules.base import PretrainModule
+from lightning_modules.dense_task import DenseTask
 from lightning_modules.directclr import DirectCLR
+from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.glcnet import GLCNet
 from lightning_modules.local_contrast import SupervisedLocalContrast
 from lightning_modules.pixel_contrast import PixelContrast
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.simclr import SimCLR
+from lightning_modules.task import BaseTask, TaskLoss
 
 __all__ = [
     "AttentionGuidedContrast",
+    "BaseTask",
+    "DenseTask",
     "DirectCLR",
+    "EmbeddingTask",
     "GLCNet",
     "PixelContrast",
-    "PretrainModule",
     "SegmentationFineTune",
     "SimCLR",
     "SupervisedLocalContrast",
+    "TaskLoss",
 ]

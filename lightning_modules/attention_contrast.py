@@ -37,9 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_modules.base import PretrainModule
 from lightning_modules.components import MLPHead
+from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.task import TaskLoss
 
 __all__ = ["AttentionGuidedContrast", "sample_objects"]
 
@@ -84,11 +85,13 @@ def sample_objects(
     return image_index, cls[chosen]
 
 
-class AttentionGuidedContrast(PretrainModule):
+class AttentionGuidedContrast(EmbeddingTask):
     """Stage 1 of Lee et al.: SupCon over (image + object-mask channel, object class).
 
+    ``in_channels`` (a :class:`~lightning_modules.task.BaseTask` argument, linked from the
+    data) counts the image channels; the encoder gets ``in_channels + 1``.
+
     Args:
-        in_channels: Image channels (the backbone gets ``in_channels + 1``).
         objects_per_image: Classes highlighted per image and step.
         min_object_pixels: Minimum pixels of a class in every view to be drawn.
         exclude_classes: Classes never highlighted (e.g. ``[0]`` for background).
@@ -96,8 +99,8 @@ class AttentionGuidedContrast(PretrainModule):
         temperature: SupCon temperature.
         projector_hidden_dims: Hidden widths of the MLP projector.
         projector_out_dim: Embedding dimension.
-        **kwargs: :class:`~lightning_modules.base.PretrainModule` arguments
-            (``backbone``, optimiser, ...).
+        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments
+            (``encoder``, optimiser, ...).
 
     Raises:
         ValueError: On bad counts or temperature.
@@ -105,7 +108,6 @@ class AttentionGuidedContrast(PretrainModule):
 
     def __init__(
         self,
-        in_channels: int = 3,
         objects_per_image: int = 2,
         min_object_pixels: int = 16,
         exclude_classes: Sequence[int] = (),
@@ -115,33 +117,40 @@ class AttentionGuidedContrast(PretrainModule):
         projector_out_dim: int = 128,
         **kwargs: Any,
     ) -> None:
-        backbone_kwargs = dict(kwargs.pop("backbone_kwargs", None) or {})
-        backbone_kwargs["in_chans"] = in_channels + 1
-        super().__init__(backbone_kwargs=backbone_kwargs, **kwargs)
-        self.save_hyperparameters()
-        self._plain_hparams()
-        if objects_per_image < 1 or min_object_pixels < 1:
+        super().__init__(**kwargs)
+
+    def encoder_channels(self) -> int:
+        """Image channels plus the attention (object mask) channel."""
+        return self.hparams.in_channels + 1
+
+    def configure_models(self) -> None:  # noqa: D102
+        super().configure_models()
+        hp = self.hparams
+        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
+                                 hp.projector_out_dim)  # fmt: skip
+
+    def configure_losses(self) -> None:  # noqa: D102
+        hp = self.hparams
+        if hp.objects_per_image < 1 or hp.min_object_pixels < 1:
             raise ValueError("model.objects_per_image and model.min_object_pixels must be >= 1")
-        self.temperature = check_temperature(temperature)
-        self.objects_per_image, self.min_object_pixels = objects_per_image, min_object_pixels
-        self.exclude_classes, self.ignore_index = list(exclude_classes), ignore_index
-        self.projector = MLPHead(self.feature_dim, list(projector_hidden_dims), projector_out_dim)
+        self.temperature = check_temperature(hp.temperature)
 
     def embed(self, images: Tensor) -> Tensor:
         """Representation of plain images: an all-zero attention channel is appended."""
         if images.shape[1] == self.hparams.in_channels:
             zeros = images.new_zeros(images.shape[0], 1, *images.shape[2:])
             images = torch.cat([images, zeros], dim=1)
-        return self.backbone(images)
+        return self.encoder(images)
 
-    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """SupCon over the drawn (image, object) pairs of every view.
 
         Args:
             batch: ``pretrain_views`` batch of the labeled subset (``views``, ``masks``).
 
         Returns:
-            ``(loss, features of view 1's pairs, logs)``; logs hold the number of pairs.
+            The loss; logs hold the number of pairs.  No probe embedding: pairs are
+            labeled by object, not by image.
 
         Raises:
             ValueError: Without a mask per view.
@@ -152,20 +161,20 @@ class AttentionGuidedContrast(PretrainModule):
                 "AttentionGuidedContrast needs >= 2 views with masks (use the data module's "
                 "pretrain_views mode with pretrain_subset: labeled)"
             )
+        hp = self.hparams
         index, cls = sample_objects(
-            masks, self.objects_per_image, self.min_object_pixels, self.exclude_classes,
-            self.ignore_index,
+            masks, hp.objects_per_image, hp.min_object_pixels, list(hp.exclude_classes),
+            hp.ignore_index,
         )  # fmt: skip
         if index.numel() < 2:  # nothing to contrast: zero loss through every parameter (DDP)
             features = self.embed(views[0])
             zero = torch.zeros((), device=features.device)
-            return self.projector(features).sum() * 0.0, features, {"objects": zero}
+            return TaskLoss(self.projector(features).sum() * 0.0, {"objects": zero})
         inputs = [
             torch.cat([v[index], (m[index] == cls.view(-1, 1, 1)).unsqueeze(1).to(v.dtype)], 1)
             for v, m in zip(views, masks)
         ]
-        features = self.backbone(torch.cat(inputs))
-        z = self.projector(features)
+        z = self.projector(self.encoder(torch.cat(inputs)))
         loss = nt_xent_loss(z, labels=cls.repeat(len(views)), temperature=self.temperature)
-        objects = torch.tensor(float(index.numel()), device=features.device)
-        return loss, features[: index.numel()], {"objects": objects}
+        objects = torch.tensor(float(index.numel()), device=z.device)
+        return TaskLoss(loss, {"objects": objects})

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from jsonargparse.typing import PositiveFloat, PositiveInt
-from torch import Tensor
 
-from lightning_modules.base import PretrainModule
+from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.losses import check_temperature, directclr_loss
+from lightning_modules.task import TaskLoss
 
 
-class DirectCLR(PretrainModule):
+class DirectCLR(EmbeddingTask):
     """DirectCLR: no projector; the loss sees only ``r[:, :d0]`` of the representation.
 
     The online probe and kNN use the full representation ``r``, as in the paper.
@@ -21,7 +21,7 @@ class DirectCLR(PretrainModule):
             2048-d ResNet-50 in the paper).
         temperature: InfoNCE temperature (0.1 in the paper).
         gather_distributed: Use keys from all DDP ranks (with gradients).
-        **kwargs: :class:`~lightning_modules.base.PretrainModule` arguments.
+        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(
@@ -32,21 +32,21 @@ class DirectCLR(PretrainModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters()
-        self._plain_hparams()
-        if d0 > self.feature_dim:
-            raise ValueError(
-                f"model.d0={d0} exceeds the backbone's representation size {self.feature_dim}"
-            )
-        self.d0 = int(d0)
-        self.temperature = check_temperature(temperature)
-        self.gather_distributed = gather_distributed
 
-    def training_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def configure_losses(self) -> None:  # noqa: D102
+        if self.hparams.d0 > self.feature_dim:
+            raise ValueError(
+                f"model.d0={self.hparams.d0} exceeds the encoder's representation size "
+                f"{self.feature_dim}"
+            )
+        self.temperature = check_temperature(self.hparams.temperature)
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """Symmetric InfoNCE on the first ``d0`` dims of the two views' representations."""
+        views = batch["views"]
         if len(views) != 2:
             raise ValueError(f"DirectCLR expects 2 views, got {len(views)}")
-        r = self.backbone(self._stack(views))
-        r1, r2 = r.chunk(2)
-        loss = directclr_loss(r1, r2, self.d0, self.temperature, self.gather_distributed)
-        return loss, r1, {}
+        r1, r2 = self.encoder(self.stack(views)).chunk(2)
+        hp = self.hparams
+        loss = directclr_loss(r1, r2, hp.d0, self.temperature, hp.gather_distributed)
+        return TaskLoss(loss, embedding=r1)

@@ -22,6 +22,7 @@ The encoder weights live under ``net.encoder.model.*``, the layout
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.components import MLPHead
-from lightning_modules.dense_base import DensePretrainModule, out_channels
+from lightning_modules.components.networks import out_channels
+from lightning_modules.dense_task import DenseTask
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.glcnet import (
     glcnet_loss,
@@ -37,16 +39,17 @@ from lightning_modules.losses.glcnet import (
     sample_corresponding_patches,
     style_features,
 )
+from lightning_modules.task import TaskLoss
 
 __all__ = ["GLCNet"]
 
 
-class GLCNet(DensePretrainModule):
+class GLCNet(DenseTask):
     """GLCNet: DeepLabV3+ pretrained with global style and local matching contrast.
 
+    The paper: ResNet-50 encoder, Adam at lr 1e-3, 4-band Potsdam input.
+
     Args:
-        encoder: timm model name (smp ``tu-<name>`` encoder; the paper uses ResNet-50).
-        in_channels: Input bands (4 for Potsdam RGB+IR).
         num_patches: Matched patches per image for the local branch (paper: 4).
         patch_size: Patch side in view pixels (paper: 48 at 224); must be smaller
             than the views.
@@ -56,30 +59,22 @@ class GLCNet(DensePretrainModule):
             output; ``False`` uses global average pooling (the "no style" ablation).
         use_global: Include the global contrast.
         use_local: Include the local matching contrast.
-        global_hidden_dim: Hidden width of the global projector.
-        proj_dim: Output dimension of both projectors.
+        projector_hidden_dims: Hidden widths of the global projector (paper: ``[256]``;
+            the local projector's hidden width is the decoder's).
+        projector_out_dim: Output dimension of both projectors (paper: 64).
         upsample_decoder: Upsample the decoder output to the view size before pooling
             the patches (as in the paper); ``False`` pools the stride-4 map directly
             (bilinear RoIAlign approximation, much less memory at 224 px).
         gather_distributed: Contrast the global embeddings across DDP ranks.
-        init_checkpoint: Optional checkpoint initialising the encoder (e.g. ImageNet
-            timm weights).
-        optimizer: ``adam``, ``adamw``, ``sgd`` or ``lars``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay of weights (biases and norms get none).
-        momentum: Momentum for SGD/LARS.
-        warmup_epochs: Linear warmup length in epochs before the cosine decay.
-        min_lr_ratio: Final LR of the cosine schedule as a fraction of ``lr``.
-        num_classes: Accepted and ignored (the CLI links ``data.num_classes`` here).
+        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments
+            (``architecture`` must be ``deeplabv3plus``).
 
     Raises:
-        ValueError: On invalid sizes, weights, switches or optimiser names.
+        ValueError: On invalid sizes, weights, switches or architecture.
     """
 
     def __init__(
         self,
-        encoder: str = "resnet50",
-        in_channels: int = 3,
         num_patches: int = 4,
         patch_size: int = 48,
         temperature: float = 0.5,
@@ -87,52 +82,54 @@ class GLCNet(DensePretrainModule):
         use_style: bool = True,
         use_global: bool = True,
         use_local: bool = True,
-        global_hidden_dim: int = 256,
-        proj_dim: int = 64,
+        projector_hidden_dims: Sequence[int] = (256,),
+        projector_out_dim: int = 64,
         upsample_decoder: bool = True,
         gather_distributed: bool = False,
-        init_checkpoint: str | None = None,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-5,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
-        min_lr_ratio: float = 0.0,
-        num_classes: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            "deeplabv3plus", encoder, in_channels, init_checkpoint, optimizer, lr, weight_decay,
-            momentum, warmup_epochs, min_lr_ratio,
-        )  # fmt: skip
-        self.save_hyperparameters()
-        if not (use_global or use_local):
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        """DeepLabV3+, then the global and local projectors."""
+        hp = self.hparams
+        if hp.architecture != "deeplabv3plus":
+            raise ValueError(f"GLCNet needs model.architecture deeplabv3plus (its ASPP), got "
+                             f"{hp.architecture!r}")  # fmt: skip
+        if not (hp.use_global or hp.use_local):
             raise ValueError("GLCNet needs model.use_global or model.use_local (both are off)")
-        if num_patches < 1 or patch_size < 1:
-            raise ValueError(
-                f"model.num_patches and model.patch_size must be >= 1, got {num_patches}, "
-                f"{patch_size}"
-            )
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"model.weight must be in [0, 1], got {weight}")
-        self.temperature = check_temperature(temperature)
+        super().configure_models()
         decoder = self.net.decoder
         aspp_channels = out_channels(decoder.aspp)
         self.decoder_channels = out_channels(decoder.block2)
+        hidden = list(hp.projector_hidden_dims)
+        style = 2 if hp.use_style else 1
         self.global_head = (
-            MLPHead(aspp_channels * (2 if use_style else 1), [global_hidden_dim], proj_dim)
-            if use_global
-            else None
+            MLPHead(aspp_channels * style, hidden, hp.projector_out_dim) if hp.use_global else None
         )
         self.local_head = (
-            MLPHead(self.decoder_channels, [self.decoder_channels], proj_dim) if use_local else None
-        )
-        if not use_local:  # the decoder after the ASPP gets no gradient without the local part
+            MLPHead(self.decoder_channels, [self.decoder_channels], hp.projector_out_dim)
+            if hp.use_local else None
+        )  # fmt: skip
+        if not hp.use_local:  # the decoder after the ASPP gets no gradient without the local part
             for part in (decoder.up, decoder.block1, decoder.block2):
                 part.requires_grad_(False)
-        self.num_patches, self.patch_size = num_patches, patch_size
-        self.weight, self.use_style = weight, use_style
-        self.use_global, self.use_local = use_global, use_local
-        self.upsample_decoder, self.gather_distributed = upsample_decoder, gather_distributed
+
+    def configure_losses(self) -> None:
+        """Validate the patch sampling and loss weights."""
+        hp = self.hparams
+        if hp.num_patches < 1 or hp.patch_size < 1:
+            raise ValueError(
+                f"model.num_patches and model.patch_size must be >= 1, got {hp.num_patches}, "
+                f"{hp.patch_size}"
+            )
+        if not 0.0 <= hp.weight <= 1.0:
+            raise ValueError(f"model.weight must be in [0, 1], got {hp.weight}")
+        self.temperature = check_temperature(hp.temperature)
+        self.num_patches, self.patch_size = hp.num_patches, hp.patch_size
+        self.weight, self.use_style = hp.weight, hp.use_style
+        self.use_global, self.use_local = hp.use_global, hp.use_local
+        self.upsample_decoder, self.gather_distributed = hp.upsample_decoder, hp.gather_distributed
 
     # ----------------------------------------------------------------- network parts
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -156,23 +153,22 @@ class GLCNet(DensePretrainModule):
         return aspp, decoded
 
     # ----------------------------------------------------------------- loss
-    def training_loss(
-        self, views: list[Tensor], index_maps: list[Tensor]
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """GLCNet loss of two views and their pixel-index maps.
 
         Args:
-            views: Two ``(B, C, H, W)`` views (more are ignored).
-            index_maps: Their ``(B, H, W)`` source-pixel id maps.
+            batch: ``pretrain_views`` batch: ``views`` (two ``(B, C, H, W)`` views; more
+                are ignored) and their ``index_maps`` (``(B, H, W)`` source-pixel ids).
 
         Returns:
-            ``(loss, logs)`` with ``loss_global`` / ``loss_local`` (parts switched on)
+            The loss; logs hold ``loss_global`` / ``loss_local`` (parts switched on)
             and ``valid_patches`` (fraction of the ``B * num_patches`` patches matched).
 
         Raises:
             ValueError: With fewer than two views or index maps, or views not larger
                 than ``patch_size``.
         """
+        views, index_maps = batch["views"], batch.get("index_maps", [])
         if len(views) < 2 or len(index_maps) < 2:
             raise ValueError(
                 f"GLCNet needs two views with index maps, got {len(views)} views and "
@@ -227,7 +223,7 @@ class GLCNet(DensePretrainModule):
                 l1, l2 = z[:k], z[k:]
             else:  # no usable match: an empty pair, zero loss kept on the graph
                 zero = (r1.sum() + r2.sum()) * 0.0
-                l1 = l2 = r1.new_zeros(0, self.hparams.proj_dim) + zero
+                l1 = l2 = r1.new_zeros(0, self.hparams.projector_out_dim) + zero
         loss, parts = glcnet_loss(
             g1,
             g2,
@@ -240,8 +236,4 @@ class GLCNet(DensePretrainModule):
             gather_distributed=self.gather_distributed,
         )
         logs.update(parts)
-        return loss, logs
-
-    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        """GLCNet loss of a ``pretrain_views`` batch (``views`` and ``index_maps``)."""
-        return self.training_loss(batch["views"], batch["index_maps"])
+        return TaskLoss(loss, logs)

@@ -26,47 +26,42 @@ the same window in all images and views).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
 
 from lightning_modules.components import ConvProjectionHead
-from lightning_modules.dense_base import DensePretrainModule, out_channels
+from lightning_modules.components.networks import out_channels, resize_labels
+from lightning_modules.dense_task import DenseTask
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.pixel_contrast import stride_sample, tiled_pixel_contrastive_loss
 from lightning_modules.losses.pixel_supcon import pixel_supcon_loss
-from lightning_modules.pixel_contrast import resize_labels
+from lightning_modules.task import TaskLoss
 
 __all__ = ["SupervisedLocalContrast"]
 
 
-class SupervisedLocalContrast(DensePretrainModule):
+class SupervisedLocalContrast(DenseTask):
     """Hu et al.'s stage 2: pixel SupCon on the decoder features of a U-Net.
 
+    ``init_checkpoint`` (a :class:`~lightning_modules.task.BaseTask` argument) is the
+    stage-1 checkpoint, e.g. a SimCLR run with the same timm encoder.  The paper: U-Net,
+    Adam at lr 1e-4.
+
     Args:
-        encoder: timm encoder name (smp ``tu-`` encoder).
         architecture: smp architecture (the paper: ``unet``).
-        in_channels: Input channels.
-        init_checkpoint: Stage-1 checkpoint (e.g. a SimCLR run with the same timm
-            encoder, ``backbone.model.*``) initialising the encoder.
         memory_mode: ``stride`` or ``block`` (module docstring).
         stride: Sub-sampling step of the ``stride`` mode (paper: 4).
         block: Window side of the ``block`` mode (paper: 32 on 64 / 160 px slices).
         temperature: Softmax temperature (paper: 0.1).
-        head_hidden: Hidden width of the 1x1-conv head (paper: 256).
-        head_out: Embedding dimension (paper: 128).
+        projector_hidden_dims: Hidden widths of the 1x1-conv head (paper: ``[256]``).
+        projector_out_dim: Embedding dimension (paper: 128).
         background_index: Label whose pixels are not anchors (``None``: every class
             anchors).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
-        optimizer: ``adam``, ``adamw``, ``sgd`` or ``lars``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay (not on biases and norms).
-        momentum: Momentum for SGD/LARS.
-        warmup_epochs: Linear warmup epochs before the cosine decay.
-        min_lr_ratio: Final LR as a fraction of ``lr``.
-        num_classes: Accepted and ignored (the CLI links ``data.num_classes`` here).
+        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
         ValueError: On an unknown memory mode, bad stride / block or temperature.
@@ -74,50 +69,51 @@ class SupervisedLocalContrast(DensePretrainModule):
 
     def __init__(
         self,
-        encoder: str = "resnet18",
-        architecture: str = "unet",
-        in_channels: int = 3,
-        init_checkpoint: str | None = None,
+        architecture: Literal["deeplabv3plus", "unet", "fpn"] = "unet",
         memory_mode: Literal["stride", "block"] = "stride",
         stride: int = 4,
         block: int = 32,
         temperature: float = 0.1,
-        head_hidden: int = 256,
-        head_out: int = 128,
+        projector_hidden_dims: Sequence[int] = (256,),
+        projector_out_dim: int = 128,
         background_index: int | None = 0,
         ignore_index: int = 255,
         block_size: int = 4096,
-        optimizer: str = "adam",
-        lr: float = 1e-4,
-        weight_decay: float = 1e-5,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
-        min_lr_ratio: float = 0.0,
-        num_classes: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            architecture, encoder, in_channels, init_checkpoint, optimizer, lr, weight_decay,
-            momentum, warmup_epochs, min_lr_ratio,
-        )  # fmt: skip
-        self.save_hyperparameters()
-        if memory_mode not in ("stride", "block"):
-            raise ValueError(f"model.memory_mode must be 'stride' or 'block', got {memory_mode!r}")
-        if stride < 1 or block < 1:
-            raise ValueError(f"model.stride and model.block must be >= 1, got {stride}, {block}")
-        self.temperature = check_temperature(temperature)
-        self.memory_mode, self.stride, self.block = memory_mode, stride, block
-        self.background_index, self.ignore_index = background_index, ignore_index
-        self.block_size = block_size
-        self.head = ConvProjectionHead(out_channels(self.net.decoder), [head_hidden], head_out)
+        super().__init__(architecture=architecture, **kwargs)
 
-    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def configure_models(self) -> None:
+        """The smp network (U-Net in the paper), then the 1x1-conv head."""
+        super().configure_models()
+        hp = self.hparams
+        self.head = ConvProjectionHead(out_channels(self.net.decoder),
+                                       list(hp.projector_hidden_dims), hp.projector_out_dim)
+
+    def configure_losses(self) -> None:
+        """Validate the memory mode and temperature."""
+        hp = self.hparams
+        if hp.memory_mode not in ("stride", "block"):
+            raise ValueError(
+                f"model.memory_mode must be 'stride' or 'block', got {hp.memory_mode!r}"
+            )
+        if hp.stride < 1 or hp.block < 1:
+            raise ValueError(
+                f"model.stride and model.block must be >= 1, got {hp.stride}, {hp.block}"
+            )
+        self.temperature = check_temperature(hp.temperature)
+        self.memory_mode, self.stride, self.block = hp.memory_mode, hp.stride, hp.block
+        self.background_index, self.ignore_index = hp.background_index, hp.ignore_index
+        self.block_size = hp.block_size
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """Pixel SupCon over the pixels of every view of the batch (``views``, ``masks``).
 
         Args:
             batch: ``pretrain_views`` batch of the labeled subset.
 
         Returns:
-            ``(loss, logs)``; logs hold the fraction of anchor pixels.
+            The loss; logs hold the fraction of anchor pixels.
 
         Raises:
             ValueError: Without masks for every view.
@@ -146,4 +142,4 @@ class SupervisedLocalContrast(DensePretrainModule):
             emb, lab, _ = stride_sample(z, labels, self.stride)
             mask = anchors[:, :: self.stride, :: self.stride].reshape(-1)
             loss = pixel_supcon_loss(emb, lab, anchor_mask=mask, **common)
-        return loss, {"anchor_pixels": anchors.float().mean()}
+        return TaskLoss(loss, {"anchor_pixels": anchors.float().mean()})

@@ -28,6 +28,7 @@ with ``pretrain_subset: labeled`` (``views``, ``masks``, ``index_maps``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -35,53 +36,38 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.components import ConvProjectionHead
-from lightning_modules.dense_base import DensePretrainModule, out_channels
+from lightning_modules.components.networks import out_channels, resize_labels
+from lightning_modules.dense_task import DenseTask
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.pixel_contrast import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
     within_image_pixel_contrastive_loss,
 )
+from lightning_modules.task import TaskLoss
 
-__all__ = ["PixelContrast", "resize_labels"]
+__all__ = ["PixelContrast"]
 
 MODES = ("cross_image", "within_image", "distortion")
 
 
-def resize_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of integer maps ``(B, H, W)`` to ``size`` (exact for ids)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    resized = F.interpolate(labels[:, None].double(), size=size, mode="nearest")
-    return resized[:, 0].to(labels.dtype)
-
-
-class PixelContrast(DensePretrainModule):
+class PixelContrast(DenseTask):
     """Zhao et al.'s supervised (or distortion-based) pixel-contrastive pretraining.
+
+    The paper: DeepLabV3+ over an ImageNet ResNet-50 (``init_checkpoint``), SGD.
 
     Args:
         mode: ``cross_image``, ``within_image`` or ``distortion`` (module docstring).
-        encoder: timm encoder name (the paper: ResNet-50; smp ``tu-`` encoder).
-        architecture: smp architecture (the paper: ``deeplabv3plus``).
-        in_channels: Input channels (4 for Potsdam RGB+IR).
         temperature: Softmax temperature (paper: 0.07).
-        projection_channels: Width of the 1x1-conv projection (paper: 256).
-        projection_layers: Number of 1x1 convolutions (paper: 2).
+        projector_hidden_dims: Widths of the hidden 1x1 convolutions (paper: ``[256]``).
+        projector_out_dim: Embedding channels (paper: 256).
         loss_size: Side the decoder features are resized to before the loss
             (Zhao's ``resize_size``); ``None`` keeps the decoder resolution.
         distortion_cell: Source cell side (input pixels) that counts as "the same
             pixel" in ``distortion`` mode (default: the input / loss-map stride).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
-        init_checkpoint: Optional encoder initialisation (e.g. ImageNet timm weights,
-            which the paper starts from).
-        optimizer: ``sgd``, ``adam``, ``adamw`` or ``lars``.
-        lr: Peak learning rate.
-        weight_decay: Weight decay (not on biases and norms).
-        momentum: Momentum for SGD/LARS.
-        warmup_epochs: Linear warmup epochs before the cosine decay.
-        min_lr_ratio: Final LR as a fraction of ``lr``.
-        num_classes: Accepted and ignored (the CLI links ``data.num_classes`` here).
+        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
         ValueError: On an unknown mode, bad temperature or sizes.
@@ -90,45 +76,38 @@ class PixelContrast(DensePretrainModule):
     def __init__(
         self,
         mode: Literal["cross_image", "within_image", "distortion"] = "cross_image",
-        encoder: str = "resnet50",
-        architecture: str = "deeplabv3plus",
-        in_channels: int = 3,
         temperature: float = 0.07,
-        projection_channels: int = 256,
-        projection_layers: int = 2,
+        projector_hidden_dims: Sequence[int] = (256,),
+        projector_out_dim: int = 256,
         loss_size: int | None = None,
         distortion_cell: int | None = None,
         ignore_index: int = 255,
         block_size: int = 4096,
-        init_checkpoint: str | None = None,
-        optimizer: str = "sgd",
-        lr: float = 0.01,
-        weight_decay: float = 1e-4,
-        momentum: float = 0.9,
-        warmup_epochs: float = 0.0,
-        min_lr_ratio: float = 0.0,
-        num_classes: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            architecture, encoder, in_channels, init_checkpoint, optimizer, lr, weight_decay,
-            momentum, warmup_epochs, min_lr_ratio,
-        )  # fmt: skip
-        self.save_hyperparameters()
-        if mode not in MODES:
-            raise ValueError(f"model.mode must be one of {MODES}, got {mode!r}")
-        if projection_layers < 1 or projection_channels < 1:
-            raise ValueError("model.projection_layers and model.projection_channels must be >= 1")
-        for name, value in (("loss_size", loss_size), ("distortion_cell", distortion_cell)):
-            if value is not None and value < 1:
-                raise ValueError(f"model.{name} must be >= 1 or null, got {value}")
-        self.temperature = check_temperature(temperature)
-        self.mode, self.loss_size, self.distortion_cell = mode, loss_size, distortion_cell
-        self.ignore_index, self.block_size = ignore_index, block_size
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        """DeepLabV3+ (or another smp network), then the 1x1-conv projection."""
+        super().configure_models()
+        hp = self.hparams
+        if hp.projector_out_dim < 1 or any(w < 1 for w in hp.projector_hidden_dims):
+            raise ValueError("model.projector_hidden_dims and model.projector_out_dim must be >= 1")
         self.head = ConvProjectionHead(
-            out_channels(self.net.decoder),
-            [projection_channels] * (projection_layers - 1),
-            projection_channels,
+            out_channels(self.net.decoder), list(hp.projector_hidden_dims), hp.projector_out_dim
         )
+
+    def configure_losses(self) -> None:
+        """Validate the mode, sizes and temperature."""
+        hp = self.hparams
+        if hp.mode not in MODES:
+            raise ValueError(f"model.mode must be one of {MODES}, got {hp.mode!r}")
+        for name in ("loss_size", "distortion_cell"):
+            if hp[name] is not None and hp[name] < 1:
+                raise ValueError(f"model.{name} must be >= 1 or null, got {hp[name]}")
+        self.temperature = check_temperature(hp.temperature)
+        self.mode, self.loss_size, self.distortion_cell = hp.mode, hp.loss_size, hp.distortion_cell
+        self.ignore_index, self.block_size = hp.ignore_index, hp.block_size
 
     def project(self, images: Tensor) -> Tensor:
         """Projected pixel embeddings ``(B, D, h, w)`` at the loss resolution (not normalised)."""
@@ -138,7 +117,7 @@ class PixelContrast(DensePretrainModule):
             features = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
         return self.head(features)
 
-    def batch_loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """Pixel-contrastive loss of the first two views (``masks`` / ``index_maps``).
 
         Args:
@@ -146,7 +125,7 @@ class PixelContrast(DensePretrainModule):
                 distortion mode, ``index_maps`` and ``source_size``.
 
         Returns:
-            ``(loss, logs)``; logs hold the fraction of ignored loss pixels.
+            The loss; logs hold the fraction of ignored loss pixels.
 
         Raises:
             ValueError: Without two views or the maps the mode needs.
@@ -168,7 +147,7 @@ class PixelContrast(DensePretrainModule):
             cell = self.distortion_cell or max(1, views[0].shape[-1] // z1.shape[-1])
             width = batch["source_size"][:, 1]
             loss = distortion_pixel_contrastive_loss(z1, z2, *maps, width, cell, **common)
-            return loss, {}
+            return TaskLoss(loss)
         l1, l2 = maps
         common["ignore_index"] = self.ignore_index
         if self.mode == "within_image":
@@ -178,4 +157,4 @@ class PixelContrast(DensePretrainModule):
         else:
             perm = torch.randperm(l1.shape[0], device=l1.device)
             loss = cross_image_pixel_contrastive_loss(z1, z2, l1, l2, perm, **common)
-        return loss, {"ignored_pixels": (l1 == self.ignore_index).float().mean()}
+        return TaskLoss(loss, {"ignored_pixels": (l1 == self.ignore_index).float().mean()})

@@ -6,15 +6,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from jsonargparse.typing import PositiveFloat
-from torch import Tensor
 
-from lightning_modules.base import PretrainModule
 from lightning_modules.components import MLPHead
+from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.task import TaskLoss
 
 
-class SimCLR(PretrainModule):
-    """SimCLR: backbone -> MLP projector -> NT-Xent over all views of the batch.
+class SimCLR(EmbeddingTask):
+    """SimCLR: encoder -> MLP projector -> NT-Xent over all views of the batch.
 
     Args:
         temperature: NT-Xent temperature (0.1 on ImageNet at batch 4096, 0.2 for
@@ -24,7 +24,7 @@ class SimCLR(PretrainModule):
         projector_batch_norm: Batch-norm in the projector's hidden layers.
         decoupled: Decoupled NT-Xent (positive removed from the denominator).
         gather_distributed: Contrast against all DDP ranks' embeddings (with gradients).
-        **kwargs: :class:`~lightning_modules.base.PretrainModule` arguments.
+        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(
@@ -38,23 +38,23 @@ class SimCLR(PretrainModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters()
-        self._plain_hparams()
-        self.temperature = check_temperature(temperature)
-        self.decoupled, self.gather_distributed = decoupled, gather_distributed
-        self.projector = MLPHead(
-            self.feature_dim, list(projector_hidden_dims), projector_out_dim, projector_batch_norm
-        )
 
-    def training_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def configure_models(self) -> None:  # noqa: D102
+        super().configure_models()
+        hp = self.hparams
+        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
+                                 hp.projector_out_dim, hp.projector_batch_norm)  # fmt: skip
+
+    def configure_losses(self) -> None:  # noqa: D102
+        self.temperature = check_temperature(self.hparams.temperature)
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """NT-Xent of the projected views (views stacked view-major)."""
-        features = self.backbone(self._stack(views))
-        z = self.projector(features)
+        views = batch["views"]
+        features = self.encoder(self.stack(views))
         loss = nt_xent_loss(
-            z,
-            temperature=self.temperature,
-            decoupled=self.decoupled,
-            gather_distributed=self.gather_distributed,
+            self.projector(features), temperature=self.temperature,
+            decoupled=self.hparams.decoupled, gather_distributed=self.hparams.gather_distributed,
             n_views=len(views),
-        )
-        return loss, features[: views[0].shape[0]], {}
+        )  # fmt: skip
+        return TaskLoss(loss, embedding=features[: views[0].shape[0]])

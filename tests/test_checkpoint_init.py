@@ -41,11 +41,11 @@ def finetune(seed: int = 3, **kwargs) -> SegmentationFineTune:
     return SegmentationFineTune(num_classes=2, **kwargs)
 
 
-def test_backwards_compatible_imports() -> None:
-    from lightning_modules import segmentation_finetune as sf
-
-    assert sf.load_encoder_from_checkpoint is checkpoint_init.load_encoder_from_checkpoint
-    assert sf.CHECKPOINT_PREFIXES == ("backbone.model.", "net.encoder.model.", "")
+def test_checkpoint_prefixes() -> None:
+    # image-level tasks (``backbone.model.`` in checkpoints written before 0.2), smp tasks, timm
+    assert checkpoint_init.CHECKPOINT_PREFIXES == (
+        "encoder.model.", "backbone.model.", "net.encoder.model.", ""
+    )
 
 
 def test_aspp_only_from_deeplab_checkpoint(tmp_path: Path) -> None:

@@ -56,7 +56,8 @@ def test_override_reaches_model(tmp_path: Path, monkeypatch) -> None:
     cli = main(["--config", QUICK, "--model.temperature", "0.3", "--trainer.logger", "false"],
                run=False)  # fmt: skip
     assert cli.model.temperature == pytest.approx(0.3)
-    assert cli.model.num_classes == cli.datamodule.num_classes == 6
+    assert cli.model.hparams.probe_classes == cli.datamodule.probe_classes == 6
+    assert cli.model.hparams.in_channels == cli.datamodule.in_channels == 3
 
 
 def test_readme_data_switches(tmp_path: Path, monkeypatch) -> None:
@@ -80,7 +81,7 @@ def test_readme_data_switches(tmp_path: Path, monkeypatch) -> None:
         cli = main(["--config", CIFAR, "--data.class_path", cls, "--data.root", str(root),
                     "--trainer.logger", "false"], run=False)  # fmt: skip
         assert type(cli.datamodule).__name__ == cls.split(".")[1]
-        assert cli.datamodule.num_classes == n_cls and cli.model.num_classes == n_cls
+        assert cli.datamodule.probe_classes == n_cls == cli.model.hparams.probe_classes
         assert cli.datamodule.augment.size == 32  # init_args carried over from the config
 
 

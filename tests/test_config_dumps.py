@@ -16,8 +16,44 @@ import yaml
 from config_dumps import CONFIGS, DUMPS, resolved
 
 # key patterns are regular expressions over dotted keys (list items as their index)
-RENAMED: dict[str, str | None] = {}
-ADDED: list[str] = []
+M = r"model\.init_args\."
+RENAMED: dict[str, str | None] = {
+    # one word per concept: "encoder" (image-level tasks said "backbone")
+    M + "backbone": "model.init_args.encoder",
+    M + r"backbone_kwargs\.in_chans": None,  # linked from data.in_channels
+    M + "backbone_kwargs": "model.init_args.encoder_kwargs",
+    M + "freeze_backbone": "model.init_args.freeze_encoder",
+    # one pair of projector names (see migrate() for the layer-count form)
+    M + "head_hidden": None,
+    M + "head_out": "model.init_args.projector_out_dim",
+    M + "global_hidden_dim": None,
+    M + "proj_dim": "model.init_args.projector_out_dim",
+    M + "projection_channels": None,
+    M + "projection_layers": None,
+    # linked from the data module now (data.in_channels), never typed by hand
+    M + "in_channels": None,
+}
+ADDED: list[str] = [
+    M + "projector_hidden_dims",  # added where migrate() does not derive it
+    M + "(in_channels|init_checkpoint|freeze_encoder|momentum|min_lr_ratio)",  # one base
+    M + "(encoder_weights|architecture)",  # every smp task (DenseTask)
+    M + "encoder_kwargs",  # Lee et al. now shows it (it was popped from **kwargs)
+]
+
+
+def migrate(before: dict[str, Any]) -> dict[str, Any]:
+    """Old projector arguments in the new names (values derived, not renamed)."""
+    flat = dict(before)
+    if "model.init_args.head_hidden" in flat:
+        flat["model.init_args.projector_hidden_dims"] = [flat["model.init_args.head_hidden"]]
+    if "model.init_args.global_hidden_dim" in flat:
+        flat["model.init_args.projector_hidden_dims"] = [flat["model.init_args.global_hidden_dim"]]
+    if "model.init_args.projection_channels" in flat:
+        width = flat["model.init_args.projection_channels"]
+        layers = flat["model.init_args.projection_layers"]
+        flat["model.init_args.projector_hidden_dims"] = [width] * (layers - 1)
+        flat["model.init_args.projector_out_dim"] = width
+    return flat
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -38,11 +74,10 @@ def renamed(flat: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in flat.items():
         for pattern, new in RENAMED.items():
-            if re.fullmatch(pattern, key):
-                if new is None:
-                    break
-                key = re.sub(pattern, new, key)
-                out[key] = value
+            match = re.fullmatch(f"({pattern})(\\..*)?", key)  # a key and everything under it
+            if match:
+                if new is not None:
+                    out[new + (match.group(2) or "")] = value
                 break
         else:
             out[key] = value
@@ -58,7 +93,7 @@ def test_every_config_has_a_dump() -> None:
 
 @pytest.mark.parametrize("dump", DUMPED, ids=lambda p: p.stem)
 def test_resolved_config_unchanged(dump: Path) -> None:
-    before = renamed(flatten(yaml.safe_load(dump.read_text())))
+    before = renamed(migrate(flatten(yaml.safe_load(dump.read_text()))))
     after = flatten(resolved(CONFIGS / dump.name))
     extra = {k for k in set(after) - set(before) if not any(re.fullmatch(a, k) for a in ADDED)}
     assert not extra, f"new keys {sorted(extra)}"

@@ -69,9 +69,11 @@ def test_synthetic_datamodule_batches() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert len(batch["views"]) == 2 and batch["views"][0].shape == (4, 3, 16, 16)
     assert batch["views"][0].dtype == torch.float32 and batch["label"].shape == (4,)
-    val, bank = dm.val_dataloader()
-    assert len(val.dataset) == 8 and len(bank.dataset) == 12
-    assert next(iter(val))["image"].shape == (4, 3, 16, 16)
+    loader = dm.val_dataloader()  # one loader: 8 queries and 12 bank images, interleaved
+    assert len(loader.dataset) == 20
+    tags = [bool(loader.dataset[i]["knn_bank"]) for i in range(20)]
+    assert sum(tags) == 12 and tags[:5].count(True) in (2, 3, 4)  # in proportion, not appended
+    assert next(iter(loader))["image"].shape == (4, 3, 16, 16)
 
 
 def test_cifar_datamodule(cifar10_root: Path) -> None:
@@ -106,12 +108,12 @@ def test_image_folder_labeled_and_unlabeled(tmp_path: Path) -> None:
     labeled.setup()
     train, val = labeled.eval_dataset("train"), labeled.eval_dataset("val")
     assert len(train) + len(val) == 20 and len(val) == 4
-    assert isinstance(labeled.val_dataloader(), list)  # val + kNN bank
+    assert sum(bool(x["knn_bank"]) for x in labeled.val_dataloader().dataset) == 16  # + bank
     flat = ImageFolderDataModule(str(tmp_path / "flat"), batch_size=2, num_workers=0, augment=aug)
     assert flat.num_classes == 0
     flat.setup()
     assert next(iter(flat.train_dataloader()))["label"].tolist() == [-1, -1]
-    assert not isinstance(flat.val_dataloader(), list)  # no kNN bank without labels
+    assert not any(x["knn_bank"] for x in flat.val_dataloader().dataset)  # no bank unlabeled
 
 
 def test_view_augmentation_validation() -> None:

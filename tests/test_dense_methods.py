@@ -19,6 +19,7 @@ from lightning_modules import (
     SupervisedLocalContrast,
 )
 from lightning_modules.attention_contrast import sample_objects
+from lightning_modules.components.networks import resize_labels
 from lightning_modules.losses import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
@@ -27,9 +28,11 @@ from lightning_modules.losses import (
     within_image_pixel_contrastive_loss,
 )
 from lightning_modules.losses.pixel_contrast import stride_sample, tiled_pixel_contrastive_loss
-from lightning_modules.pixel_contrast import resize_labels
 
 SIZE = 32
+
+
+PROJ = {"projector_hidden_dims": [32], "projector_out_dim": 32}
 
 
 def _datamodule(tmp_path: Path, **kwargs: Any) -> SyntheticSegmentationDataModule:
@@ -74,10 +77,10 @@ def test_resize_labels_is_exact_nearest() -> None:
 @pytest.mark.parametrize("mode", ["cross_image", "within_image", "distortion"])
 def test_pixel_contrast_modes_match_the_pure_losses(batch: dict[str, Any], mode: str) -> None:
     torch.manual_seed(0)
-    model = PixelContrast(mode=mode, encoder="resnet18", projection_channels=32)
+    model = PixelContrast(mode=mode, encoder="resnet18", **PROJ)
     model.eval()  # deterministic BN: the reference recomputes the projections
     torch.manual_seed(1)
-    loss, _ = model.batch_loss(batch)
+    loss, _, _ = model.training_loss(batch)
     assert loss.isfinite() and loss.requires_grad
     with torch.no_grad():
         z1, z2 = model.project(torch.cat(batch["views"])).chunk(2)
@@ -113,14 +116,14 @@ def test_distortion_accepts_one_source_width_per_image(batch: dict[str, Any]) ->
 
 
 def test_pixel_contrast_trains_encoder_and_decoder(batch: dict[str, Any]) -> None:
-    model = PixelContrast(encoder="resnet18", loss_size=16, projection_channels=32)
-    loss, _ = model.batch_loss(batch)
+    model = PixelContrast(encoder="resnet18", loss_size=16, **PROJ)
+    loss, _, _ = model.training_loss(batch)
     loss.backward()
     for part in (model.net.encoder, model.net.decoder, model.head):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert model.project(batch["views"][0]).shape[-2:] == (16, 16)
     with pytest.raises(ValueError, match="masks"):
-        model.batch_loss({"views": batch["views"]})
+        model.training_loss({"views": batch["views"]})
     with pytest.raises(ValueError, match="mode"):
         PixelContrast(mode="pixel", encoder="resnet18")
 
@@ -131,7 +134,7 @@ def test_local_contrast_matches_pixel_supcon(batch: dict[str, Any], memory_mode:
     torch.manual_seed(0)
     model = SupervisedLocalContrast(encoder="resnet18", memory_mode=memory_mode, stride=2, block=8)
     model.eval()
-    loss, logs = model.batch_loss(batch)
+    loss, logs, _ = model.training_loss(batch)
     assert loss.isfinite() and loss.requires_grad
     with torch.no_grad():
         z = F.normalize(model.head(model.decode(torch.cat(batch["views"]))), dim=1)
@@ -152,22 +155,22 @@ def test_local_contrast_matches_pixel_supcon(batch: dict[str, Any], memory_mode:
 def test_local_contrast_background_is_never_an_anchor(batch: dict[str, Any]) -> None:
     model = SupervisedLocalContrast(encoder="resnet18", stride=4)
     background = {**batch, "masks": [torch.zeros_like(m) for m in batch["masks"]]}
-    loss, logs = model.batch_loss(background)
+    loss, logs, _ = model.training_loss(background)
     assert float(loss.detach()) == 0.0 and float(logs["anchor_pixels"]) == 0.0
     everyone = SupervisedLocalContrast(encoder="resnet18", stride=4, background_index=None)
-    assert float(everyone.batch_loss(background)[0].detach()) > 0
+    assert float(everyone.training_loss(background)[0].detach()) > 0
 
 
 def test_three_stage_recipe_loads_every_stage(tmp_path: Path) -> None:
     """Stage 1 SimCLR encoder -> stage 2 local contrast -> stage 3 U-Net fine-tuning."""
     from lightning_modules import SimCLR
 
-    stage1 = SimCLR(backbone="resnet18", num_classes=0)
+    stage1 = SimCLR(encoder="resnet18")
     path1 = tmp_path / "stage1.ckpt"
     torch.save({"state_dict": stage1.state_dict()}, path1)
     stage2 = SupervisedLocalContrast(encoder="resnet18", init_checkpoint=str(path1))
     assert stage2.init_report is not None and not stage2.init_report["missing"]
-    for name, value in stage1.backbone.model.state_dict().items():
+    for name, value in stage1.encoder.model.state_dict().items():
         assert torch.equal(stage2.net.encoder.model.state_dict()[name], value)
     dm = _datamodule(tmp_path, batch_size=4)
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -211,20 +214,20 @@ def test_sample_objects_draws_classes_present_in_every_view(batch: dict[str, Any
 
 def test_attention_guided_loss_is_supcon_over_highlighted_objects(batch: dict[str, Any]) -> None:
     torch.manual_seed(0)
-    model = AttentionGuidedContrast(backbone="resnet18", objects_per_image=2,
+    model = AttentionGuidedContrast(encoder="resnet18", objects_per_image=2,
                                     min_object_pixels=4, projector_hidden_dims=[64])
     model.eval()
     torch.manual_seed(3)
-    loss, features, logs = model.batch_loss(batch)
+    loss, logs, _ = model.training_loss(batch)
     assert loss.isfinite() and loss.requires_grad
     torch.manual_seed(3)
     index, cls = sample_objects(batch["masks"], 2, 4)
-    assert float(logs["objects"]) == index.numel() == features.shape[0]
+    assert float(logs["objects"]) == index.numel()
     inputs = [torch.cat([v[index], (m[index] == cls.view(-1, 1, 1)).unsqueeze(1).float()], 1)
               for v, m in zip(batch["views"], batch["masks"])]  # fmt: skip
-    assert model.backbone.model.conv1.in_channels == 4
+    assert model.encoder.model.conv1.in_channels == 4
     with torch.no_grad():
-        z = model.projector(model.backbone(torch.cat(inputs)))
+        z = model.projector(model.encoder(torch.cat(inputs)))
         expected = nt_xent_loss(z, labels=cls.repeat(2), temperature=0.1)
     assert torch.allclose(loss.detach(), expected, atol=1e-5)
     # the attention channel matters: one image, two objects, two embeddings
@@ -232,19 +235,19 @@ def test_attention_guided_loss_is_supcon_over_highlighted_objects(batch: dict[st
     x2 = x.clone()
     x2[:, 3] = 1 - x2[:, 3]
     with torch.no_grad():
-        assert not torch.allclose(model.backbone(x), model.backbone(x2))
+        assert not torch.allclose(model.encoder(x), model.encoder(x2))
     assert model.embed(batch["views"][0]).shape == (6, model.feature_dim)
 
 
 def test_attention_stage_two_drops_the_attention_channel(tmp_path: Path) -> None:
-    stage1 = AttentionGuidedContrast(backbone="resnet18", projector_hidden_dims=[32])
+    stage1 = AttentionGuidedContrast(encoder="resnet18", projector_hidden_dims=[32])
     path = tmp_path / "lee.ckpt"
     torch.save({"state_dict": stage1.state_dict()}, path)
     model = SegmentationFineTune(num_classes=3, encoder="resnet18", init_checkpoint=str(path))
     report = model.init_report
     assert report is not None and report["sliced_input_channels"] == ["conv1.weight"]
     assert not report["shape_mismatch"] and not report["missing"]
-    source = stage1.backbone.model.conv1.weight
+    source = stage1.encoder.model.conv1.weight
     assert torch.equal(model.net.encoder.model.conv1.weight, source[:, :3])
 
 
@@ -252,9 +255,9 @@ def test_attention_guided_step_without_objects_touches_every_parameter(
     batch: dict[str, Any],
 ) -> None:
     """No drawable object: zero loss whose graph still reaches every parameter (DDP)."""
-    model = AttentionGuidedContrast(backbone="resnet18", projector_hidden_dims=[32])
+    model = AttentionGuidedContrast(encoder="resnet18", projector_hidden_dims=[32])
     empty = {**batch, "masks": [torch.full_like(m, 255) for m in batch["masks"]]}
-    loss, _, logs = model.batch_loss(empty)
+    loss, logs, _ = model.training_loss(empty)
     assert float(loss.detach()) == 0.0 and float(logs["objects"]) == 0.0
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

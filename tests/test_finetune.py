@@ -25,7 +25,7 @@ def test_encoder_initialised_from_pretraining_checkpoint(tmp_path: Path) -> None
     ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
     report = ft.init_report
     assert len(report["loaded"]) == 120 and not report["shape_mismatch"] and not report["missing"]
-    pre_sd = pre.backbone.model.state_dict()
+    pre_sd = pre.encoder.model.state_dict()
     for name, value in ft.net.encoder.model.state_dict().items():
         assert torch.equal(value, pre_sd[name]), name
     random = SegmentationFineTune(num_classes=4)
@@ -33,7 +33,7 @@ def test_encoder_initialised_from_pretraining_checkpoint(tmp_path: Path) -> None
 
 
 def test_mismatched_stem_is_reported_not_loaded(tmp_path: Path) -> None:
-    path, _ = simclr_checkpoint(tmp_path, backbone_kwargs={"cifar_stem": True})
+    path, _ = simclr_checkpoint(tmp_path, encoder_kwargs={"cifar_stem": True})
     ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
     assert ft.init_report["shape_mismatch"] == ["conv1.weight"]
     assert len(ft.init_report["loaded"]) == 119

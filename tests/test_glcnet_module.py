@@ -46,7 +46,7 @@ def test_loss_is_finite_and_logs_parts(batch: dict[str, Any]) -> None:
     assert len(batch["views"]) == 2 and len(batch["index_maps"]) == 2
     assert batch["index_maps"][0].shape == (8, SIZE, SIZE)
     model = _model()
-    loss, logs = model.training_loss(batch["views"], batch["index_maps"])
+    loss, logs, _ = model.training_loss(batch)
     assert loss.isfinite() and loss.requires_grad
     assert set(logs) == {"loss_global", "loss_local", "valid_patches"}
     assert 0 < float(logs["valid_patches"]) <= 1
@@ -66,7 +66,7 @@ def test_switches_change_the_loss_parts(
     batch: dict[str, Any], switches: dict[str, bool], parts: set[str]
 ) -> None:
     model = _model(**switches)
-    loss, logs = model.training_loss(batch["views"], batch["index_maps"])
+    loss, logs, _ = model.training_loss(batch)
     assert loss.isfinite()
     assert {k for k in logs if k.startswith("loss_")} == parts
     assert (model.global_head is None) == (not switches.get("use_global", True))
@@ -88,12 +88,12 @@ def test_both_parts_off_is_rejected() -> None:
 def test_patch_must_be_smaller_than_views(batch: dict[str, Any]) -> None:
     model = GLCNet(encoder="resnet18", patch_size=SIZE)
     with pytest.raises(ValueError, match="smaller than the views"):
-        model.training_loss(batch["views"], batch["index_maps"])
+        model.training_loss(batch)
 
 
 def test_gradients_reach_every_part(batch: dict[str, Any]) -> None:
     model = _model()
-    loss, _ = model.training_loss(batch["views"], batch["index_maps"])
+    loss, _, _ = model.training_loss(batch)
     loss.backward()
     decoder = model.net.decoder
     parts = {"encoder": model.net.encoder, "aspp": decoder.aspp, "decoder": decoder.block2,

@@ -52,5 +52,5 @@ def test_quickstart_logs_to_wandb_and_resumes(tmp_path: Path, monkeypatch) -> No
     resumed = main(["fit", "--config", QUICK, *TINY, "--trainer.max_epochs", "2",
                     "--ckpt_path", "last"])  # fmt: skip
     assert resumed.trainer.current_epoch == 2 and resumed.trainer.global_step == 4
-    assert not torch.equal(first["backbone.model.conv1.weight"],
-                           resumed.model.state_dict()["backbone.model.conv1.weight"])  # fmt: skip
+    assert not torch.equal(first["encoder.model.conv1.weight"],
+                           resumed.model.state_dict()["encoder.model.conv1.weight"])  # fmt: skip

@@ -1,4 +1,4 @@
-"""SimCLR / DirectCLR modules and the backbone: losses wired as the pure functions say."""
+"""SimCLR / DirectCLR modules and the timm encoder: losses wired as the pure functions say."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import timm
 import torch
 
 from lightning_modules import DirectCLR, SimCLR
-from lightning_modules.components import Backbone
+from lightning_modules.components import TimmEncoder
 from lightning_modules.losses import directclr_loss, nt_xent_loss
 
 
@@ -20,13 +20,22 @@ def views(b: int = 4, size: int = 32) -> list[torch.Tensor]:
 
 def test_simclr_loss_is_nt_xent_of_projections() -> None:
     torch.manual_seed(0)
-    m = SimCLR(temperature=0.3, projector_hidden_dims=[64], projector_out_dim=16, num_classes=3)
+    m = SimCLR(temperature=0.3, projector_hidden_dims=[64], projector_out_dim=16, probe_classes=3)
     m.eval()
     v = views()
-    loss, feats, _ = m.training_loss(v)
-    z = m.projector(m.backbone(torch.cat(v)))
+    loss, logs, feats = m.training_loss({"views": v})
+    z = m.projector(m.encoder(torch.cat(v)))
     assert torch.allclose(loss, nt_xent_loss(z, temperature=0.3), atol=1e-6)
-    assert torch.allclose(feats, m.backbone(v[0]), atol=1e-5)
+    assert torch.allclose(feats, m.encoder(v[0]), atol=1e-5)
+    assert not logs
+
+
+def test_hparams_hold_every_argument_of_the_chain() -> None:
+    m = SimCLR(projector_out_dim=16, probe_classes=3, lr=0.5)
+    for key in ("projector_out_dim", "probe_classes", "lr", "encoder", "in_channels",
+                "freeze_encoder", "warmup_epochs"):
+        assert key in m.hparams, key
+    assert m.hparams.lr == 0.5 and type(m.hparams.temperature) is float
 
 
 def test_directclr_uses_first_d0_dims() -> None:
@@ -34,47 +43,49 @@ def test_directclr_uses_first_d0_dims() -> None:
     m = DirectCLR(d0=32, temperature=0.1)
     m.eval()
     v = views()
-    loss, feats, _ = m.training_loss(v)
-    r1, r2 = m.backbone(v[0]), m.backbone(v[1])
+    loss, _, feats = m.training_loss({"views": v})
+    r1, r2 = m.encoder(v[0]), m.encoder(v[1])
     assert torch.allclose(loss, directclr_loss(r1, r2, 32, 0.1), atol=1e-5)
+    assert torch.allclose(feats, r1, atol=1e-5)
     with pytest.raises(ValueError, match="d0"):
         DirectCLR(d0=10_000)
 
 
-def test_frozen_backbone_gets_no_gradient() -> None:
-    m = SimCLR(projector_hidden_dims=[32], projector_out_dim=8, num_classes=3,
-               freeze_backbone=True)  # fmt: skip
+def test_frozen_encoder_gets_no_gradient() -> None:
+    m = SimCLR(projector_hidden_dims=[32], projector_out_dim=8, probe_classes=3,
+               freeze_encoder=True)  # fmt: skip
     m.log = lambda *a, **k: None  # no trainer attached
     batch = {"views": views(), "label": torch.tensor([0, 1, 2, 1])}
     m.training_step(batch, 0).backward()
-    assert all(p.grad is None for p in m.backbone.parameters())
+    assert all(p.grad is None for p in m.encoder.parameters())
     assert m.probe.linear.weight.grad is not None
 
 
-def test_backbone_cifar_stem_and_dense_features() -> None:
-    bb = Backbone("resnet18", cifar_stem=True)
-    assert bb.model.conv1.kernel_size == (3, 3) and bb.model.conv1.stride == (1, 1)
-    assert bb(torch.randn(2, 3, 32, 32)).shape == (2, 512)
-    maps = bb.forward_dense(torch.randn(2, 3, 32, 32))
-    assert maps[-1].shape[1] == 512 and maps[-1].shape[-1] == 4  # CIFAR stem keeps resolution
+def test_encoder_cifar_stem() -> None:
+    enc = TimmEncoder("resnet18", cifar_stem=True)
+    assert enc.model.conv1.kernel_size == (3, 3) and enc.model.conv1.stride == (1, 1)
+    assert enc.model.forward_features(torch.randn(2, 3, 32, 32)).shape[-1] == 4  # stride 8
+    assert enc(torch.randn(2, 3, 32, 32)).shape == (2, 512)
     with pytest.raises(ValueError, match="cifar_stem"):
-        Backbone("vit_tiny_patch16_224", cifar_stem=True)
-    with pytest.raises(ValueError, match="unknown timm backbone"):
-        Backbone("resnet_does_not_exist")
+        TimmEncoder("vit_tiny_patch16_224", cifar_stem=True)
+    with pytest.raises(ValueError, match="unknown timm encoder"):
+        TimmEncoder("resnet_does_not_exist")
 
 
-def test_backbone_loads_local_checkpoint(tmp_path: Path) -> None:
+def test_encoder_loads_local_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     ref = timm.create_model("resnet18")
     path = tmp_path / "resnet18.pth"
     torch.save(ref.state_dict(), path)
-    bb = Backbone("resnet18", checkpoint_path=str(path))
+    enc = TimmEncoder("resnet18", checkpoint_path=str(path))
     ref_sd = ref.state_dict()
-    for name, value in bb.model.state_dict().items():
+    for name, value in enc.model.state_dict().items():
         assert torch.equal(value, ref_sd[name]), name
     with pytest.raises(FileNotFoundError, match="checkpoint_path"):
-        Backbone("resnet18", checkpoint_path=str(tmp_path / "missing.pth"))
+        TimmEncoder("resnet18", checkpoint_path=str(tmp_path / "missing.pth"))
 
 
-def test_four_channel_backbone() -> None:
-    assert Backbone("resnet18", in_chans=4)(torch.randn(2, 4, 64, 64)).shape == (2, 512)
+def test_in_channels_reach_the_encoder() -> None:
+    assert TimmEncoder("resnet18", in_chans=4)(torch.randn(2, 4, 64, 64)).shape == (2, 512)
+    m = SimCLR(in_channels=4, projector_hidden_dims=[8], projector_out_dim=4)
+    assert m.encoder.model.conv1.in_channels == 4

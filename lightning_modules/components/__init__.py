@@ -1,14 +1,15 @@
-"""Reusable building blocks: backbones, heads, optimisers and distributed helpers."""
+"""Reusable building blocks: networks, heads, optimisers and distributed helpers."""
 
-from lightning_modules.components.backbone import Backbone
 from lightning_modules.components.heads import ConvProjectionHead, MLPHead
+from lightning_modules.components.networks import TimmEncoder, build_segmentation_net
 from lightning_modules.components.optim import LARS, build_optimizer, warmup_cosine_schedule
 
 __all__ = [
     "LARS",
-    "Backbone",
     "ConvProjectionHead",
     "MLPHead",
+    "TimmEncoder",
     "build_optimizer",
+    "build_segmentation_net",
     "warmup_cosine_schedule",
 ]

@@ -1,6 +1,6 @@
 """Initialise an smp model (timm encoder, optionally decoder parts) from a checkpoint, by name.
 
-Encoder weights come from a contraseg pretraining checkpoint (``backbone.model.*``), a
+Encoder weights come from a contraseg pretraining checkpoint (``encoder.model.*``), a
 contraseg dense-pretraining or fine-tuning checkpoint (``net.encoder.model.*``) or a plain
 timm state dict.  Decoder parts (e.g. GLCNet's ASPP, or a whole pretrained U-Net decoder)
 come from ``net.decoder.*`` tensors of a contraseg dense model with the same smp
@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-# where encoder weights live: contraseg pretraining, contraseg dense/fine-tuning, plain timm
-CHECKPOINT_PREFIXES = ("backbone.model.", "net.encoder.model.", "")
+# where encoder weights live: contraseg image-level pretraining (``backbone.model.`` before
+# version 0.2), contraseg dense / fine-tuning, plain timm
+CHECKPOINT_PREFIXES = ("encoder.model.", "backbone.model.", "net.encoder.model.", "")
 DECODER_PREFIX = "net.decoder."
 REPORT_KEYS = ("loaded", "sliced_input_channels", "shape_mismatch", "missing", "prefix")
 

@@ -18,7 +18,6 @@ class MLPHead(nn.Module):
         hidden_dims: Hidden layer widths.
         out_dim: Output dimension.
         batch_norm: Batch-norm after each hidden linear layer.
-        last_batch_norm: Affine-free batch-norm on the output (as in SimCLR v2 / BYOL variants).
     """
 
     def __init__(
@@ -27,7 +26,6 @@ class MLPHead(nn.Module):
         hidden_dims: Sequence[int] = (2048,),
         out_dim: int = 128,
         batch_norm: bool = True,
-        last_batch_norm: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -38,9 +36,7 @@ class MLPHead(nn.Module):
                 layers.append(nn.BatchNorm1d(width))
             layers.append(nn.ReLU(inplace=True))
             prev = width
-        layers.append(nn.Linear(prev, out_dim, bias=not last_batch_norm))
-        if last_batch_norm:
-            layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(nn.Linear(prev, out_dim))
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim
 

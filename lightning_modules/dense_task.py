@@ -1,0 +1,65 @@
+"""Tasks over an smp segmentation network: dense pretraining and fine-tuning.
+
+GLCNet, pixel-wise label contrast (Zhao et al.), supervised local contrast (Hu et al.)
+and :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` share the
+network of :func:`~lightning_modules.components.networks.build_segmentation_net`: a
+``tu-<timm>`` encoder (``net.encoder.model.*``, the task's ``encoder``) and a decoder
+(``net.decoder.*``); pretraining has no segmentation head.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from lightning_modules.components.networks import build_segmentation_net
+from lightning_modules.task import BaseTask
+
+__all__ = ["DenseTask"]
+
+
+class DenseTask(BaseTask):
+    """Base of tasks over an smp network (see the module docstring).
+
+    Args:
+        architecture: ``deeplabv3plus``, ``unet`` or ``fpn``.
+        encoder: timm encoder name (smp ``tu-<name>`` encoder).
+        encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights, when the
+            user has them; ``init_checkpoint`` loads a local file instead).
+        **kwargs: :class:`~lightning_modules.task.BaseTask` arguments.
+    """
+
+    def __init__(
+        self,
+        architecture: Literal["deeplabv3plus", "unet", "fpn"] = "deeplabv3plus",
+        encoder: str = "resnet18",
+        encoder_weights: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def head_classes(self) -> int | None:
+        """Outputs of the segmentation head (``None``: no head, pretraining)."""
+        return None
+
+    def configure_models(self) -> None:
+        """The smp network; subclasses add their heads after it (fixes the random init)."""
+        hp = self.hparams
+        self.net = build_segmentation_net(
+            hp.architecture, hp.encoder, hp.in_channels, self.head_classes(), hp.encoder_weights
+        )
+        self.feature_dim = self.net.encoder.out_channels[-1]
+
+    @property
+    def encoder(self) -> nn.Module:
+        """The smp encoder (timm model under ``.model``): what fine-tuning transfers."""
+        return self.net.encoder
+
+    def decode(self, images: Tensor) -> Tensor:
+        """Decoder features ``(B, C_dec, h, w)`` (1/4 resolution for DeepLabV3+, full for U-Net)."""
+        return self.net(images)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Global average pool of the last encoder map (rank monitor, export)."""
+        return self.net.encoder(images)[-1].mean(dim=(2, 3))

@@ -1,0 +1,143 @@
+"""Image-level pretraining over a timm encoder, scored online by a linear probe and kNN.
+
+SimCLR, DirectCLR and Lee et al.'s attention-guided contrast derive from
+:class:`EmbeddingTask`: it builds ``self.encoder`` (a
+:class:`~lightning_modules.components.networks.TimmEncoder`) and, when the data has
+image-level classes (``probe_classes``, linked from the data module), the online
+evaluators of :mod:`lightning_modules.evaluators`.  Training batches carry ``views``
+and ``label`` (``-1``: unlabeled); evaluation batches ``image`` and ``label``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from jsonargparse.typing import PositiveFloat
+from torch import Tensor
+
+from lightning_modules.components.networks import TimmEncoder
+from lightning_modules.components.optim import split_decay_groups
+from lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
+from lightning_modules.task import BaseTask
+
+__all__ = ["EmbeddingTask"]
+
+
+class EmbeddingTask(BaseTask):
+    """Base of image-level methods: encoder, online linear probe and weighted kNN.
+
+    Args:
+        encoder: timm model name.
+        encoder_kwargs: Extra :class:`~lightning_modules.components.networks.TimmEncoder`
+            arguments (``cifar_stem``, ``pretrained``, ``checkpoint_path``, ...).
+        probe_classes: Image-level classes of the online probe and kNN (0 disables
+            both); linked from ``data.probe_classes`` by the CLI.
+        probe_lr: Learning rate of the online linear probe (no weight decay, no LARS).
+        knn_k: Neighbours of the kNN evaluator.
+        knn_temperature: Vote temperature of the kNN evaluator.
+        **kwargs: :class:`~lightning_modules.task.BaseTask` arguments (optimiser,
+            ``in_channels``, ``init_checkpoint``, ``freeze_encoder``, ...).
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        encoder_kwargs: dict[str, Any] | None = None,
+        probe_classes: int = 0,
+        probe_lr: PositiveFloat = 0.1,
+        knn_k: int = 200,
+        knn_temperature: PositiveFloat = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("optimizer", "lars")
+        kwargs.setdefault("lr", 0.3)
+        kwargs.setdefault("warmup_epochs", 10.0)
+        super().__init__(**kwargs)
+
+    def encoder_channels(self) -> int:
+        """Input channels of the encoder (tasks with extra inputs override it)."""
+        return self.hparams.in_channels
+
+    def configure_models(self) -> None:
+        """The timm encoder, then the online probe (the order fixes the random init)."""
+        hp = self.hparams
+        self.encoder = TimmEncoder(
+            hp.encoder, **{"in_chans": self.encoder_channels(), **(hp.encoder_kwargs or {})}
+        )
+        self.feature_dim = self.encoder.num_features
+        n = hp.probe_classes
+        self.probe = OnlineLinearProbe(self.feature_dim, n) if n > 1 else None
+
+    def configure_metrics(self) -> None:
+        """The weighted kNN evaluator (queries: loader 0, bank: loader 1)."""
+        hp = self.hparams
+        n = hp.probe_classes
+        self.knn = WeightedKNN(n, hp.knn_k, hp.knn_temperature) if n > 1 else None
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Method loss plus the (detached) online probe loss on ``TaskLoss.embedding``."""
+        out = self.training_loss(batch)
+        self.log_losses(out, batch)
+        total = out.loss
+        if self.probe is not None and out.embedding is not None:
+            size = out.embedding.shape[0]
+            probe_loss = self.probe.loss(out.embedding, batch["label"][:size], train=True)
+            self.log("train/probe_loss", probe_loss, batch_size=size, sync_dist=True)
+            self.log("train/probe_acc", self.probe.train_acc, on_step=False, on_epoch=True)
+            total = total + probe_loss
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Probe accuracy and kNN queries on held-out rows; kNN bank rows (``knn_bank``)."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Same evaluation as :meth:`validation_step`, logged under ``test/``."""
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        if self.probe is None:
+            return
+        features, labels = self.embed(batch["image"]), batch["label"]
+        bank = batch.get("knn_bank")  # one loader holds queries and bank (one metric column)
+        query = ~bank if bank is not None else torch.ones_like(labels, dtype=torch.bool)
+        # every rank logs every step (a rank may hold only bank rows: DDP must not wait)
+        self.probe.loss(features[query], labels[query], train=False)
+        self.log(f"{stage}/probe_acc", self.probe.val_acc, on_epoch=True, prog_bar=True)
+        if self.knn is not None:
+            self.knn.update(features[query], labels[query], bank=False)
+            if bank is not None:
+                self.knn.update(features[bank], labels[bank], bank=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Score the kNN evaluator once queries and bank are complete."""
+        self._log_knn("val")
+
+    def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._log_knn("test")
+
+    def _log_knn(self, stage: str) -> None:
+        if self.knn is None:
+            return
+        accuracy = self.knn.compute()  # collective under DDP: every rank calls it
+        if not torch.isnan(accuracy):
+            self.log(f"{stage}/knn_acc", accuracy, prog_bar=True)
+        self.knn.reset()
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Method parameters (decay / no decay) plus the probe with its own LR."""
+        probe = list(self.probe.parameters()) if self.probe is not None else []
+        ids = {id(p) for p in probe}
+        decay, no_decay = ([p for p in g if id(p) not in ids] for g in split_decay_groups(self))
+        groups: list[dict[str, Any]] = [
+            {"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}
+        ]
+        if probe:
+            groups.append({"params": probe, "lr": float(self.hparams.probe_lr),
+                           "weight_decay": 0.0, "lars_exclude": True})  # fmt: skip
+        return groups
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Representations and labels of a batch."""
+        return {"embedding": self.embed(batch["image"]), "label": batch["label"]}

@@ -1,0 +1,175 @@
+"""The one task base of every contraseg LightningModule (torchgeo ``BaseTask`` shape).
+
+A task declares only its own constructor arguments and forwards the rest with
+``**kwargs``; jsonargparse follows the ``super().__init__(**kwargs)`` chain, so the CLI
+and ``--print_config`` show every argument.  :class:`BaseTask` then
+
+1. stores all arguments of the whole chain as ``self.hparams`` (plain numbers, so
+   checkpoints load with ``torch.load(weights_only=True)``);
+2. calls :meth:`configure_models` (build ``self.encoder`` and whatever else),
+   :meth:`configure_losses` and :meth:`configure_metrics`, in that order;
+3. initialises the encoder from ``init_checkpoint`` and freezes it (``freeze_encoder``);
+4. owns the optimiser with per-step warmup + cosine schedule, the logging of the loss
+   dictionary and the embedding export of ``predict``.
+
+A method implements :meth:`training_loss` (the one contract): batch in, a
+:class:`TaskLoss` out.  ``self.encoder`` is the part whose weights transfer: its timm
+model lives under ``.model`` for every task (``components.checkpoint_init``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_modules.components.checkpoint_init import load_encoder_from_checkpoint, summarize
+from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
+
+__all__ = ["BaseTask", "TaskLoss"]
+
+
+class TaskLoss(NamedTuple):
+    """What :meth:`BaseTask.training_loss` returns.
+
+    Attributes:
+        loss: Scalar loss to minimise (logged as ``train/loss``).
+        logs: Extra scalars, logged as ``train/<key>``.
+        embedding: Encoder representation of the labeled rows of the batch (first view),
+            for tasks with online evaluators (see ``EmbeddingTask``).
+    """
+
+    loss: Tensor
+    logs: dict[str, Tensor] | None = None
+    embedding: Tensor | None = None
+
+
+class BaseTask(L.LightningModule):
+    """Base of every task: optimisation, logging, export, freezing, checkpoint init.
+
+    Args:
+        in_channels: Input channels of the network (linked from ``data.in_channels``).
+        init_checkpoint: Checkpoint initialising the encoder by name: any contraseg
+            checkpoint or a plain timm state dict (e.g. ImageNet weights).
+        freeze_encoder: The encoder gets no gradient (frozen-feature baselines and probes).
+        optimizer: ``sgd``, ``adamw``, ``adam`` or ``lars``.
+        lr: Peak learning rate.
+        weight_decay: Weight decay of weights (biases and norm parameters get none).
+        momentum: Momentum of SGD / LARS.
+        warmup_epochs: Linear warmup length in epochs (fractions allowed) before the cosine.
+        min_lr_ratio: Final LR of the cosine schedule as a fraction of ``lr``.
+
+    Raises:
+        ValueError: On an unknown optimiser or a negative warmup.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        init_checkpoint: str | None = None,
+        freeze_encoder: bool = False,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        min_lr_ratio: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if warmup_epochs < 0:
+            raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
+        self.save_hyperparameters()
+        self._plain_hparams()
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        self.init_report: dict[str, list[str]] | None = None
+        if init_checkpoint is not None:
+            self.init_report = self.load_checkpoint(init_checkpoint)
+            rank_zero_info(f"init from {init_checkpoint}: {summarize(self.init_report)}")
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+
+    # ----------------------------------------------------------------- tasks implement
+    def configure_models(self) -> None:
+        """Build ``self.encoder`` and the task's other modules (from ``self.hparams``)."""
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        """Validate and store loss settings (temperatures, ...); nothing by default."""
+
+    def configure_metrics(self) -> None:
+        """Create the task's metrics and evaluators; nothing by default."""
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
+        """The task's loss of one training batch."""
+        raise NotImplementedError
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Representation ``(B, D)`` used by evaluators, the rank monitor and ``predict``."""
+        return self.encoder(images)
+
+    # ----------------------------------------------------------------- shared behaviour
+    def load_checkpoint(self, path: str) -> dict[str, list[str]]:
+        """Initialise the encoder from ``path`` by name; returns the load report."""
+        return load_encoder_from_checkpoint(self.encoder, path)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Alias of :meth:`embed`."""
+        return self.embed(images)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """:meth:`training_loss` of the batch; logs ``train/loss`` and ``train/<key>``."""
+        out = self.training_loss(batch)
+        self.log_losses(out, batch)
+        return out.loss
+
+    def log_losses(self, out: TaskLoss, batch: dict[str, Any]) -> None:
+        """Log the loss and its extra scalars, averaged per image over the epoch and ranks."""
+        images = batch["views"][0] if "views" in batch else batch["image"]
+        size = images.shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=size, sync_dist=True)
+        for key, value in (out.logs or {}).items():
+            self.log(f"train/{key}", value, batch_size=size, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
+        """Nothing to score by default: the loop only drives callbacks (rank monitor)."""
+        return None
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Representations (and labels) of a batch, to export embeddings."""
+        return {"embedding": self.embed(batch["image"]), "label": batch.get("label")}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimiser groups: weights with decay; biases and norms without (and without LARS)."""
+        return param_groups(self)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Optimiser over :meth:`parameter_groups` with per-step warmup + cosine."""
+        hp = self.hparams
+        groups = self.parameter_groups()
+        if not any(g["params"] for g in groups):
+            raise ValueError("nothing to train: every parameter is frozen")
+        return scheduled_optimizer(
+            groups, self.trainer, hp.warmup_epochs, hp.min_lr_ratio, name=hp.optimizer,
+            lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
+        )  # fmt: skip
+
+    def _plain_hparams(self) -> None:
+        """Store validated numbers (``PositiveFloat`` ...) as plain ``int``/``float``."""
+        for store in (self.hparams, getattr(self, "_hparams_initial", {})):
+            for key, value in list(store.items()):
+                if isinstance(value, float) and type(value) is not float:
+                    store[key] = float(value)
+                elif isinstance(value, int) and type(value) not in (int, bool):
+                    store[key] = int(value)
+
+    @staticmethod
+    def stack(views: list[Tensor]) -> Tensor:
+        """Concatenate views along the batch (view-major)."""
+        return torch.cat(views, dim=0)
