@@ -35,8 +35,8 @@ from lightning_modules.components import ConvProjectionHead
 from lightning_modules.components.networks import out_channels, resize_labels
 from lightning_modules.dense_task import DenseTask
 from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_contrast import stride_sample, tiled_pixel_contrastive_loss
-from lightning_modules.losses.pixel_supcon import pixel_supcon_loss
+from lightning_modules.losses.pixel_blocked import stride_sample
+from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, tiled_pixel_supcon_loss
 from lightning_modules.task import TaskLoss
 
 __all__ = ["SupervisedLocalContrast"]
@@ -135,8 +135,8 @@ class SupervisedLocalContrast(DenseTask):
             "block_size": self.block_size,
         }
         if self.memory_mode == "block":
-            loss = tiled_pixel_contrastive_loss(
-                z, labels, self.block, anchor_mask=anchors, kind="supcon", **common
+            loss = tiled_pixel_supcon_loss(
+                z, labels, self.block, anchor_mask=anchors, **common
             )
         else:
             emb, lab, _ = stride_sample(z, labels, self.stride)

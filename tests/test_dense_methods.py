@@ -27,7 +27,8 @@ from lightning_modules.losses import (
     pixel_supcon_loss,
     within_image_pixel_contrastive_loss,
 )
-from lightning_modules.losses.pixel_contrast import stride_sample, tiled_pixel_contrastive_loss
+from lightning_modules.losses.pixel_blocked import stride_sample
+from lightning_modules.losses.pixel_supcon import tiled_pixel_supcon_loss
 
 SIZE = 32
 
@@ -146,8 +147,8 @@ def test_local_contrast_matches_pixel_supcon(batch: dict[str, Any], memory_mode:
         emb, lab, _ = stride_sample(z, labels, 2)
         expected = pixel_supcon_loss(emb, lab, anchor_mask=anchors[:, ::2, ::2].reshape(-1))
     else:
-        expected = tiled_pixel_contrastive_loss(
-            z, labels, 8, 0.1, anchor_mask=anchors, kind="supcon"
+        expected = tiled_pixel_supcon_loss(
+            z, labels, 8, 0.1, anchor_mask=anchors
         )
     assert torch.allclose(loss, expected, atol=1e-5)
 

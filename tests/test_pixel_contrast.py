@@ -3,11 +3,10 @@ import math
 import pytest
 import torch
 
+from lightning_modules.losses.pixel_blocked import block_partition, stride_sample
 from lightning_modules.losses.pixel_contrast import (
-    block_partition,
     pixel_contrastive_loss,
     pixel_contrastive_loss_naive,
-    stride_sample,
     tiled_pixel_contrastive_loss,
 )
 

@@ -3,8 +3,13 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.pixel_contrast import block_partition, tiled_pixel_contrastive_loss
-from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, pixel_supcon_loss_naive
+from lightning_modules.losses.pixel_blocked import block_partition
+from lightning_modules.losses.pixel_contrast import tiled_pixel_contrastive_loss
+from lightning_modules.losses.pixel_supcon import (
+    pixel_supcon_loss,
+    pixel_supcon_loss_naive,
+    tiled_pixel_supcon_loss,
+)
 
 
 def _data(n=157, d=12, classes=5, seed=0, ignore_every=9):
@@ -193,9 +198,7 @@ def _dense(seed=0):
 
 def test_tiled_supcon_is_mean_over_valid_tiles():
     feats, labels = _dense()
-    loss = tiled_pixel_contrastive_loss(
-        feats, labels, 3, temperature=0.1, block_size=5, kind="supcon"
-    )
+    loss = tiled_pixel_supcon_loss(feats, labels, 3, temperature=0.1, block_size=5)
     per_tile = [pixel_supcon_loss(e, lab, 0.1) for e, lab, _ in block_partition(feats, labels, 3)]
     expected = torch.stack([per_tile[0], per_tile[2], per_tile[3]]).mean()
     torch.testing.assert_close(loss, expected)
@@ -210,9 +213,7 @@ def test_tiled_supcon_with_anchor_mask_skips_tiles():
     feats, labels = _dense(seed=1)
     mask = torch.ones_like(labels, dtype=torch.bool)
     mask[:, 3:, :3] = False  # tile 2 has no anchors
-    loss = tiled_pixel_contrastive_loss(
-        feats, labels, 3, temperature=0.2, anchor_mask=mask, kind="supcon"
-    )
+    loss = tiled_pixel_supcon_loss(feats, labels, 3, temperature=0.2, anchor_mask=mask)
     tiles = block_partition(feats, labels, 3)
     expected = torch.stack(
         [pixel_supcon_loss(tiles[k][0], tiles[k][1], 0.2) for k in (0, 3)]
@@ -220,19 +221,8 @@ def test_tiled_supcon_with_anchor_mask_skips_tiles():
     torch.testing.assert_close(loss, expected)
 
 
-def test_tiled_kind_validation():
-    feats, labels = _dense()
-    with pytest.raises(ValueError, match="kind"):
-        tiled_pixel_contrastive_loss(feats, labels, 3, kind="bogus")
-    with pytest.raises(ValueError, match="negatives_from_own_group"):
-        tiled_pixel_contrastive_loss(feats, labels, 3, negatives_from_own_group=True, kind="supcon")
-    default = tiled_pixel_contrastive_loss(feats, labels, 3, temperature=0.1)
-    explicit = tiled_pixel_contrastive_loss(feats, labels, 3, temperature=0.1, kind="per_positive")
-    torch.testing.assert_close(default, explicit)
-
-
 def test_tiled_supcon_all_ignored_is_zero():
     feats, _ = _dense()
     labels = torch.full((2, 6, 6), 255)
-    loss = tiled_pixel_contrastive_loss(feats, labels, 3, kind="supcon")
+    loss = tiled_pixel_supcon_loss(feats, labels, 3)
     assert loss.item() == 0.0 and loss.requires_grad

@@ -20,7 +20,7 @@ from lightning_modules.losses.pixel_contrast import (
     tiled_pixel_contrastive_loss,
     within_image_pixel_contrastive_loss,
 )
-from lightning_modules.losses.pixel_supcon import pixel_supcon_loss
+from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, tiled_pixel_supcon_loss
 
 __all__ = [
     "check_temperature",
@@ -38,5 +38,6 @@ __all__ = [
     "sample_corresponding_patches",
     "style_features",
     "tiled_pixel_contrastive_loss",
+    "tiled_pixel_supcon_loss",
     "within_image_pixel_contrastive_loss",
 ]

@@ -55,10 +55,10 @@ of ``block_size`` rows, saves only per-anchor statistics (:math:`L_i`,
 
 so peak memory grows with ``block_size * N``.  All similarity math runs in
 float32, also under autocast; the loss is finite at temperature 0.01.
-:func:`stride_sample` and :func:`block_partition` implement Hu et al.'s two ways
-of bounding ``N`` on dense maps; :func:`tiled_pixel_contrastive_loss` averages
-this loss (or the SupCon one of :mod:`lightning_modules.losses.pixel_supcon`,
-``kind="supcon"``) over the tiles.
+The driver around the blocked Function (validation, anchors, Hu et al.'s stride /
+tile sub-sampling) is :mod:`lightning_modules.losses.pixel_blocked`, shared with the
+SupCon loss of :mod:`lightning_modules.losses.pixel_supcon`;
+:func:`tiled_pixel_contrastive_loss` averages this loss over tiles.
 
 **Official composition (Zhao et al.).**  Over dense maps, one loss per image or
 image pair, averaged over the units with at least one valid anchor:
@@ -76,6 +76,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
+from lightning_modules.losses.pixel_blocked import (
+    _prepare,
+    block_partition,
+    blocked_pixel_loss,
+    check_dense,
+    mean_or_zero,
+    stride_sample,
+    tiled_pixel_loss,
+)
 
 __all__ = [
     "block_partition",
@@ -88,43 +97,6 @@ __all__ = [
     "within_image_pixel_contrastive_loss",
 ]
 
-_TILE_KINDS = ("per_positive", "supcon")
-
-
-def _prepare(
-    embeddings: Tensor,
-    labels: Tensor,
-    ignore_index: int,
-    anchor_mask: Tensor | None,
-    groups: Tensor | None,
-    negatives_from_own_group: bool,
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor, Tensor]:
-    """Validate, drop ignored pixels, normalise and select the valid anchors.
-
-    Returns:
-        ``(z, labels, groups, anchor_index, n_pos)``: float32 normalised kept
-        embeddings, their labels and groups, the indices (into the kept pixels)
-        of anchors with at least one positive and their positive counts.
-    """
-    if embeddings.ndim != 2:
-        raise ValueError(f"embeddings must be (N, D), got {tuple(embeddings.shape)}")
-    n = embeddings.shape[0]
-    for name, t in (("labels", labels), ("anchor_mask", anchor_mask), ("groups", groups)):
-        if t is not None and t.shape != (n,):
-            raise ValueError(f"{name} must have shape ({n},), got {tuple(t.shape)}")
-    if negatives_from_own_group and groups is None:
-        raise ValueError("negatives_from_own_group=True needs groups")
-    keep = labels != ignore_index
-    z = F.normalize(embeddings[keep].float(), dim=1)
-    y = labels[keep]
-    g = groups[keep] if (groups is not None and negatives_from_own_group) else None
-    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
-    n_pos = counts[inverse] - 1  # same label, anchor itself excluded
-    is_anchor = n_pos > 0
-    if anchor_mask is not None:
-        is_anchor &= anchor_mask[keep].bool()
-    anchor_index = is_anchor.nonzero().squeeze(1)
-    return z, y, g, anchor_index, n_pos[anchor_index]
 
 
 def _block_masks(
@@ -230,9 +202,10 @@ def pixel_contrastive_loss(
     Raises:
         ValueError: On a bad temperature, block size or shapes.
     """
-    return _pixel_contrastive_loss(
+    return blocked_pixel_loss(
         embeddings,
         labels,
+        _BlockedPixelContrast,
         temperature,
         ignore_index,
         anchor_mask,
@@ -242,38 +215,6 @@ def pixel_contrastive_loss(
     )[0]
 
 
-def _pixel_contrastive_loss(
-    embeddings: Tensor,
-    labels: Tensor,
-    temperature: float,
-    ignore_index: int,
-    anchor_mask: Tensor | None,
-    groups: Tensor | None,
-    negatives_from_own_group: bool,
-    block_size: int,
-    function: type[torch.autograd.Function] | None = None,
-) -> tuple[Tensor, int]:
-    """A blocked pixel loss and its number of valid anchors.
-
-    Validates, drops ignored pixels, selects the anchors with a positive and applies
-    ``function`` (default :class:`_BlockedPixelContrast`; Hu et al.'s SupCon
-    denominator passes its own) as ``function(z, y, g, anchor_index, n_pos, tau,
-    block_size)``.
-    """
-    tau = check_temperature(temperature)
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        z, y, g, anchor_index, n_pos = _prepare(
-            embeddings, labels, ignore_index, anchor_mask, groups, negatives_from_own_group
-        )
-        count = int(anchor_index.numel())
-        if count == 0:
-            return z.sum() * 0.0, 0
-        loss = (function or _BlockedPixelContrast).apply(
-            z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
-        )
-        return loss, count
 
 
 def pixel_contrastive_loss_naive(
@@ -323,66 +264,10 @@ def pixel_contrastive_loss_naive(
         return per_anchor.mean()
 
 
-def stride_sample(features: Tensor, labels: Tensor, stride: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Keep every ``stride``-th pixel in both directions (Hu et al.'s "stride" mode).
-
-    Pixel ``(b, h, w)`` with ``h % stride == 0`` and ``w % stride == 0`` is kept, so
-    ``N = B * ceil(H / stride) * ceil(W / stride)`` and the loss costs
-    ``stride^-4`` of the full-resolution one.
-
-    Args:
-        features: ``(B, D, H, W)`` dense embeddings.
-        labels: ``(B, H, W)`` labels at the same resolution.
-        stride: Sampling step ``>= 1``.
-
-    Returns:
-        ``(embeddings (M, D), labels (M,), groups (M,))`` in ``(b, h, w)`` row-major
-        order, where ``groups`` is the image index ``b``.
-
-    Raises:
-        ValueError: On mismatched shapes or ``stride < 1``.
-    """
-    _check_dense(features, labels)
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    return _flatten(features[:, :, ::stride, ::stride], labels[:, ::stride, ::stride])
 
 
-def block_partition(
-    features: Tensor, labels: Tensor, block: int
-) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Split dense maps into ``block x block`` spatial tiles (Hu et al.'s "block" mode).
 
-    Each tile holds the pixels of one spatial window in *all* ``B`` images; the
-    loss is computed independently per tile and the tile losses are averaged
-    (:func:`tiled_pixel_contrastive_loss`), so the cost is
-    ``(H W / block^2) * (B block^2)^2`` instead of ``(B H W)^2`` and pixels only
-    meet candidates from the same window.  Tiles at the right / bottom border are
-    smaller when ``block`` does not divide ``H`` or ``W``.
 
-    Args:
-        features: ``(B, D, H, W)`` dense embeddings.
-        labels: ``(B, H, W)`` labels.
-        block: Tile side ``>= 1``.
-
-    Returns:
-        Row-major list of tiles ``(embeddings (M, D), labels (M,), groups (M,))``
-        with pixels in ``(b, h, w)`` order and ``groups`` the image index.
-
-    Raises:
-        ValueError: On mismatched shapes or ``block < 1``.
-    """
-    _check_dense(features, labels)
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    height, width = labels.shape[1:]
-    return [
-        _flatten(
-            features[:, :, i : i + block, j : j + block], labels[:, i : i + block, j : j + block]
-        )
-        for i in range(0, height, block)
-        for j in range(0, width, block)
-    ]
 
 
 def tiled_pixel_contrastive_loss(
@@ -394,13 +279,11 @@ def tiled_pixel_contrastive_loss(
     anchor_mask: Tensor | None = None,
     negatives_from_own_group: bool = False,
     block_size: int = 4096,
-    kind: str = "per_positive",
 ) -> Tensor:
-    r"""Mean of a pixel-contrastive loss over the tiles of :func:`block_partition`.
+    r"""Mean of :func:`pixel_contrastive_loss` over ``block x block`` tiles.
 
-    :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles
-    :math:`T` that have at least one valid anchor (a tile without one would add a
-    meaningless 0 to the mean).
+    :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles with a
+    valid anchor (:func:`~lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
 
     Args:
         features: ``(B, D, H, W)`` dense embeddings.
@@ -409,48 +292,16 @@ def tiled_pixel_contrastive_loss(
         temperature: Softmax temperature ``tau > 0``.
         ignore_index: Label of ignored pixels.
         anchor_mask: Optional bool ``(B, H, W)`` anchor selection.
-        negatives_from_own_group: Negatives only from the anchor's own image (only
-            for ``kind="per_positive"``).
+        negatives_from_own_group: Negatives only from the anchor's own image.
         block_size: Anchor block size of the per-tile loss.
-        kind: Per-tile loss: ``"per_positive"`` for :func:`pixel_contrastive_loss`
-            (Zhao et al.) or ``"supcon"`` for
-            :func:`~lightning_modules.losses.pixel_supcon.pixel_supcon_loss`
-            (Hu et al.'s ``BlockConLoss``).
 
     Returns:
         Scalar float32 loss.
-
-    Raises:
-        ValueError: On an unknown ``kind``, ``negatives_from_own_group`` with
-            ``kind="supcon"``, or the errors of the per-tile loss.
     """
-    if kind not in _TILE_KINDS:
-        raise ValueError(f"kind must be one of {_TILE_KINDS}, got {kind!r}")
-    if kind == "supcon" and negatives_from_own_group:
-        raise ValueError("negatives_from_own_group is only supported for kind='per_positive'")
-    # lazy import: pixel_supcon builds on this module
-    from lightning_modules.losses.pixel_supcon import _BlockedPixelSupCon
-
-    function = _BlockedPixelSupCon if kind == "supcon" else _BlockedPixelContrast
-
-    tiles = block_partition(features, labels, block)
-    masks: list[Tensor | None] = [None] * len(tiles)
-    if anchor_mask is not None:
-        height, width = labels.shape[1:]
-        masks = [
-            anchor_mask[:, i : i + block, j : j + block].reshape(-1)
-            for i in range(0, height, block)
-            for j in range(0, width, block)
-        ]
-    losses = []
-    for (emb, lab, grp), mask in zip(tiles, masks):
-        loss, count = _pixel_contrastive_loss(
-            emb, lab, temperature, ignore_index, mask, grp, negatives_from_own_group, block_size,
-            function,
-        )  # fmt: skip
-        if count:
-            losses.append(loss)
-    return _mean_or_zero(losses, features)
+    return tiled_pixel_loss(
+        features, labels, block, _BlockedPixelContrast, temperature, ignore_index, anchor_mask,
+        negatives_from_own_group, block_size,
+    )  # fmt: skip
 
 
 def within_image_pixel_contrastive_loss(
@@ -480,12 +331,13 @@ def within_image_pixel_contrastive_loss(
     Raises:
         ValueError: On mismatched shapes, a bad temperature or block size.
     """
-    _check_dense(features, labels)
+    check_dense(features, labels)
     losses = []
     for b in range(features.shape[0]):
-        loss, count = _pixel_contrastive_loss(
+        loss, count = blocked_pixel_loss(
             features[b].flatten(1).T,
             labels[b].reshape(-1),
+            _BlockedPixelContrast,
             temperature,
             ignore_index,
             None,
@@ -495,7 +347,7 @@ def within_image_pixel_contrastive_loss(
         )
         if count:
             losses.append(loss)
-    return _mean_or_zero(losses, features)
+    return mean_or_zero(losses, features)
 
 
 def cross_image_pixel_contrastive_loss(
@@ -549,9 +401,10 @@ def cross_image_pixel_contrastive_loss(
                 torch.ones(e2.shape[0], dtype=torch.long, device=e1.device),
             ]
         )
-        loss, count = _pixel_contrastive_loss(
+        loss, count = blocked_pixel_loss(
             torch.cat([e1, e2]),
             torch.cat([labels1[b].reshape(-1), labels2[int(perm[b])].reshape(-1)]),
+            _BlockedPixelContrast,
             temperature,
             ignore_index,
             None,
@@ -561,7 +414,7 @@ def cross_image_pixel_contrastive_loss(
         )
         if count:
             losses.append(loss)
-    return _mean_or_zero(losses, features1, features2)
+    return mean_or_zero(losses, features1, features2)
 
 
 def distortion_pixel_contrastive_loss(
@@ -623,9 +476,10 @@ def distortion_pixel_contrastive_loss(
     for b in range(features1.shape[0]):
         c1, c2 = cells1[b].reshape(-1), cells2[b].reshape(-1)
         anchors = torch.cat([(c1 >= 0) & torch.isin(c1, c2), (c2 >= 0) & torch.isin(c2, c1)])
-        loss, count = _pixel_contrastive_loss(
+        loss, count = blocked_pixel_loss(
             torch.cat([features1[b].flatten(1).T, features2[b].flatten(1).T]),
             torch.cat([c1, c2]),
+            _BlockedPixelContrast,
             temperature,
             -1,
             anchors,
@@ -635,7 +489,7 @@ def distortion_pixel_contrastive_loss(
         )
         if count:
             losses.append(loss)
-    return _mean_or_zero(losses, features1, features2)
+    return mean_or_zero(losses, features1, features2)
 
 
 def _source_cells(index: Tensor, source_width: int | Tensor, cell: int) -> Tensor:
@@ -677,26 +531,7 @@ def _check_permutation(permutation: Tensor | None, batch: int, device: torch.dev
     return permutation.long()
 
 
-def _mean_or_zero(losses: list[Tensor], *features: Tensor) -> Tensor:
-    """Mean of the unit losses, or a graph-attached float32 zero when there are none."""
-    if losses:
-        return torch.stack(losses).mean()
-    zero = features[0].float().sum() * 0.0
-    for f in features[1:]:
-        zero = zero + f.float().sum() * 0.0
-    return zero
 
 
-def _check_dense(features: Tensor, labels: Tensor) -> None:
-    if features.ndim != 4 or labels.shape != (features.shape[0], *features.shape[2:]):
-        raise ValueError(
-            f"expected features (B, D, H, W) and labels (B, H, W), got "
-            f"{tuple(features.shape)} and {tuple(labels.shape)}"
-        )
 
 
-def _flatten(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    b, d, h, w = features.shape
-    emb = features.permute(0, 2, 3, 1).reshape(b * h * w, d)
-    groups = torch.arange(b, device=labels.device).repeat_interleave(h * w)
-    return emb, labels.reshape(-1), groups

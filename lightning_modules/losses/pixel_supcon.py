@@ -49,9 +49,9 @@ import torch
 from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_contrast import _pixel_contrastive_loss, _prepare
+from lightning_modules.losses.pixel_blocked import _prepare, blocked_pixel_loss, tiled_pixel_loss
 
-__all__ = ["pixel_supcon_loss", "pixel_supcon_loss_naive"]
+__all__ = ["pixel_supcon_loss", "pixel_supcon_loss_naive", "tiled_pixel_supcon_loss"]
 
 
 def _self_and_positive_masks(yb: Tensor, y: Tensor, rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,23 +142,42 @@ def pixel_supcon_loss(
     Raises:
         ValueError: On a bad temperature, block size or shapes.
     """
-    return _pixel_supcon_loss(
-        embeddings, labels, temperature, ignore_index, anchor_mask, block_size
-    )[0]
+    return blocked_pixel_loss(
+        embeddings, labels, _BlockedPixelSupCon, temperature, ignore_index, anchor_mask, None,
+        False, block_size,
+    )[0]  # fmt: skip
 
 
-def _pixel_supcon_loss(
-    embeddings: Tensor,
+def tiled_pixel_supcon_loss(
+    features: Tensor,
     labels: Tensor,
-    temperature: float,
-    ignore_index: int,
-    anchor_mask: Tensor | None,
-    block_size: int,
-) -> tuple[Tensor, int]:
-    """:func:`pixel_supcon_loss` and its number of valid anchors."""
-    return _pixel_contrastive_loss(
-        embeddings, labels, temperature, ignore_index, anchor_mask, None, False, block_size,
-        _BlockedPixelSupCon,
+    block: int,
+    temperature: float = 0.1,
+    ignore_index: int = 255,
+    anchor_mask: Tensor | None = None,
+    block_size: int = 4096,
+) -> Tensor:
+    r"""Mean of :func:`pixel_supcon_loss` over tiles (Hu et al.'s ``BlockConLoss``).
+
+    :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles with a
+    valid anchor; a tile holds one spatial window of every image
+    (:func:`~lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
+
+    Args:
+        features: ``(B, D, H, W)`` dense embeddings.
+        labels: ``(B, H, W)`` labels.
+        block: Tile side.
+        temperature: Softmax temperature ``tau > 0``.
+        ignore_index: Label of ignored pixels.
+        anchor_mask: Optional bool ``(B, H, W)`` anchor selection.
+        block_size: Anchor block size of the per-tile loss.
+
+    Returns:
+        Scalar float32 loss.
+    """
+    return tiled_pixel_loss(
+        features, labels, block, _BlockedPixelSupCon, temperature, ignore_index, anchor_mask,
+        False, block_size,
     )  # fmt: skip
 
 

@@ -1,0 +1,90 @@
+"""No import cycle anywhere in the package, and every module imports in a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments")
+
+
+def modules() -> dict[str, Path]:
+    names = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> package modules it imports, anywhere in the file (lazy imports included)."""
+    names = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            deps |= {t for t in targets if t in names and t != name}
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            # a package's __init__ importing its own submodules is not a cycle of ours
+            if node.startswith(dep + ".") or dep.startswith(node + "."):
+                continue
+            if state.get(dep) == 1:
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle() -> None:
+    graph = import_graph()
+    assert "lightning_modules.losses.pixel_blocked" in graph
+    assert find_cycle(graph) is None, find_cycle(graph)
+
+
+def test_every_module_imports_in_a_fresh_interpreter() -> None:
+    names = sorted(modules(), reverse=True)  # leaves before their packages' __init__
+    script = "import importlib, sys\nfor n in sys.argv[1:]:\n    importlib.import_module(n)\n"
+    proc = subprocess.run([sys.executable, "-c", script, *names], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_no_method_module_imports_another_method() -> None:
+    bases = {"__init__", "task", "embedding_task", "dense_task"}
+    methods = {p.stem for p in (REPO / "lightning_modules").glob("*.py")} - bases
+    graph = import_graph()
+    for stem in methods:
+        deps = {d.rsplit(".", 1)[-1] for d in graph[f"lightning_modules.{stem}"]}
+        assert not deps & (methods - {stem}), (stem, deps & methods)
