@@ -112,6 +112,35 @@ def write_potsdam_tiles(root: Path, size: int = 80, seed: int = 0) -> Path:
     return root
 
 
+def write_potsdam_crops(root: Path, size: int = 64, seed: int = 0) -> Path:
+    """GLCNet crop layout: {train,val}_RGBIR/*.tif (4-band uint8), *_lbl/*.tif (ISPRS colours),
+    and the split lists ``train``, ``trainR1``, ``val``, ``valR1500`` (``*_RGBIR.txt`` /
+    ``*_lbl.txt``, one ``<name>.tif`` per line) with the official crop names."""
+    import tifffile
+
+    from datamodules.potsdam import POTSDAM_PALETTE
+
+    rng = np.random.default_rng(seed)
+    colours = np.array([*POTSDAM_PALETTE, (0, 0, 0)], dtype=np.uint8)  # + eroded boundary
+    crops = {"train": [f"top_potsdam_2_10_RGBIR__{i}" for i in range(1, 7)],
+             "val": [f"top_potsdam_2_13_RGBIR__{i}" for i in range(1, 4)]}  # fmt: skip
+    for split, names in crops.items():
+        (root / f"{split}_RGBIR").mkdir(parents=True)
+        (root / f"{split}_lbl").mkdir(parents=True)
+        for name in names:
+            tifffile.imwrite(root / f"{split}_RGBIR" / f"{name}.tif",
+                             rng.integers(0, 256, (size, size, 4), dtype=np.uint8))  # fmt: skip
+            label = colours[rng.integers(0, len(colours), (size // 8, size // 8))]
+            tifffile.imwrite(root / f"{split}_lbl" / f"{name}.tif",
+                             label.repeat(8, axis=0).repeat(8, axis=1))  # fmt: skip
+    lists = {"train": crops["train"], "trainR1": crops["train"][::-1][:4],
+             "val": crops["val"], "valR1500": crops["val"][:2]}  # fmt: skip
+    for list_name, names in lists.items():
+        for kind in ("RGBIR", "lbl"):
+            (root / f"{list_name}_{kind}.txt").write_text("".join(f"{n}.tif\n" for n in names))
+    return root
+
+
 @pytest.fixture(scope="session")
 def seg_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("seg")
@@ -119,5 +148,28 @@ def seg_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "cityscapes": write_cityscapes(base / "cityscapes"),
         "voc": write_voc(base / "voc"),
         "potsdam_tiles": write_potsdam_tiles(base / "potsdam"),
-        "potsdam": REPO.parent / "shared" / "data" / "potsdam-glcnet",
+        "potsdam": write_potsdam_crops(base / "potsdam_crops"),
     }
+
+
+# The two real Potsdam crops (``../shared/data``, not in a user's clone) are an extra check:
+# tests marked ``real_data`` are collected only when the files are there.
+REAL_POTSDAM = REPO.parent / "shared" / "data" / "potsdam-glcnet"
+
+
+def real_potsdam_available() -> bool:
+    return (REAL_POTSDAM / "train_RGBIR" / "top_potsdam_2_10_RGBIR__36.tif").is_file()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if real_potsdam_available():
+        return
+    real = [item for item in items if item.get_closest_marker("real_data")]
+    if real:
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
+        config.hook.pytest_deselected(items=real)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    found = "found" if real_potsdam_available() else "absent: real-data checks deselected"
+    return f"real Potsdam crops {REAL_POTSDAM}: {found}"

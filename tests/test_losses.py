@@ -272,7 +272,7 @@ def test_identical_embeddings_closed_form(batch: int, tau: float) -> None:
 
 @pytest.mark.parametrize(("batch", "dim", "tau", "seed"), CASES + [(64, 128, 0.07, 4)])
 def test_matches_lightly_ntxent(batch: int, dim: int, tau: float, seed: int) -> None:
-    lightly_loss = pytest.importorskip("lightly.loss")
+    import lightly.loss as lightly_loss  # a dev dependency: the cross-check always runs
     z = _views(batch, dim, 2, seed)
     z0, z1 = z[:batch], z[batch:]
     ours, ours_grads = _value_and_grad(
@@ -282,6 +282,31 @@ def test_matches_lightly_ntxent(batch: int, dim: int, tau: float, seed: int) -> 
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     for g, tg in zip(ours_grads, their_grads):
         torch.testing.assert_close(g, tg, rtol=1e-4, atol=1e-4 * tg.abs().max().item())
+
+
+# ----------------------------------------------------------------------------- pytorch-metric-learning
+
+
+@pytest.mark.parametrize(("n", "dim", "classes", "tau", "seed"),
+                         [(12, 8, 3, 0.1, 0), (40, 16, 5, 0.07, 1), (64, 32, 2, 0.5, 2)])
+def test_supcon_matches_pytorch_metric_learning(
+    n: int, dim: int, classes: int, tau: float, seed: int
+) -> None:
+    """Our SupCon (``nt_xent_loss`` with labels) and pixel SupCon equal pml's ``SupConLoss``."""
+    from pytorch_metric_learning.losses import SupConLoss
+
+    from lightning_modules.losses import pixel_supcon_loss
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    theirs, their_grads = _value_and_grad(lambda a: SupConLoss(temperature=tau)(a, labels), z)
+    for fn in (lambda a: nt_xent_loss(a, labels, temperature=tau),
+               lambda a: pixel_supcon_loss(a, labels, temperature=tau, block_size=7)):  # fmt: skip
+        ours, ours_grads = _value_and_grad(fn, z)
+        torch.testing.assert_close(ours.double(), theirs.double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours_grads[0].double(), their_grads[0].double(),
+                                   rtol=1e-4, atol=1e-6)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- temperature

@@ -26,10 +26,7 @@ REAL_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "potsdam-g
 TRAIN_CROP = "top_potsdam_2_10_RGBIR__36"
 VAL_CROP = "top_potsdam_2_13_RGBIR__26"
 
-requires_real = pytest.mark.skipif(
-    not (REAL_ROOT / "train_RGBIR" / f"{TRAIN_CROP}.tif").is_file(),
-    reason="real Potsdam GLCNet sample not available",
-)
+requires_real = pytest.mark.real_data  # collected only where ../shared has the crops
 
 
 # --------------------------------------------------------------------------- helpers
