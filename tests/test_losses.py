@@ -284,7 +284,7 @@ def test_matches_lightly_ntxent(batch: int, dim: int, tau: float, seed: int) -> 
         torch.testing.assert_close(g, tg, rtol=1e-4, atol=1e-4 * tg.abs().max().item())
 
 
-# ----------------------------------------------------------------------------- pytorch-metric-learning
+# ------------------------------------------------------------------- pytorch-metric-learning
 
 
 @pytest.mark.parametrize(("n", "dim", "classes", "tau", "seed"),
