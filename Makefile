@@ -5,17 +5,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision must be a matching pair; the pinned one is tested on x86_64 (CPU and CUDA).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+# the install stamp names the pair, so another TORCH_PAIR reinstalls
+empty :=
+space := $(empty) $(empty)
+STAMP := $(VENV)/.installed-$(subst $(space),_,$(subst ==,-,$(TORCH_PAIR)))
 
 .PHONY: install quickstart test lint
 
-$(VENV)/.installed: setup.cfg requirements/constraints.txt
-	python3 -m venv $(VENV)
+$(STAMP): setup.cfg requirements/constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PAIR)
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	rm -f $(VENV)/.installed-*
 	touch $@
 
-install: $(VENV)/.installed
+install: $(STAMP)
 
 quickstart: install
 	$(PY) experiments/run.py fit --config experiments/configs/quickstart.yaml

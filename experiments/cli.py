@@ -3,17 +3,21 @@
 A thin :class:`lightning.pytorch.cli.LightningCLI` in subclass mode: any
 LightningModule, LightningDataModule, callback or logger class can be chosen with
 ``class_path`` in YAML and every argument overridden on the command line
-(``--model.temperature 0.1``).  The data module's ``in_channels``, ``num_classes``
+(``--model.temperature 0.1``).  Config files compose (``defaults``, ``${name}`` and
+``--run_name``: :mod:`experiments.compose`).  The data module's ``in_channels``, ``num_classes``
 (segmentation classes) and ``probe_classes`` (image-level classes of the online
 evaluators) are linked into the model arguments of the same name, where the model has one.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from experiments.compose import expand_configs
 
 LINKED = ("in_channels", "num_classes", "probe_classes")
 
@@ -49,6 +53,18 @@ class ContrasegCLI(LightningCLI):
         for name in LINKED:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}",
                                   apply_on="instantiate")  # fmt: skip
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse ``args`` (``None``: ``sys.argv``) after composing config files' ``defaults``."""
+        if isinstance(args, dict):
+            return super().parse_arguments(parser, args)
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            argv = expand_configs(argv)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+        self.config = parser.parse_args(argv)
+        return None
 
     def instantiate_classes(self) -> None:
         """Instantiate, turning constructor validation errors into parser errors."""

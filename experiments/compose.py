@@ -1,0 +1,153 @@
+"""Config files that compose: ``defaults`` lists and the ``${name}`` of a run.
+
+A config file may start with ``defaults: [base/trainer.yaml, ...]`` (paths relative to
+the file).  The defaults are merged first, in order, then the file itself:
+
+* mappings merge key by key (the later file wins on plain values);
+* lists of ``class_path`` entries (``trainer.callbacks``, ``trainer.logger``) merge by
+  ``class_path``: an entry naming a class already present updates that entry's
+  ``init_args``; a new class is appended; ``{class_path: X, remove: true}`` drops ``X``;
+* any other list, and ``null``, replace.
+
+Every ``${name}`` in a string is then replaced by the run name: ``--run_name <name>`` on
+the command line, else the file name of the config without ``.yaml``
+(``experiments/configs/quickstart.yaml`` -> ``quickstart``), so the W&B run, the output
+folder and the checkpoint folder follow the file name unless set.  Files without
+``defaults`` or ``${name}`` are passed to LightningCLI unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["compose_file", "expand_configs", "merge"]
+
+PLACEHOLDER = "${name}"
+
+
+def _is_class_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, dict) and "class_path" in v for v in value)
+
+
+def _merge_class_lists(base: list[dict], over: list[dict]) -> list[dict]:
+    out = [dict(v) for v in base]
+    for entry in over:
+        index = next((i for i, v in enumerate(out) if v["class_path"] == entry["class_path"]), None)
+        if entry.get("remove"):
+            if index is not None:
+                out.pop(index)
+        elif index is None:
+            out.append(entry)
+        else:
+            out[index] = merge(out[index], entry)
+    return out
+
+
+def merge(base: Any, over: Any) -> Any:
+    """``over`` merged onto ``base`` (see the module docstring)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        if base.get("class_path", over.get("class_path")) != over.get("class_path", base.get(
+                "class_path")):  # fmt: skip
+            return over  # another class: its arguments do not merge with the old ones
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(base[key], value) if key in base else value
+        return out
+    if _is_class_list(base) and isinstance(over, dict) and "class_path" in over:
+        over = [over]
+    if _is_class_list(base) and _is_class_list(over) and over:
+        return _merge_class_lists(base, over)
+    return over
+
+
+def _substitute(tree: Any, name: str) -> Any:
+    if isinstance(tree, dict):
+        return {k: _substitute(v, name) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_substitute(v, name) for v in tree]
+    if isinstance(tree, str):
+        return tree.replace(PLACEHOLDER, name)
+    return tree
+
+
+def _load(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in chain:
+        raise ValueError(f"config defaults form a cycle: {' -> '.join(map(str, (*chain, path)))}")
+    if not path.is_file():
+        where = f" (listed in the defaults of {chain[-1]})" if chain else ""
+        raise FileNotFoundError(f"config file {path} does not exist{where}")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"config file {path} must hold a mapping, got {type(config).__name__}")
+    defaults = config.pop("defaults", None) or []
+    if isinstance(defaults, str):
+        defaults = [defaults]
+    merged: dict[str, Any] = {}
+    for entry in defaults:
+        merged = merge(merged, _load((path.parent / entry).resolve(), (*chain, path)))
+    return merge(merged, config)
+
+
+def compose_file(path: str | Path, name: str | None = None) -> dict[str, Any]:
+    """The configuration of ``path`` with its defaults merged and ``${name}`` substituted.
+
+    Args:
+        path: Config file.
+        name: Run name (default: the file name without its suffix).
+
+    Returns:
+        The composed configuration.
+
+    Raises:
+        FileNotFoundError: A config or one of its defaults does not exist.
+        ValueError: The defaults form a cycle or a file is not a mapping.
+    """
+    path = Path(path).resolve()
+    return _substitute(_load(path), name or path.stem)
+
+
+def _needs_compose(path: Path) -> bool:
+    text = path.read_text()
+    return PLACEHOLDER in text or any(line.startswith("defaults:") for line in text.splitlines())
+
+
+def expand_configs(argv: list[str]) -> list[str]:
+    """Command-line arguments with composing ``--config`` files replaced by their YAML.
+
+    ``--run_name <name>`` is consumed here (default: each config's own file name).
+    """
+    argv = list(argv)
+    name = None
+    for flag in ("--run_name",):
+        while flag in argv:
+            i = argv.index(flag)
+            if i + 1 >= len(argv):
+                raise ValueError(f"{flag} needs a value")
+            name = argv[i + 1]
+            del argv[i : i + 2]
+        for i, arg in enumerate(argv):
+            if arg.startswith(flag + "="):
+                name = arg.split("=", 1)[1]
+                del argv[i]
+                break
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        value = None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 2
+        elif arg.startswith("--config="):
+            value, i = arg.split("=", 1)[1], i + 1
+        else:
+            out.append(arg)
+            i += 1
+            continue
+        path = Path(value)
+        if path.is_file() and path.suffix in (".yaml", ".yml") and _needs_compose(path):
+            value = yaml.safe_dump(compose_file(path, name), sort_keys=False)
+        out += ["--config", value]
+    return out
