@@ -2,7 +2,7 @@
 
 What is measured (all on CPU, warm OS page cache):
 
-* ``PotsdamTiles (memmap), 1 process``: :class:`datamodules.potsdam.PotsdamTiles` in
+* ``PotsdamTiles (memmap), 1 process``: :class:`datamodules.datasets.potsdam.PotsdamTiles` in
   ``mode="random"`` drawing ``--samples`` windows of ``--crop`` pixels from one synthetic
   6000x6000 tile; each item slices the image and the colour label from ``tifffile.memmap``
   views and decodes only the window's label colours (what ``PotsdamTilesDataModule`` trains on).
@@ -11,7 +11,7 @@ What is measured (all on CPU, warm OS page cache):
   starting the (non-persistent) workers, i.e. one short "epoch".
 * ``naive full-tile imread``: the baseline that decodes the whole image tile and the whole label
   tile with ``tifffile.imread`` for every sample, then crops the same window and decodes its
-  label colours with :func:`datamodules.potsdam.decode_potsdam_label`. It is run for
+  label colours with :func:`datamodules.datasets.potsdam.decode_potsdam_label`. It is run for
   ``--naive-samples`` samples (it is slow).
 * ``training step``: what the trainer consumes. One step of the model that
   :class:`lightning_modules.segmentation_finetune.SegmentationFineTune` builds
@@ -71,7 +71,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.potsdam import (  # noqa: E402
+from datamodules.datasets.potsdam import (  # noqa: E402
     BOUNDARY_COLOUR,
     IGNORE_INDEX,
     POTSDAM_PALETTE,

@@ -41,7 +41,7 @@ from PIL import Image
 from torch import Tensor
 
 from callbacks.figures import image_loggers, save_and_log_figure
-from datamodules.voc import voc_colormap
+from datamodules.datasets.voc import voc_colormap
 
 __all__ = [
     "ColourPredictionWriter",
@@ -61,7 +61,7 @@ def palette_lut(palette: Sequence[Sequence[int]] | np.ndarray | None) -> np.ndar
     """Build a 256-entry RGB look-up table from a (possibly short or empty) palette.
 
     Entry ``i`` is ``palette[i]`` for ``i < len(palette)`` and the PASCAL VOC
-    bit-interleave colour :func:`datamodules.voc.voc_colormap` otherwise, so every class
+    bit-interleave colour :func:`datamodules.datasets.voc.voc_colormap` otherwise, so every class
     index in ``[0, 256)`` has a deterministic colour.
 
     Args:

@@ -1,4 +1,4 @@
-"""LightningDataModules and the raw datasets they wrap."""
+"""LightningDataModules; the raw readers they wrap are in :mod:`datamodules.datasets`."""
 
 from datamodules.base import PretrainDataModule
 from datamodules.classification import (
@@ -16,7 +16,6 @@ from datamodules.segmentation_sets import (
 )
 from datamodules.synthetic import (
     SyntheticDataModule,
-    SyntheticScenes,
     SyntheticSegmentationDataModule,
 )
 
@@ -32,6 +31,5 @@ __all__ = [
     "SVHNDataModule",
     "SegmentationDataModule",
     "SyntheticDataModule",
-    "SyntheticScenes",
     "SyntheticSegmentationDataModule",
 ]

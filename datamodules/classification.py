@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from datamodules.base import PretrainDataModule
-from datamodules.cifar import CIFARDataset
-from datamodules.image_folder import ImageFolderDataset
-from datamodules.io import require_dir
-from datamodules.svhn import SVHNDataset
+from datamodules.datasets.cifar import CIFARDataset
+from datamodules.datasets.image_folder import ImageFolderDataset
+from datamodules.datasets.io import require_dir
+from datamodules.datasets.svhn import SVHNDataset
 from datamodules.transforms import ViewAugmentation
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

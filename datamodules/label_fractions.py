@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.io import DataFormatError
+from datamodules.datasets.io import DataFormatError
 
 
 def subset_size(n: int, fraction: float | int) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -29,12 +29,12 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.base import TransformedDataset
+from datamodules.datasets.info import DatasetInfo
 from datamodules.label_fractions import labeled_subset, read_split_file
 from datamodules.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ImageMaskTransform,
     MultiViewTransform,
+    ScaleByDtype,
     ViewAugmentation,
 )
 
@@ -69,7 +69,7 @@ def joint_train_transform(
             crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
         ),
         v2.RandomHorizontalFlip(hflip_prob),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        ScaleByDtype(),
         v2.Normalize(list(mean), list(std)),
     ]
     return v2.Compose(steps)
@@ -79,7 +79,7 @@ def eval_transform(mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
     """Full-image evaluation transform: only dtype conversion and normalisation."""
     return v2.Compose(
         [
-            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            ScaleByDtype(),
             v2.Normalize(list(mean), list(std)),
         ]
     )
@@ -122,12 +122,22 @@ class SegmentationDataModule(L.LightningDataModule):
             subset, with its masks: Zhao et al., Hu et al. stage 2, Lee et al.).
     """
 
+    info: ClassVar[DatasetInfo | None] = None  # a subclass's data set: metadata defined once
     name = "dataset"
     num_classes = 0
     classes: Sequence[str] = ()
     palette: Sequence[tuple[int, int, int]] = ()
     ignore_index = IGNORE_INDEX
     default_crop_size = 512
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Take name, classes, palette, ignore index and crop size from the class's ``info``."""
+        super().__init_subclass__(**kwargs)
+        info = cls.__dict__.get("info")
+        if info is not None:
+            cls.name, cls.num_classes, cls.classes = info.name, info.num_classes, info.classes
+            cls.palette, cls.ignore_index = info.palette, info.ignore_index
+            cls.default_crop_size = info.crop_size
 
     def __init__(
         self,
@@ -149,8 +159,9 @@ class SegmentationDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
-        mean = list(IMAGENET_MEAN) if mean is None else mean
-        std = list(IMAGENET_STD) if std is None else std
+        stats = self.info or DatasetInfo("default", ())
+        mean = list(stats.mean) if mean is None else mean  # ImageNet's without info
+        std = list(stats.std) if std is None else std
         if batch_size < 1 or crop_size < 1:
             raise ValueError("data.batch_size and data.crop_size must be >= 1")
         if len(mean) != len(std):

@@ -13,23 +13,19 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datamodules.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CityscapesDataset
-from datamodules.io import require_dir
-from datamodules.potsdam import POTSDAM_CLASSES, POTSDAM_PALETTE, PotsdamCrops, PotsdamTiles
+from datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
+from datamodules.datasets.info import DatasetInfo
+from datamodules.datasets.io import require_dir
+from datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES, PotsdamCrops, PotsdamTiles
+from datamodules.datasets.voc import VOC, VOCSegmentation
 from datamodules.segmentation import SegmentationDataModule
-from datamodules.voc import VOC_CLASSES, VOC_PALETTE, VOCSegmentation
-
-GLCNET_MEAN = 0.5  # GLCNet normalises x / 255 * 3.2 - 1.6, i.e. (x/255 - 0.5) / 0.3125
-GLCNET_STD = 0.3125
 
 
-def _glcnet_defaults(kwargs: dict[str, Any], n_bands: int, crop_size: int) -> None:
-    """Fill unset (or ``None``) crop size and normalisation with GLCNet's values."""
-    for key, value in (
-        ("crop_size", crop_size), ("mean", [GLCNET_MEAN] * n_bands), ("std", [GLCNET_STD] * n_bands)
-    ):  # fmt: skip
+def _band_defaults(kwargs: dict[str, Any], info: DatasetInfo, n_bands: int) -> None:
+    """Unset (or ``None``) normalisation: the data set's statistics of the first ``n_bands``."""
+    for key in ("mean", "std"):
         if kwargs.get(key) is None:
-            kwargs[key] = value
+            kwargs[key] = list(getattr(info, key)[:n_bands])
 
 
 class CityscapesDataModule(SegmentationDataModule):
@@ -40,10 +36,7 @@ class CityscapesDataModule(SegmentationDataModule):
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
-    name = "cityscapes"
-    num_classes = 19
-    classes = CITYSCAPES_CLASSES
-    palette = CITYSCAPES_PALETTE
+    info = CITYSCAPES
 
     def __init__(self, root: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -65,10 +58,7 @@ class VOCDataModule(SegmentationDataModule):
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
-    name = "voc"
-    num_classes = 21
-    classes = VOC_CLASSES
-    palette = VOC_PALETTE
+    info = VOC
 
     def __init__(self, root: str, sbd_root: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -101,10 +91,7 @@ class PotsdamDataModule(SegmentationDataModule):
             (default normalisation is GLCNet's).
     """
 
-    name = "potsdam"
-    num_classes = 6
-    classes = POTSDAM_CLASSES
-    palette = POTSDAM_PALETTE
+    info = POTSDAM
 
     def __init__(
         self,
@@ -117,7 +104,7 @@ class PotsdamDataModule(SegmentationDataModule):
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
-        _glcnet_defaults(kwargs, n_bands, crop_size=256)
+        _band_defaults(kwargs, self.info, n_bands)
         super().__init__(**kwargs)
         if len(self.mean) != n_bands:
             raise ValueError(f"data.mean has {len(self.mean)} values but bands={bands!r}")
@@ -179,7 +166,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
 
     The standard split (24 train / 14 test tiles) is used; label fractions select
     training *tiles*.  Windows are read through memory maps, never decoding a tile per
-    sample (see :class:`~datamodules.potsdam.PotsdamTiles`).
+    sample (see :class:`~datamodules.datasets.potsdam.PotsdamTiles`).
 
     Args:
         root: Folder with ``2_Ortho_RGB/`` or ``4_Ortho_RGBIR/`` and ``5_Labels_all*/``.
@@ -189,10 +176,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
-    name = "potsdam_tiles"
-    num_classes = 6
-    classes = POTSDAM_CLASSES
-    palette = POTSDAM_PALETTE
+    info = POTSDAM_TILES
 
     def __init__(
         self,
@@ -203,7 +187,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
-        _glcnet_defaults(kwargs, n_bands, crop_size=512)
+        _band_defaults(kwargs, self.info, n_bands)
         super().__init__(**kwargs)
         self.root = require_dir(root, "data.root (Potsdam tiles)")
         self.bands, self.label_variant = bands, label_variant

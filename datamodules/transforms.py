@@ -18,8 +18,37 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD
+
+
+class ScaleByDtype(v2.Transform):
+    """Images to float32 in the units their dtype implies (the step before ``Normalize``).
+
+    * ``uint8`` -> ``x / 255`` and ``uint16`` -> ``x / 65535``: ``[0, 1]`` (exactly what
+      ``v2.ToDtype(float32, scale=True)`` gives for uint8, so 8-bit results are unchanged);
+    * signed integers (``int16`` CT volumes in Hounsfield units, ``int32``) -> their values
+      as float: ``x / 32767`` would put the HU window in meaningless units, so the data
+      set's mean / std are given in the original units;
+    * floating point -> float32, values unchanged.
+
+    Masks, index maps and other entries pass through untouched.
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    @staticmethod
+    def scale(image: Tensor) -> Tensor:
+        """The float32 image of ``image`` (see the class docstring)."""
+        if image.dtype == torch.uint8:
+            return image.to(torch.float32).mul_(1.0 / 255)
+        if image.dtype == torch.uint16:
+            return image.to(torch.float32).mul_(1.0 / 65535)
+        return image.to(torch.float32)
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
+        return tv_tensors.wrap(self.scale(inpt.as_subclass(Tensor)), like=inpt)
+
+    _transform = transform  # the hook's name before torchvision 0.21
 
 
 @dataclass
@@ -107,7 +136,7 @@ def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
         _RGBOnly(v2.RandomGrayscale(cfg.grayscale_prob)),
         v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_prob),
         _RGBOnly(v2.RandomSolarize(threshold=128, p=cfg.solarize_prob)),
-        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        ScaleByDtype(),
         v2.Normalize(list(cfg.mean), list(cfg.std)),
     ]
     return v2.Compose(steps)
@@ -135,7 +164,7 @@ def build_eval_transform(
         [
             v2.Resize(resize or size),
             v2.CenterCrop(size),
-            v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+            ScaleByDtype(),
             v2.Normalize(list(mean), list(std)),
         ]
     )

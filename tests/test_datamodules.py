@@ -14,8 +14,8 @@ from datamodules import (
     CIFAR10DataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
-    SyntheticScenes,
 )
+from datamodules.datasets import SyntheticScenes
 from datamodules.transforms import MultiViewTransform, ViewAugmentation
 
 PLAIN = {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0, "mean": [0.0] * 3,

@@ -15,10 +15,10 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
-from datamodules.cifar import CIFARDataset
-from datamodules.image_folder import ImageFolderDataset
-from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file
-from datamodules.svhn import SVHNDataset
+from datamodules.datasets.cifar import CIFARDataset
+from datamodules.datasets.image_folder import ImageFolderDataset
+from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir, require_file
+from datamodules.datasets.svhn import SVHNDataset
 
 CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer",

@@ -103,7 +103,7 @@ def test_potsdam_unknown_colours_are_reported(tmp_path: Path) -> None:
     import numpy as np
     import tifffile
 
-    from datamodules.potsdam import PotsdamCrops
+    from datamodules.datasets.potsdam import PotsdamCrops
 
     for folder in ("train_RGBIR", "train_lbl"):
         (tmp_path / folder).mkdir()

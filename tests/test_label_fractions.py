@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.io import DataFormatError
+from datamodules.datasets.io import DataFormatError
 from datamodules.label_fractions import (
     choose_subset,
     labeled_subset,

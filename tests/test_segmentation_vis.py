@@ -23,7 +23,7 @@ from callbacks.segmentation_vis import (
     save_palette_png,
 )
 from datamodules import SyntheticSegmentationDataModule
-from datamodules.voc import voc_colormap
+from datamodules.datasets.voc import voc_colormap
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 
 PALETTE = [(10, 20, 30), (200, 100, 50), (0, 255, 0)]

@@ -24,10 +24,18 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file, select_names
+from datamodules.datasets.info import DatasetInfo
+from datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    require_dir,
+    require_file,
+    select_names,
+)
 
 __all__ = [
     "CITYSCAPES_CLASSES",
+    "CITYSCAPES",
     "CITYSCAPES_IGNORE_INDEX",
     "CITYSCAPES_LABEL_TO_TRAIN_ID",
     "CITYSCAPES_PALETTE",
@@ -93,6 +101,9 @@ CITYSCAPES_PALETTE: Final[tuple[tuple[int, int, int], ...]] = tuple(
     color for _, _, _, color in _TRAIN_LABELS
 )
 """Official RGB colours of the 19 trainId classes, indexed by trainId."""
+CITYSCAPES: Final = DatasetInfo(
+    "cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, CITYSCAPES_IGNORE_INDEX
+)
 
 
 def encode_cityscapes_labels(label_ids: np.ndarray) -> np.ndarray:
@@ -210,10 +221,11 @@ class CityscapesDataset(Dataset[dict[str, Any]]):
 
         self.names: list[str] = stems
         self._files = [samples[s] for s in stems]
-        self.classes: list[str] = list(CITYSCAPES_CLASSES)
-        self.num_classes: int = len(CITYSCAPES_CLASSES)
-        self.ignore_index: int = CITYSCAPES_IGNORE_INDEX
-        self.palette: list[tuple[int, int, int]] = list(CITYSCAPES_PALETTE)
+        self.info = CITYSCAPES
+        self.classes: list[str] = list(CITYSCAPES.classes)
+        self.num_classes: int = CITYSCAPES.num_classes
+        self.ignore_index: int = CITYSCAPES.ignore_index
+        self.palette: list[tuple[int, int, int]] = list(CITYSCAPES.palette)
 
     def __len__(self) -> int:
         return len(self._files)

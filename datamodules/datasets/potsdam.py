@@ -9,7 +9,7 @@ Classes follow the mmsegmentation order::
 The eroded boundary colour ``(0, 0, 0)`` of the ``*_label_noBoundary.tif`` labels maps to the
 ignore index ``255``. Any other colour also maps to ``255`` and is counted (``unknown_pixels`` /
 the second return value of :func:`decode_potsdam_label`); with ``strict_colours=True`` it raises
-:class:`~datamodules.io.DataFormatError` instead.
+:class:`~datamodules.datasets.io.DataFormatError` instead.
 
 GLCNet crop layout (:class:`PotsdamCrops`, 256x256 crops of the RGBIR tiles)::
 
@@ -42,10 +42,13 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, require_dir, require_file
+from datamodules.datasets.info import DatasetInfo
+from datamodules.datasets.io import DataFormatError, require_dir, require_file
 
 __all__ = [
     "IGNORE_INDEX",
+    "POTSDAM",
+    "POTSDAM_TILES",
     "POTSDAM_CLASSES",
     "POTSDAM_PALETTE",
     "POTSDAM_TEST_TILES",
@@ -73,6 +76,15 @@ POTSDAM_PALETTE: Final[list[tuple[int, int, int]]] = [
 ]
 IGNORE_INDEX: Final = 255
 BOUNDARY_COLOUR: Final = (0, 0, 0)
+# GLCNet normalises x / 255 * 3.2 - 1.6, i.e. (x / 255 - 0.5) / 0.3125, on all four bands
+POTSDAM: Final = DatasetInfo(
+    "potsdam", POTSDAM_CLASSES, tuple(POTSDAM_PALETTE), IGNORE_INDEX,
+    mean=(0.5,) * 4, std=(0.3125,) * 4, crop_size=256,
+)  # fmt: skip
+POTSDAM_TILES: Final = DatasetInfo(
+    "potsdam_tiles", POTSDAM.classes, POTSDAM.palette, IGNORE_INDEX, POTSDAM.mean, POTSDAM.std,
+    crop_size=512,
+)  # fmt: skip
 
 POTSDAM_TEST_TILES: Final[tuple[str, ...]] = (
     "2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15",
@@ -240,9 +252,10 @@ class PotsdamCrops(Dataset[dict[str, Any]]):
         ValueError: On invalid arguments or if the two list files disagree in length.
     """
 
-    classes: tuple[str, ...] = POTSDAM_CLASSES
-    num_classes: int = len(POTSDAM_CLASSES)
-    ignore_index: int = IGNORE_INDEX
+    info: DatasetInfo = POTSDAM
+    classes: tuple[str, ...] = POTSDAM.classes
+    num_classes: int = POTSDAM.num_classes
+    ignore_index: int = POTSDAM.ignore_index
     palette: list[tuple[int, int, int]] = POTSDAM_PALETTE
 
     def __init__(
@@ -391,9 +404,10 @@ class PotsdamTiles(Dataset[dict[str, Any]]):
         ValueError: On invalid arguments.
     """
 
-    classes: tuple[str, ...] = POTSDAM_CLASSES
-    num_classes: int = len(POTSDAM_CLASSES)
-    ignore_index: int = IGNORE_INDEX
+    info: DatasetInfo = POTSDAM_TILES
+    classes: tuple[str, ...] = POTSDAM.classes
+    num_classes: int = POTSDAM.num_classes
+    ignore_index: int = POTSDAM.ignore_index
     palette: list[tuple[int, int, int]] = POTSDAM_PALETTE
 
     def __init__(

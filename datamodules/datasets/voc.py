@@ -31,10 +31,18 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, read_image_rgb, require_dir, require_file, select_names
+from datamodules.datasets.info import DatasetInfo
+from datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    require_dir,
+    require_file,
+    select_names,
+)
 
 __all__ = [
     "VOC_CLASSES",
+    "VOC",
     "VOC_IGNORE_INDEX",
     "VOC_PALETTE",
     "VOCSegmentation",
@@ -109,6 +117,7 @@ VOC_PALETTE: Final[tuple[tuple[int, int, int], ...]] = tuple(
     (int(r), int(g), int(b)) for r, g, b in voc_colormap(len(VOC_CLASSES))
 )
 """RGB colours of the 21 VOC classes, indexed by class id (``voc_colormap(256)`` for all)."""
+VOC: Final = DatasetInfo("voc", VOC_CLASSES, VOC_PALETTE, VOC_IGNORE_INDEX)
 
 _VALID_LABELS: Final = np.array([*range(len(VOC_CLASSES)), VOC_IGNORE_INDEX])
 
@@ -316,10 +325,11 @@ class VOCSegmentation(Dataset[dict[str, Any]]):
 
         self.names: list[str] = ids
         self._files = [(self._image_path(i), self._label_path(i)) for i in ids]
-        self.classes: list[str] = list(VOC_CLASSES)
-        self.num_classes: int = len(VOC_CLASSES)
-        self.ignore_index: int = VOC_IGNORE_INDEX
-        self.palette: list[tuple[int, int, int]] = list(VOC_PALETTE)
+        self.info = VOC
+        self.classes: list[str] = list(VOC.classes)
+        self.num_classes: int = VOC.num_classes
+        self.ignore_index: int = VOC.ignore_index
+        self.palette: list[tuple[int, int, int]] = list(VOC.palette)
 
     def _image_path(self, image_id: str) -> Path:
         voc_path = self.root / "JPEGImages" / f"{image_id}.jpg"

@@ -20,7 +20,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.io import DataFormatError, read_image_rgb, require_dir
+from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir
 
 __all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset"]
 

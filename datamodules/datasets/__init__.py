@@ -1,0 +1,27 @@
+"""Raw data-set readers, one file per data set (no LightningDataModule here).
+
+Each reader reads one on-disk format and yields ``{"image": uint8 (or the file's dtype)
+tv_tensors.Image, "mask"/"label", "name"}`` items; its class names, palette, ignore index,
+statistics and default sizes are defined once, in its ``INFO`` (:class:`DatasetInfo`).
+"""
+
+from datamodules.datasets.cifar import CIFARDataset
+from datamodules.datasets.cityscapes import CityscapesDataset
+from datamodules.datasets.image_folder import ImageFolderDataset
+from datamodules.datasets.info import DatasetInfo
+from datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
+from datamodules.datasets.svhn import SVHNDataset
+from datamodules.datasets.synthetic import SyntheticScenes
+from datamodules.datasets.voc import VOCSegmentation
+
+__all__ = [
+    "CIFARDataset",
+    "CityscapesDataset",
+    "DatasetInfo",
+    "ImageFolderDataset",
+    "PotsdamCrops",
+    "PotsdamTiles",
+    "SVHNDataset",
+    "SyntheticScenes",
+    "VOCSegmentation",
+]
