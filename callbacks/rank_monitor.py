@@ -25,7 +25,7 @@ Contract with the rest of the codebase:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 import lightning.pytorch as pl
@@ -34,13 +34,18 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm.auto import tqdm
 
 from callbacks.figures import image_loggers, save_and_log_figure
 from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
 
 __all__ = ["EmbeddingRankMonitor"]
+
+
+def _stack_images(items: list[dict]) -> Tensor:
+    """Collate only the images of evaluation items (labels, names are not needed)."""
+    return torch.stack([torch.as_tensor(item["image"]) for item in items])
 
 
 class _Embedder(Protocol):
@@ -86,6 +91,7 @@ class EmbeddingRankMonitor(pl.Callback):
         seed: Seed of the generator that picks the subset.
         save_plots: Save the spectrum plot as PNG under the log directory.
         split: Split passed to ``datamodule.eval_dataset``.
+        num_workers: DataLoader workers of the feature extraction.
 
     Attributes:
         last_spectrum: Covariance singular values of the last run (``float64``, CPU).
@@ -104,6 +110,7 @@ class EmbeddingRankMonitor(pl.Callback):
         seed: int = 0,
         save_plots: bool = True,
         split: str = "val",
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
@@ -122,6 +129,7 @@ class EmbeddingRankMonitor(pl.Callback):
         self.seed = seed
         self.save_plots = save_plots
         self.split = split
+        self.num_workers = num_workers
 
         self.last_spectrum: Tensor | None = None
         self.last_effective_rank: float | None = None
@@ -229,19 +237,6 @@ class EmbeddingRankMonitor(pl.Callback):
             self._indices_for_len = dataset_len
         return self._indices
 
-    @staticmethod
-    def _shard(indices: Tensor, rank: int, world_size: int) -> list[int]:
-        """Indices ``rank::world_size`` of ``indices``, padded to ``ceil(n / world_size)``.
-
-        Padding repeats the shard's last index (or the subset's first index for an empty
-        shard) so that every rank embeds the same number of items, as ``all_gather``
-        requires; the duplicates are dropped after the gather.
-        """
-        per_rank = math.ceil(len(indices) / world_size)
-        shard = [int(i) for i in indices[rank::world_size]]
-        pad = shard[-1] if shard else int(indices[0])
-        return shard + [pad] * (per_rank - len(shard))
-
     def _collect(
         self,
         pl_module: _Embedder,
@@ -251,7 +246,13 @@ class EmbeddingRankMonitor(pl.Callback):
         progress: bool = False,
         convert_input: Callable[[Tensor], Tensor] | None = None,
     ) -> Tensor:
-        """Embed this rank's shard of the subset and gather the full subset from all ranks.
+        """Embed this rank's share of the subset and gather the full subset from all ranks.
+
+        The subset goes through a ``DataLoader`` with a ``DistributedSampler`` (no
+        shuffling): rank ``r`` embeds positions ``r, r + W, ...`` of the subset padded to a
+        multiple of ``W`` with its first items, so after ``all_gather`` the padded
+        sequence is ``gathered.transpose(0, 1).flatten(0, 1)`` and its first ``n`` rows are
+        the subset, each exactly once, in subset order.
 
         Args:
             pl_module: Provides ``embed``, ``device`` and ``all_gather`` (the latter is only
@@ -278,8 +279,11 @@ class EmbeddingRankMonitor(pl.Callback):
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
 
         indices = self._subset_indices(len(dataset))  # type: ignore[arg-type]
-        local = self._shard(indices, rank, world_size)
-        local_z = self._embed_indices(pl_module, dataset, local, progress, convert_input)
+        subset = Subset(dataset, indices.tolist())
+        sampler = DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=False)
+        loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler,
+                            collate_fn=_stack_images, num_workers=self.num_workers)  # fmt: skip
+        local_z = self._embed(pl_module, loader, progress, convert_input)
 
         if world_size == 1:
             return local_z.cpu()
@@ -289,54 +293,39 @@ class EmbeddingRankMonitor(pl.Callback):
             raise RuntimeError(
                 f"all_gather returned shape {tuple(gathered.shape)}, expected {expected}"
             )
-        gathered = gathered.detach().cpu()
-        n = len(indices)
-        z = torch.empty(n, local_z.shape[1], dtype=gathered.dtype)
-        for r in range(world_size):
-            count = len(range(r, n, world_size))
-            z[r::world_size] = gathered[r, :count]  # drop this rank's padding duplicates
-        return z
+        padded = gathered.detach().cpu().transpose(0, 1).flatten(0, 1)
+        return padded[: len(indices)]  # the sampler's padding repeats the first items: dropped
 
-    def _embed_indices(
+    def _embed(
         self,
         pl_module: _Embedder,
-        dataset: Dataset,
-        indices: Sequence[int],
+        loader: DataLoader,
         progress: bool,
         convert_input: Callable[[Tensor], Tensor] | None,
     ) -> Tensor:
-        """Embed ``dataset[i]["image"]`` for ``i`` in ``indices`` in eval mode, no grad.
+        """Embed every image batch of ``loader`` in eval mode, without gradients.
 
         Returns:
-            ``(len(indices), D)`` float32 embeddings on ``pl_module.device``.
+            ``(N, D)`` float32 embeddings on ``pl_module.device``.
         """
         module = pl_module if isinstance(pl_module, nn.Module) else None
         was_training = module.training if module is not None else False
         device = pl_module.device
         chunks: list[Tensor] = []
-        starts = range(0, len(indices), self.batch_size)
         try:
             if module is not None:
                 module.eval()
             with torch.no_grad():
-                for start in tqdm(
-                    starts,
-                    desc=f"Embedding rank monitor ({self.split})",
-                    disable=not progress,
-                    leave=False,
-                    dynamic_ncols=True,
-                    unit="batch",
-                ):
-                    batch_idx = indices[start : start + self.batch_size]
-                    images = torch.stack(
-                        [torch.as_tensor(dataset[i]["image"]) for i in batch_idx]
-                    ).to(device, non_blocking=True)
+                for images in tqdm(loader, desc=f"Embedding rank monitor ({self.split})",
+                                   disable=not progress, leave=False, dynamic_ncols=True,
+                                   unit="batch"):  # fmt: skip
+                    images = images.to(device, non_blocking=True)
                     if convert_input is not None:
                         images = convert_input(images)
                     out = pl_module.embed(images)
-                    if out.ndim != 2 or out.shape[0] != len(batch_idx):
+                    if out.ndim != 2 or out.shape[0] != images.shape[0]:
                         raise ValueError(
-                            f"embed() must return a (B, D) tensor with B={len(batch_idx)}, "
+                            f"embed() must return a (B, D) tensor with B={images.shape[0]}, "
                             f"got shape {tuple(out.shape)}"
                         )
                     chunks.append(out.detach().float())

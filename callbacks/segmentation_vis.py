@@ -1,7 +1,8 @@
 """Visualisation of semantic-segmentation predictions.
 
-* :func:`colourize` maps a label map to RGB through a palette (ignore pixels get a fixed
-  colour); :func:`denormalize` undoes the datamodule's normalisation of an image tensor.
+* :func:`~datamodules.datasets.palette.colourize` (beside the data-set metadata) maps a
+  label map to RGB through a palette (ignore pixels get a fixed colour);
+  :func:`denormalize` undoes the datamodule's normalisation of an image tensor.
 * :class:`SegmentationOverlays` collects the first ``num_images`` validation samples of
   an epoch and logs a grid ``image | ground truth overlay | prediction overlay``: saved as
   PNG under ``<trainer.log_dir or default_root_dir>/predictions/epoch_XXXX.png`` and
@@ -37,102 +38,24 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from PIL import Image
 from torch import Tensor
 
 from callbacks.figures import image_loggers, save_and_log_figure
-from datamodules.datasets.voc import voc_colormap
+from datamodules.datasets.palette import (
+    IGNORE_INDEX,
+    colourize,
+    palette_lut,
+    save_palette_png,
+    to_numpy_labels,
+)
 
-__all__ = [
-    "ColourPredictionWriter",
-    "SegmentationOverlays",
-    "colourize",
-    "denormalize",
-    "overlay",
-    "palette_lut",
-    "save_palette_png",
-]
-
-IGNORE_INDEX = 255
-_LUT_SIZE = 256
+__all__ = ["ColourPredictionWriter", "SegmentationOverlays", "denormalize", "overlay"]
 
 
-def palette_lut(palette: Sequence[Sequence[int]] | np.ndarray | None) -> np.ndarray:
-    """Build a 256-entry RGB look-up table from a (possibly short or empty) palette.
-
-    Entry ``i`` is ``palette[i]`` for ``i < len(palette)`` and the PASCAL VOC
-    bit-interleave colour :func:`datamodules.datasets.voc.voc_colormap` otherwise, so every class
-    index in ``[0, 256)`` has a deterministic colour.
-
-    Args:
-        palette: RGB triples in ``[0, 255]``; ``None`` or empty gives the VOC colour map.
-
-    Returns:
-        ``np.uint8`` array of shape ``(256, 3)``.
-
-    Raises:
-        ValueError: If the palette is not ``(N, 3)``, has more than 256 entries or values
-            outside ``[0, 255]``.
-    """
-    lut = voc_colormap(_LUT_SIZE)
-    if palette is None or len(palette) == 0:
-        return lut
-    colours = np.asarray(palette, dtype=np.int64)
-    if colours.ndim != 2 or colours.shape[1] != 3:
-        raise ValueError(f"palette must be a sequence of RGB triples, got shape {colours.shape}")
-    if len(colours) > _LUT_SIZE:
-        raise ValueError(f"palette has {len(colours)} colours, at most {_LUT_SIZE} are supported")
-    if colours.min() < 0 or colours.max() > 255:
-        raise ValueError("palette values must lie in [0, 255]")
-    lut[: len(colours)] = colours.astype(np.uint8)
-    return lut
 
 
-def _to_numpy_labels(labels: np.ndarray | Tensor) -> np.ndarray:
-    """``(H, W)`` integer label map as an ``int64`` NumPy array."""
-    if isinstance(labels, Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a (H, W) map, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
-    return labels.astype(np.int64, copy=False)
 
 
-def colourize(
-    labels: np.ndarray | Tensor,
-    palette: Sequence[Sequence[int]] | np.ndarray | None,
-    ignore_index: int | None = IGNORE_INDEX,
-    ignore_colour: Sequence[int] = (0, 0, 0),
-) -> np.ndarray:
-    """Map a label map to colours with a vectorised palette look-up.
-
-    Args:
-        labels: ``(H, W)`` integer class indices (NumPy array or tensor, any device).
-        palette: RGB triples; missing or extra indices fall back to the VOC colour map
-            (see :func:`palette_lut`).
-        ignore_index: Label drawn with ``ignore_colour`` (``None``: no ignore label).
-        ignore_colour: RGB colour of ignored pixels.
-
-    Returns:
-        ``np.uint8`` array of shape ``(H, W, 3)``.
-
-    Raises:
-        ValueError: If a (non-ignored) label lies outside ``[0, 256)``.
-    """
-    labels = _to_numpy_labels(labels)
-    lut = palette_lut(palette)
-    ignored = labels == ignore_index if ignore_index is not None else np.zeros_like(labels, bool)
-    valid = labels[~ignored]
-    if valid.size and (valid.min() < 0 or valid.max() >= len(lut)):
-        raise ValueError(
-            f"labels must lie in [0, {len(lut)}) apart from ignore_index={ignore_index}, got "
-            f"range [{valid.min()}, {valid.max()}]"
-        )
-    out = lut[np.where(ignored, 0, labels)]
-    out[ignored] = np.asarray(ignore_colour, dtype=np.uint8)
-    return out
 
 
 def denormalize(
@@ -193,7 +116,7 @@ def overlay(
     Returns:
         ``np.uint8`` array of shape ``(H, W, 3)``.
     """
-    labels = _to_numpy_labels(labels)
+    labels = to_numpy_labels(labels)
     if rgb.shape[:2] != labels.shape:
         raise ValueError(f"image {rgb.shape[:2]} and labels {labels.shape} differ in size")
     colours = colourize(labels, palette, ignore_index).astype(np.float32)
@@ -519,31 +442,3 @@ def _safe_relative(name: str) -> str:
     return "/".join(parts) or "unnamed"
 
 
-def save_palette_png(
-    labels: np.ndarray | Tensor,
-    path: str | os.PathLike[str],
-    palette: Sequence[int] | Sequence[Sequence[int]] | np.ndarray | None = None,
-) -> None:
-    """Save a class map as a "P" mode PNG whose pixel values are the class indices.
-
-    Args:
-        labels: ``(H, W)`` integer map with values in ``[0, 256)``.
-        path: Output file.
-        palette: Flat ``[r0, g0, b0, r1, ...]`` list or RGB triples (see
-            :func:`palette_lut`); ``None`` uses the VOC colour map.
-
-    Raises:
-        ValueError: If a value lies outside ``[0, 256)``.
-    """
-    array = _to_numpy_labels(labels)
-    if array.size and (array.min() < 0 or array.max() >= _LUT_SIZE):
-        raise ValueError(
-            f"palette PNGs hold indices in [0, {_LUT_SIZE}), got [{array.min()}, {array.max()}]"
-        )
-    if palette is not None and len(palette) and np.ndim(palette) == 1:
-        flat = [int(v) for v in palette]
-    else:
-        flat = palette_lut(palette).reshape(-1).tolist()  # type: ignore[arg-type]
-    image = Image.fromarray(array.astype(np.uint8))  # mode "L"
-    image.putpalette(flat)  # attaching a palette turns "L" into "P", pixel values kept
-    image.save(path)

@@ -34,6 +34,7 @@ RENAMED: dict[str, str | None] = {
     M + "in_channels": None,
 }
 ADDED: list[str] = [
+    r"trainer\.callbacks\.EmbeddingRankMonitor\.init_args\.num_workers",  # a DataLoader now
     r"trainer\.logger\.CSVLogger\..*",  # every run writes metrics.csv (the base trainer)
     r"trainer\.callbacks\.LearningRateMonitor\..*",  # every run logs its LR (the base trainer)
     M + "projector_hidden_dims",  # added where migrate() does not derive it

@@ -167,7 +167,7 @@ def test_constructor_validation(kwargs: dict, name: str) -> None:
         EmbeddingRankMonitor(**kwargs)
 
 
-def test_subset_is_fixed_and_shards_are_padded() -> None:
+def test_subset_is_fixed() -> None:
     monitor = EmbeddingRankMonitor(num_samples=5, seed=11)
     first = monitor._subset_indices(40)
     again = EmbeddingRankMonitor(num_samples=5, seed=11)._subset_indices(40)
@@ -176,10 +176,45 @@ def test_subset_is_fixed_and_shards_are_padded() -> None:
     assert len(set(first.tolist())) == 5 and int(first.max()) < 40
     assert len(monitor._subset_indices(3)) == 3  # capped at the dataset size
 
-    idx = torch.tensor([10, 11, 12, 13, 14])
-    assert EmbeddingRankMonitor._shard(idx, 0, 2) == [10, 12, 14]
-    assert EmbeddingRankMonitor._shard(idx, 1, 2) == [11, 13, 13]
-    assert EmbeddingRankMonitor._shard(idx[:3], 5, 8) == [10]  # empty shard still pads
+
+
+class _FakeGather(nn.Module):
+    """Simulates W ranks in one process: all_gather returns what every rank computed."""
+
+    def __init__(self, world_size: int) -> None:
+        super().__init__()
+        self.stub, self.world_size, self.shards = _SortStub(), world_size, []
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def embed(self, images: Tensor) -> Tensor:
+        return self.stub.embed(images)
+
+    def all_gather(self, data: Tensor) -> Tensor:
+        self.local = data  # what this rank embedded
+        return torch.stack(self.shards)
+
+
+@pytest.mark.parametrize(("n", "world_size"), [(21, 2), (5, 8), (12, 3), (7, 4)])
+def test_sampler_padding_is_dropped_exactly(n: int, world_size: int) -> None:
+    """DistributedSampler pads with the first items; the gathered subset has each once, in order."""
+    dataset = DictDataset(40)
+    monitor = EmbeddingRankMonitor(num_samples=n, batch_size=3, seed=5)
+    reference = monitor._collect(_SortStub(), dataset)
+    fake = _FakeGather(world_size)
+    for rank in range(world_size):  # what each rank must embed: its sampler's padded shard
+        sampler = torch.utils.data.DistributedSampler(
+            range(n), num_replicas=world_size, rank=rank, shuffle=False)  # fmt: skip
+        idx = monitor._subset_indices(len(dataset))[list(sampler)]
+        with torch.no_grad():
+            fake.shards.append(fake.stub.proj(dataset.images[idx].flatten(1)))
+    for rank in range(world_size):
+        gathered = monitor._collect(fake, dataset, rank=rank, world_size=world_size)
+        torch.testing.assert_close(fake.local, fake.shards[rank])
+        assert gathered.shape == (n, reference.shape[1])
+        torch.testing.assert_close(gathered, reference)
 
 
 def test_collect_single_process_restores_mode() -> None:
@@ -361,5 +396,5 @@ def test_ddp_gather_matches_single_process(tmp_path: Path) -> None:
         z = torch.load(tmp_path / f"rank{rank}.pt")
         assert z.shape == reference.shape  # padding duplicates dropped
         assert torch.unique(z, dim=0).shape[0] == _DDP_NUM_SAMPLES
-        torch.testing.assert_close(_sorted_rows(z), _sorted_rows(reference))
+        torch.testing.assert_close(z, reference)  # same rows, same order as one process
     assert math.isfinite(effective_rank(reference))

@@ -16,13 +16,11 @@ from PIL import Image
 from callbacks.segmentation_vis import (
     ColourPredictionWriter,
     SegmentationOverlays,
-    colourize,
     denormalize,
     overlay,
-    palette_lut,
-    save_palette_png,
 )
 from datamodules import SyntheticSegmentationDataModule
+from datamodules.datasets.palette import colourize, palette_lut, save_palette_png
 from datamodules.datasets.voc import voc_colormap
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 
