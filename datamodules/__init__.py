@@ -12,6 +12,7 @@ from datamodules.segmentation_sets import (
     CityscapesDataModule,
     PotsdamDataModule,
     PotsdamTilesDataModule,
+    SegmentationFolderDataModule,
     VOCDataModule,
 )
 from datamodules.synthetic import (
@@ -29,6 +30,7 @@ __all__ = [
     "ImageFolderDataModule",
     "PretrainDataModule",
     "SVHNDataModule",
+    "SegmentationFolderDataModule",
     "SegmentationDataModule",
     "SyntheticDataModule",
     "SyntheticSegmentationDataModule",

@@ -113,6 +113,11 @@ class PretrainDataModule(L.LightningDataModule):
         self.knn_bank_size = knn_bank_size
         self._raw: tuple[Dataset, Dataset] | None = None
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:
+        """CLI overrides that make a config with these ``data.init_args`` run in seconds."""
+        return ["--data.init_args.batch_size", "4"]
+
     @property
     def probe_classes(self) -> int:
         """Image-level classes of the online evaluators (``num_classes``; 0: unlabeled)."""

@@ -18,6 +18,7 @@ This class owns:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -178,6 +179,28 @@ class SegmentationDataModule(L.LightningDataModule):
             )
         self.pretrain_views, self.n_views = pretrain_views, n_views
         self.pretrain_subset = pretrain_subset
+
+    tiny_crop: ClassVar[int | None] = 64  # crop (and view) size of tiny smoke runs
+
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:
+        """CLI overrides that make a config with these ``data.init_args`` run in seconds.
+
+        Used by the config smoke tests (the data root comes from the test fixtures); a new
+        data module overrides this instead of adding a branch to the tests.
+        """
+        args = ["--data.init_args.batch_size", "2", "--data.init_args.label_fraction", "4"]
+        if cls.tiny_crop is not None:
+            args += ["--data.init_args.crop_size", str(cls.tiny_crop),
+                     "--data.init_args.resize_range", "null"]  # fmt: skip
+            views = init_args.get("pretrain_views")
+            if views is not None:
+                small = ({**views, "size": cls.tiny_crop} if isinstance(views, dict)
+                         else [{**v, "size": cls.tiny_crop} for v in views])  # fmt: skip
+                args += ["--data.init_args.pretrain_views", json.dumps(small)]
+        if "val_batch_size" in init_args:
+            args += ["--data.init_args.val_batch_size", "1"]
+        return args
 
     # ------------------------------------------------------------------ subclasses
     def train_names(self) -> list[str]:

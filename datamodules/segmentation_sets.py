@@ -1,4 +1,4 @@
-"""Segmentation LightningDataModules over the real formats: Cityscapes, VOC (+SBD), Potsdam.
+"""Segmentation LightningDataModules: Cityscapes, VOC (+SBD), Potsdam, and your own folders.
 
 Each wraps a raw reader (``cityscapes.py``, ``voc.py``, ``potsdam.py``) in
 :class:`~datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
@@ -17,6 +17,7 @@ from datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.io import require_dir
 from datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES, PotsdamCrops, PotsdamTiles
+from datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
 from datamodules.datasets.voc import VOC, VOCSegmentation
 from datamodules.segmentation import SegmentationDataModule
 
@@ -59,6 +60,7 @@ class VOCDataModule(SegmentationDataModule):
     """
 
     info = VOC
+    tiny_crop = 32
 
     def __init__(self, root: str, sbd_root: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -178,6 +180,10 @@ class PotsdamTilesDataModule(SegmentationDataModule):
 
     info = POTSDAM_TILES
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        return [*super().tiny_test_args(init_args), "--data.init_args.samples_per_epoch", "8"]
+
     def __init__(
         self,
         root: str,
@@ -219,3 +225,61 @@ class PotsdamTilesDataModule(SegmentationDataModule):
             persistent_workers=False,
             pin_memory=torch.cuda.is_available(),
         )
+
+
+class SegmentationFolderDataModule(SegmentationDataModule):
+    """Your own segmentation data: images and masks matched by name, a YAML/JSON class table.
+
+    See :mod:`datamodules.datasets.segmentation_folder` for the layout and the class table.
+    Label fractions, joint augmentation and the unlabeled multi-view pretraining mode
+    (``pretrain_views``) work as for every segmentation data module.
+
+    Args:
+        root: Data set folder.
+        classes_file: Class table (default: ``root/classes.yaml``, else ``root/classes.json``).
+        image_dir: Image folder relative to ``root`` (``{split}`` = the split).
+        mask_dir: Mask folder relative to ``root``.
+        mask_suffix: Text between the image name and the mask extension.
+        train_split: Training split name.
+        val_split: Validation split name.
+        missing: ``error`` on an image without a mask, or ``skip`` it.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
+            (normalisation defaults to the table's ``mean`` / ``std``).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        classes_file: str | None = None,
+        image_dir: str = "images/{split}",
+        mask_dir: str = "masks/{split}",
+        mask_suffix: str = "",
+        train_split: str = "train",
+        val_split: str = "val",
+        missing: Literal["error", "skip"] = "error",
+        **kwargs: Any,
+    ) -> None:
+        folder = require_dir(root, "data.root (segmentation folder)")
+        if classes_file is None:
+            json_table = folder / "classes.json"
+            classes_file = str(json_table if json_table.is_file() and not (
+                folder / "classes.yaml").is_file() else folder / "classes.yaml")  # fmt: skip
+        info = read_class_table(classes_file, name=folder.name)
+        self.info = info  # instance metadata (before the base reads the statistics)
+        self.name, self.num_classes, self.classes = info.name, info.num_classes, info.classes
+        self.palette, self.ignore_index = info.palette, info.ignore_index
+        super().__init__(**kwargs)
+        self.root, self.missing = folder, missing
+        self.layout = {"image_dir": image_dir, "mask_dir": mask_dir, "mask_suffix": mask_suffix}
+        self.splits = {"train": train_split, "val": val_split}
+
+    def _folder(self, split: str, names: Sequence[str] | None = None) -> SegmentationFolder:
+        return SegmentationFolder(self.root, self.splits[split], self.info, names=names,
+                                  missing=self.missing, **self.layout)  # type: ignore[arg-type]  # fmt: skip
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(self._folder("train").names)
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        return self._folder("train" if split == "train" else "val",
+                            list(names) if names is not None else None)  # fmt: skip

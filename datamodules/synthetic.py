@@ -46,6 +46,11 @@ class SyntheticDataModule(PretrainDataModule):
         # fail fast on bad arguments
         SyntheticScenes(1, image_size, num_classes, max_objects, data_seed)
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "16",
+                "--data.init_args.num_val", "8"]  # fmt: skip
+
     def build_datasets(self) -> tuple[SyntheticScenes, SyntheticScenes]:  # noqa: D102
         args = (self.image_size, self.num_classes, self.max_objects)
         return (
@@ -83,6 +88,13 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
     """
 
     name = "synthetic"
+    tiny_crop = None  # 32 px scenes: the configs' sizes are already tiny
+
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        return [*super().tiny_test_args(init_args), "--data.init_args.batch_size", "4",
+                "--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
+                "--data.init_args.label_fraction", "8"]  # fmt: skip
 
     def __init__(
         self,

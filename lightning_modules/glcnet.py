@@ -90,6 +90,11 @@ class GLCNet(DenseTask):
     ) -> None:
         super().__init__(**kwargs)
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        return [*super().tiny_test_args(init_args), "--model.init_args.patch_size",
+                str(min(16, init_args.get("patch_size", 48)))]  # fmt: skip
+
     def configure_models(self) -> None:
         """DeepLabV3+, then the global and local projectors."""
         hp = self.hparams

@@ -87,6 +87,11 @@ class PixelContrast(DenseTask):
     ) -> None:
         super().__init__(**kwargs)
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        # the decoder resolution of tiny crops is small already
+        return [*super().tiny_test_args(init_args), "--model.init_args.loss_size", "null"]
+
     def configure_models(self) -> None:
         """DeepLabV3+ (or another smp network), then the 1x1-conv projection."""
         super().configure_models()

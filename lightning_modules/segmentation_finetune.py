@@ -66,6 +66,16 @@ class SegmentationFineTune(DenseTask):
             raise ValueError("model.init_decoder needs model.init_checkpoint")
         super().__init__(**kwargs)
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        args = super().tiny_test_args(init_args)
+        if init_args.get("sliding_window"):
+            args += ["--model.init_args.sliding_window", "32",
+                     "--model.init_args.sliding_stride", "16"]  # fmt: skip
+        return args
+
+    PAD_MULTIPLE = 32  # output stride of every smp architecture's deepest encoder stage
+
     def head_classes(self) -> int:  # noqa: D102
         return self.hparams.num_classes
 
@@ -94,7 +104,11 @@ class SegmentationFineTune(DenseTask):
 
     def _infer(self, images: Tensor) -> Tensor:
         window = self.hparams.sliding_window
-        if window is None:
+        if window is None:  # whole images of any size: pad to the network's stride, crop back
+            h, w = images.shape[-2:]
+            pad_h, pad_w = -h % self.PAD_MULTIPLE, -w % self.PAD_MULTIPLE
+            if pad_h or pad_w:
+                return self(F.pad(images, (0, pad_w, 0, pad_h)))[..., :h, :w]
             return self(images)
         stride = self.hparams.sliding_stride or max(1, window // 2)
         return sliding_window_inference(self, images, window, stride, self.num_classes)

@@ -114,6 +114,18 @@ class BaseTask(L.LightningModule):
         """Representation ``(B, D)`` used by evaluators, the rank monitor and ``predict``."""
         return self.encoder(images)
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:
+        """CLI overrides that make a config with these ``model.init_args`` run in seconds.
+
+        Used by the config smoke tests; a new task overrides this (calling ``super()``)
+        instead of adding a branch to the tests.
+        """
+        args = ["--model.init_args.encoder", "resnet18"]
+        if init_args.get("init_checkpoint"):  # an earlier stage's output
+            args += ["--model.init_args.init_checkpoint", "null"]
+        return args
+
     # ----------------------------------------------------------------- shared behaviour
     def load_checkpoint(self, path: str) -> dict[str, list[str]]:
         """Initialise the encoder from ``path`` by name; returns the load report."""

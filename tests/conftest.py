@@ -145,6 +145,55 @@ def write_potsdam_crops(root: Path, size: int = 64, seed: int = 0) -> Path:
     return root
 
 
+FOLDER_CLASSES = ["background", "road", "building"]
+FOLDER_PALETTE = [[0, 0, 0], [128, 64, 128], [70, 70, 70]]
+
+
+def write_segmentation_folder(
+    root: Path, colour_masks: bool = False, h: int = 40, w: int = 48, seed: int = 0,
+    n_train: int = 6, n_val: int = 2,
+) -> Path:
+    """Segmentation-folder layout: images/{split}/*.png, masks/{split}/*.png, classes.yaml."""
+    import yaml
+
+    rng = np.random.default_rng(seed)
+    table = {"classes": FOLDER_CLASSES, "ignore_index": 255}
+    if colour_masks:
+        table["palette"] = FOLDER_PALETTE
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text(yaml.safe_dump(table))
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            name = f"{split}_{i:03d}"
+            _png(root / "images" / split / f"{name}.png",
+                 rng.integers(0, 256, (h, w, 3), dtype=np.uint8))  # fmt: skip
+            mask = rng.integers(0, 3, (h, w)).astype(np.uint8)
+            mask[0, :5] = 255
+            if colour_masks:
+                colours = np.array([*FOLDER_PALETTE, [0, 0, 0]], dtype=np.uint8)
+                _png(root / "masks" / split / f"{name}.png",
+                     colours[np.where(mask == 255, 0, mask)])  # fmt: skip
+            else:
+                _png(root / "masks" / split / f"{name}.png", mask)
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_roots(
+    seg_roots: dict[str, Path], cifar10_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Tiny data set in its real on-disk format per data module class (config smoke tests)."""
+    return {
+        "CityscapesDataModule": seg_roots["cityscapes"],
+        "VOCDataModule": seg_roots["voc"],
+        "PotsdamDataModule": seg_roots["potsdam"],
+        "PotsdamTilesDataModule": seg_roots["potsdam_tiles"],
+        "CIFAR10DataModule": cifar10_root,
+        "SegmentationFolderDataModule": write_segmentation_folder(
+            tmp_path_factory.mktemp("folder") / "my_data"),  # fmt: skip
+    }
+
+
 @pytest.fixture(scope="session")
 def seg_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("seg")

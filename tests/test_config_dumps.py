@@ -111,8 +111,11 @@ def load(tree: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
+NEW = {"finetune_folder"}  # configs added after the dumps were taken (no "before" to compare)
+
+
 def test_every_config_has_a_dump() -> None:
-    assert {p.stem for p in DUMPED} == {p.stem for p in CONFIGS.glob("*.yaml")}
+    assert {p.stem for p in DUMPED} == {p.stem for p in CONFIGS.glob("*.yaml")} - NEW
 
 
 @pytest.mark.parametrize("dump", DUMPED, ids=lambda p: p.stem)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import importlib
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
+from datamodules import SegmentationDataModule
 from experiments.cli import main
+
+
+def import_class(path: str) -> type:
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,24 +23,8 @@ CONFIGS = sorted((REPO / "experiments" / "configs").glob("*.yaml"))
 PRESETS = sorted((REPO / "experiments" / "configs" / "presets").glob("*.yaml"))
 
 
-SEG_TINY = {
-    "CityscapesDataModule": ("cityscapes", ["--data.init_args.crop_size", "64",
-                                            "--data.init_args.resize_range", "null",
-                                            "--data.init_args.label_fraction", "4"]),
-    "VOCDataModule": ("voc", ["--data.init_args.crop_size", "32",
-                              "--data.init_args.resize_range", "null",
-                              "--data.init_args.label_fraction", "4"]),
-    "PotsdamDataModule": ("potsdam", ["--data.init_args.crop_size", "64"]),
-    "PotsdamTilesDataModule": ("potsdam_tiles", ["--data.init_args.crop_size", "64",
-                                                 "--data.init_args.samples_per_epoch", "8"]),
-}  # fmt: skip
-# dense pretraining modules whose encoder is set by ``encoder`` (not ``backbone``)
-DENSE = {"PixelContrast", "SupervisedLocalContrast"}
-
-
-def tiny_overrides(
-    config: Path, data_root: Path, out: Path, seg_roots: dict[str, Path]
-) -> list[str]:
+def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list[str]:
+    """Generic tiny run: each data module and task contributes its own ``tiny_test_args``."""
     cfg = yaml.safe_load(config.read_text())
     args = [
         "--trainer.fast_dev_run", "2",
@@ -42,48 +33,17 @@ def tiny_overrides(
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(out),
         "--trainer.default_root_dir", str(out),
-        "--data.init_args.batch_size", "4",
         "--data.init_args.num_workers", "0",
     ]  # fmt: skip
-    data_cls, model_cls = cfg["data"]["class_path"], cfg["model"]["class_path"]
-    seg = SEG_TINY.get(data_cls.rsplit(".", 1)[-1])
-    if seg is not None:
-        root = seg_roots[seg[0]]
-        args += ["--data.init_args.root", str(root), *seg[1], "--data.init_args.batch_size", "2",
-                 "--data.init_args.split_dir", str(out / "splits")]  # fmt: skip
-        views = cfg["data"]["init_args"].get("pretrain_views")
-        if views is not None:  # pretraining on the unlabeled crops
-            small = {**views, "size": 64} if isinstance(views, dict) else [
-                {**v, "size": 64} for v in views
-            ]
-            args += ["--data.init_args.pretrain_views", json.dumps(small)]
-            if "GLCNet" in model_cls:
-                args += ["--model.init_args.encoder", "resnet18",
-                         "--model.init_args.patch_size", "16"]  # fmt: skip
-            elif model_cls.rsplit(".", 1)[-1] in DENSE:
-                args += ["--model.init_args.encoder", "resnet18"]
-                if "PixelContrast" in model_cls:  # decoder resolution: 16 x 16 at 64 px
-                    args += ["--model.init_args.loss_size", "null"]
-            else:
-                args += ["--model.init_args.encoder", "resnet18"]
-        else:
-            args += ["--model.init_args.encoder", "resnet18",
-                     "--model.init_args.sliding_window", "32",
-                     "--model.init_args.sliding_stride", "16"]  # fmt: skip
-        if "val_batch_size" in cfg["data"]["init_args"]:
-            args += ["--data.init_args.val_batch_size", "1"]
-    elif "SyntheticSegmentation" in data_cls:
-        args += ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
-                 "--data.init_args.split_dir", str(out / "splits"),
-                 "--data.init_args.label_fraction", "8"]  # fmt: skip
-    elif "Synthetic" in data_cls:
-        args += ["--data.init_args.num_train", "16", "--data.init_args.num_val", "8"]
-    elif "CIFAR10" in data_cls:
-        args += ["--data.init_args.root", str(data_root)]
-    else:
-        pytest.fail(f"no tiny overrides for {data_cls} in {config.name}")
-    if cfg["model"].get("init_args", {}).get("init_checkpoint"):  # earlier stage's output
-        args += ["--model.init_args.init_checkpoint", "null"]
+    data_cls = import_class(cfg["data"]["class_path"])
+    model_cls = import_class(cfg["model"]["class_path"])
+    data_args, model_args = cfg["data"].get("init_args", {}), cfg["model"].get("init_args", {})
+    args += data_cls.tiny_test_args(data_args) + model_cls.tiny_test_args(model_args)
+    params = inspect.signature(data_cls.__init__).parameters
+    if "root" in params:
+        args += ["--data.init_args.root", str(data_roots[data_cls.__name__])]
+    if "split_dir" in params or issubclass(data_cls, SegmentationDataModule):
+        args += ["--data.init_args.split_dir", str(out / "splits")]
     return args
 
 
@@ -95,10 +55,10 @@ def test_configs_found() -> None:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_fit_smoke(
-    config: Path, cifar10_root: Path, seg_roots: dict[str, Path], tmp_path: Path, monkeypatch
+    config: Path, data_roots: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    args = tiny_overrides(config, cifar10_root, tmp_path, seg_roots)
+    args = tiny_overrides(config, tmp_path, data_roots)
     cli = main(["fit", "--config", str(config), *args])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 2

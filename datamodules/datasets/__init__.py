@@ -10,6 +10,7 @@ from datamodules.datasets.cityscapes import CityscapesDataset
 from datamodules.datasets.image_folder import ImageFolderDataset
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
+from datamodules.datasets.segmentation_folder import SegmentationFolder
 from datamodules.datasets.svhn import SVHNDataset
 from datamodules.datasets.synthetic import SyntheticScenes
 from datamodules.datasets.voc import VOCSegmentation
@@ -22,6 +23,7 @@ __all__ = [
     "PotsdamCrops",
     "PotsdamTiles",
     "SVHNDataset",
+    "SegmentationFolder",
     "SyntheticScenes",
     "VOCSegmentation",
 ]
