@@ -281,8 +281,10 @@ class EmbeddingRankMonitor(pl.Callback):
         indices = self._subset_indices(len(dataset))  # type: ignore[arg-type]
         subset = Subset(dataset, indices.tolist())
         sampler = DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=False)
+        # a private generator: the monitor never draws from the global RNG (training unchanged)
         loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler,
-                            collate_fn=_stack_images, num_workers=self.num_workers)  # fmt: skip
+                            collate_fn=_stack_images, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
         local_z = self._embed(pl_module, loader, progress, convert_input)
 
         if world_size == 1:

@@ -13,7 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from datamodules.transforms import (
     ImageMaskTransform,
@@ -34,31 +34,6 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
         return self.transform(self.dataset[index])
-
-
-class KNNEvalSet(Dataset):
-    """Held-out queries and kNN bank interleaved in one dataset, items tagged ``knn_bank``.
-
-    One loader (not two) keeps every metric in one place of Lightning's result tables;
-    the parts are interleaved in proportion, so ``limit_val_batches`` sees both.
-
-    Args:
-        queries: Held-out evaluation dataset.
-        bank: Training images under the evaluation transform (``None``: queries only).
-    """
-
-    def __init__(self, queries: Dataset, bank: Dataset | None = None) -> None:
-        self.parts = [queries] + ([bank] if bank is not None else [])
-        keys = [((j + 0.5) / len(part), p, j)  # type: ignore[arg-type]
-                for p, part in enumerate(self.parts) for j in range(len(part))]  # type: ignore[arg-type]  # fmt: skip
-        self.order = [(p, j) for _, p, j in sorted(keys)]
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
-        part, j = self.order[index]
-        return {**self.parts[part][j], "knn_bank": part == 1}
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -190,11 +165,27 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader(self.train_dataset(), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """One loader over :class:`KNNEvalSet` (held-out split and kNN bank, interleaved)."""
-        return self._loader(KNNEvalSet(self.eval_dataset("val"), self.knn_bank()), train=False)
+        """The held-out split (probe and kNN queries; the bank is :meth:`knn_bank_loader`)."""
+        return self._loader(self.eval_dataset("val"), train=False)
+
+    def knn_bank_loader(self, sampler: Sampler | None = None) -> DataLoader | None:
+        """Loader of :meth:`knn_bank` (``None`` without a bank), read by the kNN evaluator.
+
+        The bank is not a validation dataloader, so every metric has one place in
+        Lightning's result tables.  Workers persist as those of the validation loader.
+
+        Args:
+            sampler: E.g. a ``DistributedSampler`` (one shard per rank).
+        """
+        bank = self.knn_bank()
+        if bank is None:
+            return None
+        return DataLoader(bank, batch_size=self.batch_size, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())  # fmt: skip
 
     def test_dataloader(self) -> DataLoader:
-        """Held-out split (the ``val`` split of these data sets) plus the kNN bank."""
+        """Held-out split (the ``val`` split of these data sets)."""
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:  # noqa: D102

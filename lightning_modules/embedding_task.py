@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from jsonargparse.typing import PositiveFloat
 from torch import Tensor
+from torch.utils.data import DataLoader, DistributedSampler
 
 from lightning_modules.components.networks import TimmEncoder
 from lightning_modules.components.optim import split_decay_groups
@@ -74,6 +75,7 @@ class EmbeddingTask(BaseTask):
         hp = self.hparams
         n = hp.probe_classes
         self.knn = WeightedKNN(n, hp.knn_k, hp.knn_temperature) if n > 1 else None
+        self._bank_loader: DataLoader | None = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Method loss plus the (detached) online probe loss on ``TaskLoss.embedding``."""
@@ -89,7 +91,7 @@ class EmbeddingTask(BaseTask):
         return total
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Probe accuracy and kNN queries on held-out rows; kNN bank rows (``knn_bank``)."""
+        """Probe accuracy and kNN queries on the held-out split."""
         self._evaluate(batch, "val")
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -99,23 +101,46 @@ class EmbeddingTask(BaseTask):
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         if self.probe is None:
             return
-        features, labels = self.embed(batch["image"]), batch["label"]
-        bank = batch.get("knn_bank")  # one loader holds queries and bank (one metric column)
-        query = ~bank if bank is not None else torch.ones_like(labels, dtype=torch.bool)
-        # every rank logs every step (a rank may hold only bank rows: DDP must not wait)
-        self.probe.loss(features[query], labels[query], train=False)
+        features = self.embed(batch["image"])
+        self.probe.loss(features, batch["label"], train=False)
         self.log(f"{stage}/probe_acc", self.probe.val_acc, on_epoch=True, prog_bar=True)
         if self.knn is not None:
-            self.knn.update(features[query], labels[query], bank=False)
-            if bank is not None:
-                self.knn.update(features[bank], labels[bank], bank=True)
+            self.knn.update(features, batch["label"], bank=False)
 
     def on_validation_epoch_end(self) -> None:
-        """Score the kNN evaluator once queries and bank are complete."""
+        """Embed the kNN bank, then score the kNN evaluator."""
+        self._read_bank()
         self._log_knn("val")
 
     def on_test_epoch_end(self) -> None:  # noqa: D102
+        self._read_bank()
         self._log_knn("test")
+
+    def _read_bank(self) -> None:
+        """Embed the data module's kNN bank (this rank's shard) into the kNN evaluator.
+
+        The loader is built once and kept (persistent workers), as Lightning keeps its
+        validation loaders; the evaluation loop has put the module in eval mode without
+        gradients, and the precision plugin's context gives the same autocast.
+        """
+        if self.knn is None:
+            return
+        trainer = self.trainer
+        if self._bank_loader is None:
+            datamodule = getattr(trainer, "datamodule", None)
+            make = getattr(datamodule, "knn_bank_loader", None)
+            if make is None:
+                return
+            sampler = (DistributedSampler(datamodule.knn_bank(), num_replicas=trainer.world_size,
+                                          rank=trainer.global_rank, shuffle=False)
+                       if trainer.world_size > 1 else None)  # fmt: skip
+            self._bank_loader = make(sampler)
+            if self._bank_loader is None:
+                return
+        with trainer.precision_plugin.val_step_context():
+            for batch in self._bank_loader:
+                images = batch["image"].to(self.device, non_blocking=True)
+                self.knn.update(self.embed(images), batch["label"].to(self.device), bank=True)
 
     def _log_knn(self, stage: str) -> None:
         if self.knn is None:

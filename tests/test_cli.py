@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from experiments.cli import main
 
@@ -92,3 +93,28 @@ def test_print_config(capsys, tmp_path: Path, monkeypatch) -> None:
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "class_path: lightning_modules.SimCLR" in out and "temperature: 0.2" in out
+
+
+def test_knn_accuracy_equals_a_manual_vote(tmp_path: Path, monkeypatch) -> None:
+    """val/knn_acc (bank read by the task, not a second val loader) equals a hand-made vote."""
+    from lightning_modules.evaluators import weighted_knn_predict
+
+    monkeypatch.chdir(tmp_path)
+    cli = main(["validate", "--config", QUICK, "--trainer.accelerator", "cpu",
+                "--trainer.logger", "false", "--trainer.callbacks", "[]",
+                "--data.init_args.num_train", "24", "--data.init_args.num_val", "12",
+                "--data.init_args.batch_size", "5", "--data.init_args.num_workers", "0",
+                "--data.init_args.knn_bank_size", "16", "--model.init_args.knn_k", "3"])  # fmt: skip
+    model, dm = cli.model.eval(), cli.datamodule
+
+    def embed(dataset):
+        items = [dataset[i] for i in range(len(dataset))]
+        with torch.no_grad():
+            z = model.embed(torch.stack([x["image"] for x in items]))
+        return z, torch.tensor([x["label"] for x in items])
+
+    (bank, bank_labels), (queries, labels) = embed(dm.knn_bank()), embed(dm.eval_dataset("val"))
+    preds = weighted_knn_predict(queries, bank, bank_labels, 6, k=3, temperature=0.1)
+    expected = (preds == labels).float().mean()
+    assert float(cli.trainer.callback_metrics["val/knn_acc"]) == pytest.approx(float(expected))
+    assert len(cli.trainer.val_dataloaders.dataset) == 12  # queries only: one metric column

@@ -69,10 +69,9 @@ def test_synthetic_datamodule_batches() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert len(batch["views"]) == 2 and batch["views"][0].shape == (4, 3, 16, 16)
     assert batch["views"][0].dtype == torch.float32 and batch["label"].shape == (4,)
-    loader = dm.val_dataloader()  # one loader: 8 queries and 12 bank images, interleaved
-    assert len(loader.dataset) == 20
-    tags = [bool(loader.dataset[i]["knn_bank"]) for i in range(20)]
-    assert sum(tags) == 12 and tags[:5].count(True) in (2, 3, 4)  # in proportion, not appended
+    loader = dm.val_dataloader()  # queries only: the bank is not a validation loader
+    bank = dm.knn_bank_loader()
+    assert len(loader.dataset) == 8 and len(bank.dataset) == 12
     assert next(iter(loader))["image"].shape == (4, 3, 16, 16)
 
 
@@ -108,12 +107,12 @@ def test_image_folder_labeled_and_unlabeled(tmp_path: Path) -> None:
     labeled.setup()
     train, val = labeled.eval_dataset("train"), labeled.eval_dataset("val")
     assert len(train) + len(val) == 20 and len(val) == 4
-    assert sum(bool(x["knn_bank"]) for x in labeled.val_dataloader().dataset) == 16  # + bank
+    assert len(labeled.knn_bank_loader().dataset) == 16  # the training images form the bank
     flat = ImageFolderDataModule(str(tmp_path / "flat"), batch_size=2, num_workers=0, augment=aug)
     assert flat.num_classes == 0
     flat.setup()
     assert next(iter(flat.train_dataloader()))["label"].tolist() == [-1, -1]
-    assert not any(x["knn_bank"] for x in flat.val_dataloader().dataset)  # no bank unlabeled
+    assert flat.knn_bank_loader() is None  # no kNN bank without labels
 
 
 def test_view_augmentation_validation() -> None:

@@ -315,16 +315,16 @@ def test_weighted_knn_metric_empty_is_nan() -> None:
 
 def test_linear_probe_does_not_backprop_into_features() -> None:
     torch.manual_seed(0)
-    backbone = nn.Linear(10, 16)
+    encoder = nn.Linear(10, 16)
     probe = OnlineLinearProbe(16, 5)
     x = torch.randn(8, 10)
-    features = backbone(x)
+    features = encoder(x)
     features.retain_grad()
     labels = torch.tensor([0, 1, -1, 3, 4, -1, 2, 0])
     loss = probe.loss(features, labels)
     loss.backward()
     assert features.grad is None
-    assert backbone.weight.grad is None and backbone.bias.grad is None
+    assert encoder.weight.grad is None and encoder.bias.grad is None
     assert probe.linear.weight.grad is not None and probe.linear.weight.grad.abs().sum() > 0
 
     leaf = torch.randn(8, 16, requires_grad=True)

@@ -10,7 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 class OnlineLinearProbe(nn.Module):
     """Linear classifier on frozen (detached) features, trained alongside pretraining.
 
-    Gradients never reach the backbone: the features are detached here.  Samples
+    Gradients never reach the encoder: the features are detached here.  Samples
     with a negative label (unlabeled data) are ignored.
 
     Args:

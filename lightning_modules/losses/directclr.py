@@ -1,7 +1,7 @@
 r"""DirectCLR loss (Jing et al., ICLR 2022): InfoNCE on a sub-vector of the representation.
 
 DirectCLR removes the projector and applies the InfoNCE loss directly to the
-first :math:`d_0` dimensions of the backbone representation
+first :math:`d_0` dimensions of the encoder representation
 :math:`r \in \mathbb{R}^{d}`: :math:`z = r_{[:d_0]} / \lVert r_{[:d_0]} \rVert`.
 The loss is the symmetric cross-view InfoNCE
 

@@ -1,0 +1,76 @@
+"""The README's "Add a method" / "Add a data set" steps: a toy method and a toy data set
+defined outside the package (tests/toy_extension.py) run through the CLI by class_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+from toy_extension import StripesDataModule, ToyAlignment, alignment_loss
+
+from experiments.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments" / "configs" / "base" / "trainer.yaml"
+
+
+def test_toy_loss_closed_form() -> None:
+    z = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    assert float(alignment_loss(z, z)) == 0.0
+    assert float(alignment_loss(z, torch.tensor([[0.0, 1.0], [0.0, -1.0]]))) == (2.0 + 4.0) / 2
+
+
+def _csv(tmp_path: Path) -> list[str]:
+    return ["--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", str(tmp_path)]  # fmt: skip
+
+
+def _config(tmp_path: Path, model: dict, data: dict) -> Path:
+    path = tmp_path / "toy_method.yaml"
+    path.write_text(yaml.safe_dump({"defaults": [str(BASE)], "trainer": {"max_epochs": 1},
+                                    "model": model, "data": data}))  # fmt: skip
+    return path
+
+
+def test_toy_method_runs_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = _config(
+        tmp_path,
+        {"class_path": "toy_extension.ToyAlignment",
+         "init_args": {"encoder": "resnet18", "optimizer": "adamw", "lr": 1e-3}},
+        {"class_path": "datamodules.SyntheticDataModule",
+         "init_args": {"num_train": 16, "num_val": 8, "image_size": 32, "batch_size": 4,
+                       "num_workers": 0, "knn_bank_size": 8, "augment": {"size": 32}}},
+    )  # fmt: skip
+    cli = main(["fit", "--config", str(config), "--trainer.accelerator", "cpu",
+                *_csv(tmp_path), "--trainer.limit_train_batches", "2"])  # fmt: skip
+    assert isinstance(cli.model, ToyAlignment) and cli.trainer.global_step == 2
+    assert cli.model.hparams.probe_classes == 6  # linked from the data module
+    metrics = cli.trainer.callback_metrics
+    assert metrics["train/loss"].isfinite() and "val/knn_acc" in metrics
+    # the base trainer's outputs are named after the config file
+    assert (tmp_path / "outputs" / "toy_method" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_toy_data_set_fine_tunes_and_pretrains(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = {"class_path": "toy_extension.StripesDataModule",
+            "init_args": {"batch_size": 4, "num_workers": 0, "label_fraction": 8}}
+    model = {"class_path": "lightning_modules.SegmentationFineTune",
+             "init_args": {"encoder": "resnet18", "lr": 1e-3}}  # fmt: skip
+    config = _config(tmp_path, model, data)
+    cli = main(["fit", "--config", str(config), "--trainer.accelerator", "cpu",
+                *_csv(tmp_path), "--trainer.max_epochs", "2"])  # fmt: skip
+    assert isinstance(cli.datamodule, StripesDataModule)
+    assert cli.model.hparams.num_classes == 2 and cli.model.class_names == ["background",
+                                                                            "stripe"]  # fmt: skip
+    assert 0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1
+    assert len(cli.datamodule.labeled_names()) == 8
+    # the same data set in the unlabeled multi-view mode, for a dense method
+    pre = main(["fit", "--config", str(config), "--trainer.accelerator", "cpu",
+                *_csv(tmp_path), "--trainer.limit_train_batches", "2",
+                "--model", "lightning_modules.PixelContrast", "--model.encoder", "resnet18",
+                "--data.pretrain_views", '{"size": 32}', "--data.pretrain_subset", "labeled",
+                "--trainer.limit_val_batches", "0"])  # fmt: skip
+    assert pre.trainer.global_step == 2 and pre.trainer.callback_metrics["train/loss"].isfinite()

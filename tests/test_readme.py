@@ -1,0 +1,43 @@
+"""Every `experiments/run.py` command in the README's bash blocks parses as written."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from config_dumps import resolved
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+
+
+def commands() -> list[list[str]]:
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+        text = block.replace("\\\n", " ")
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if "experiments/run.py" in line and "<" not in line:
+                words = shlex.split(line)
+                found.append(words[words.index("experiments/run.py") + 1 :])
+    return found
+
+
+COMMANDS = commands()
+
+
+def test_readme_has_commands() -> None:
+    assert len(COMMANDS) >= 6
+    assert all(c[0] in ("fit", "validate", "test", "predict") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a)[:60])
+def test_readme_command_parses(args: list[str], monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    rest = args[1:]  # every subcommand shares fit's model / data / trainer arguments
+    i = rest.index("--config")
+    config, extra = rest[i + 1], rest[:i] + rest[i + 2 :]
+    config_dict = resolved(REPO / config, extra)
+    assert config_dict is not None and "model" in config_dict, args
