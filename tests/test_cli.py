@@ -104,7 +104,8 @@ def test_knn_accuracy_equals_a_manual_vote(tmp_path: Path, monkeypatch) -> None:
                 "--trainer.logger", "false", "--trainer.callbacks", "[]",
                 "--data.init_args.num_train", "24", "--data.init_args.num_val", "12",
                 "--data.init_args.batch_size", "5", "--data.init_args.num_workers", "0",
-                "--data.init_args.knn_bank_size", "16", "--model.init_args.knn_k", "3"])  # fmt: skip
+                "--data.init_args.knn_bank_size", "16",
+                "--model.init_args.knn_k", "3"])  # fmt: skip
     model, dm = cli.model.eval(), cli.datamodule
 
     def embed(dataset):
