@@ -180,7 +180,10 @@ class SegmentationDataModule(L.LightningDataModule):
         self.pretrain_views, self.n_views = pretrain_views, n_views
         self.pretrain_subset = pretrain_subset
 
-    tiny_crop: ClassVar[int | None] = 64  # crop (and view) size of tiny smoke runs
+    # tiny smoke runs: crop (and view) size (None: keep the config's), batch, labeled images
+    tiny_crop: ClassVar[int | None] = 64
+    tiny_batch_size: ClassVar[int] = 2
+    tiny_label_fraction: ClassVar[int] = 4
 
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:
@@ -189,7 +192,8 @@ class SegmentationDataModule(L.LightningDataModule):
         Used by the config smoke tests (the data root comes from the test fixtures); a new
         data module overrides this instead of adding a branch to the tests.
         """
-        args = ["--data.init_args.batch_size", "2", "--data.init_args.label_fraction", "4"]
+        args = ["--data.init_args.batch_size", str(cls.tiny_batch_size),
+                "--data.init_args.label_fraction", str(cls.tiny_label_fraction)]  # fmt: skip
         if cls.tiny_crop is not None:
             args += ["--data.init_args.crop_size", str(cls.tiny_crop),
                      "--data.init_args.resize_range", "null"]  # fmt: skip

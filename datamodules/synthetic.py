@@ -88,13 +88,12 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
     """
 
     name = "synthetic"
-    tiny_crop = None  # 32 px scenes: the configs' sizes are already tiny
+    tiny_crop, tiny_batch_size, tiny_label_fraction = None, 4, 8  # 32 px scenes: tiny already
 
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
-        return [*super().tiny_test_args(init_args), "--data.init_args.batch_size", "4",
-                "--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
-                "--data.init_args.label_fraction", "8"]  # fmt: skip
+        return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "200",
+                "--data.init_args.num_val", "8"]  # fmt: skip
 
     def __init__(
         self,

@@ -49,8 +49,8 @@ def _merge_class_lists(base: list[dict], over: list[dict]) -> list[dict]:
 def merge(base: Any, over: Any) -> Any:
     """``over`` merged onto ``base`` (see the module docstring)."""
     if isinstance(base, dict) and isinstance(over, dict):
-        if base.get("class_path", over.get("class_path")) != over.get("class_path", base.get(
-                "class_path")):  # fmt: skip
+        classes = {base.get("class_path"), over.get("class_path")} - {None}
+        if len(classes) > 1:
             return over  # another class: its arguments do not merge with the old ones
         out = dict(base)
         for key, value in over.items():
@@ -119,20 +119,16 @@ def expand_configs(argv: list[str]) -> list[str]:
 
     ``--run_name <name>`` is consumed here (default: each config's own file name).
     """
-    argv = list(argv)
-    name = None
-    for flag in ("--run_name",):
-        while flag in argv:
-            i = argv.index(flag)
-            if i + 1 >= len(argv):
-                raise ValueError(f"{flag} needs a value")
+    argv, name = list(argv), None
+    while any(a == "--run_name" or a.startswith("--run_name=") for a in argv):
+        i = next(i for i, a in enumerate(argv) if a == "--run_name" or a.startswith("--run_name="))
+        if "=" in argv[i]:
+            name = argv.pop(i).split("=", 1)[1]
+        elif i + 1 < len(argv):
             name = argv[i + 1]
             del argv[i : i + 2]
-        for i, arg in enumerate(argv):
-            if arg.startswith(flag + "="):
-                name = arg.split("=", 1)[1]
-                del argv[i]
-                break
+        else:
+            raise ValueError("--run_name needs a value")
     out: list[str] = []
     i = 0
     while i < len(argv):

@@ -75,7 +75,7 @@ class EmbeddingTask(BaseTask):
         hp = self.hparams
         n = hp.probe_classes
         self.knn = WeightedKNN(n, hp.knn_k, hp.knn_temperature) if n > 1 else None
-        self._bank_loader: DataLoader | None = None
+        self._bank_loader: tuple[Any, DataLoader | None] | None = None  # (datamodule, loader)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Method loss plus the (detached) online probe loss on ``TaskLoss.embedding``."""
@@ -126,19 +126,19 @@ class EmbeddingTask(BaseTask):
         if self.knn is None:
             return
         trainer = self.trainer
-        if self._bank_loader is None:
-            datamodule = getattr(trainer, "datamodule", None)
-            make = getattr(datamodule, "knn_bank_loader", None)
-            if make is None:
-                return
+        datamodule = getattr(trainer, "datamodule", None)
+        if getattr(datamodule, "knn_bank_loader", None) is None:
+            return
+        if self._bank_loader is None or self._bank_loader[0] is not datamodule:
             sampler = (DistributedSampler(datamodule.knn_bank(), num_replicas=trainer.world_size,
                                           rank=trainer.global_rank, shuffle=False)
                        if trainer.world_size > 1 else None)  # fmt: skip
-            self._bank_loader = make(sampler)
-            if self._bank_loader is None:
-                return
+            self._bank_loader = (datamodule, datamodule.knn_bank_loader(sampler))
+        loader = self._bank_loader[1]
+        if loader is None:
+            return
         with trainer.precision_plugin.val_step_context():
-            for batch in self._bank_loader:
+            for batch in loader:
                 images = batch["image"].to(self.device, non_blocking=True)
                 self.knn.update(self.embed(images), batch["label"].to(self.device), bank=True)
 
@@ -162,7 +162,3 @@ class EmbeddingTask(BaseTask):
             groups.append({"params": probe, "lr": float(self.hparams.probe_lr),
                            "weight_decay": 0.0, "lars_exclude": True})  # fmt: skip
         return groups
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Representations and labels of a batch."""
-        return {"embedding": self.embed(batch["image"]), "label": batch["label"]}

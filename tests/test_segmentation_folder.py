@@ -135,3 +135,21 @@ def test_whole_image_inference_of_any_size() -> None:
         padded = model(torch.nn.functional.pad(images, (0, 16, 0, 24)))[..., :40, :48]
     assert logits.shape == (2, 3, 40, 48)
     torch.testing.assert_close(logits, padded)
+
+
+def test_planar_tiff_and_colour_table(tmp_path: Path) -> None:
+    """Planar (C, H, W) TIFFs read as (C, H, W) images too; the colour table refuses clashes."""
+    from datamodules.datasets.palette import ColourTable
+
+    root = write_segmentation_folder(tmp_path / "p")
+    image = np.random.default_rng(1).integers(0, 255, (5, 40, 48), dtype=np.uint8)
+    tifffile.imwrite(root / "images" / "train" / "train_000.tif", image, planarconfig="separate")
+    (root / "images" / "train" / "train_000.png").unlink()
+    item = SegmentationFolder(root, "train", read_class_table(root / "classes.yaml"))[0]
+    assert item["image"].shape == (5, 40, 48) and torch.equal(item["image"],
+                                                              torch.from_numpy(image))  # fmt: skip
+    table = ColourTable([(1, 2, 3), (4, 5, 6)], [7, 9])
+    labels, known = table.decode(np.array([[[4, 5, 6], [1, 2, 3], [0, 0, 0]]], np.uint8), fill=255)
+    assert labels.tolist() == [[9, 7, 255]] and known.tolist() == [[True, True, False]]
+    with pytest.raises(ValueError, match="distinct"):
+        ColourTable([(1, 2, 3), (1, 2, 3)], [0, 1])

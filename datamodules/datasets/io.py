@@ -12,10 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tifffile
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["DataFormatError", "read_image_rgb", "require_dir", "require_file"]
+__all__ = [
+    "DataFormatError",
+    "read_image_rgb",
+    "read_tiff_hwc",
+    "require_dir",
+    "require_file",
+    "to_hwc",
+]
 
 
 class DataFormatError(ValueError):
@@ -114,6 +122,36 @@ def read_image_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
             f"Decoded image {path} has shape {array.shape}, expected (H, W, 3) after RGB conversion"
         )
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
+    """Returns an ``(H, W, C)`` view of a tifffile series array given its ``axes`` string."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3 and axes.endswith("YX") and not axes.endswith("S"):
+        return np.moveaxis(array, 0, -1)  # planar (separate) configuration: (C, H, W)
+    return array
+
+
+def read_tiff_hwc(path: str | os.PathLike[str], what: str) -> np.ndarray:
+    """Decodes a whole (small) TIFF into an ``(H, W, C)`` array.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        DataFormatError: If the file cannot be decoded; the message names the file.
+    """
+    path = require_file(path, what)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+    except Exception as err:  # TiffFileError, ValueError, struct.error, OSError, ...
+        raise DataFormatError(
+            f"Could not decode {what} {path}: expected a readable TIFF, "
+            f"got {type(err).__name__}: {err}"
+        ) from err
+    return to_hwc(array, axes)
 
 
 def select_names(

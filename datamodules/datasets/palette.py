@@ -17,6 +17,7 @@ from datamodules.datasets.voc import voc_colormap
 
 __all__ = [
     "IGNORE_INDEX",
+    "ColourTable",
     "colourize",
     "palette_lut",
     "save_palette_png",
@@ -25,6 +26,47 @@ __all__ = [
 
 IGNORE_INDEX = 255
 _LUT_SIZE = 256
+
+
+class ColourTable:
+    """Vectorised colour -> label look-up of colour-coded label images.
+
+    Colours are packed into 24-bit codes ``r << 16 | g << 8 | b`` and looked up with
+    ``np.searchsorted`` in the sorted table: one pass over the pixels, no loop over classes.
+
+    Args:
+        colours: RGB triples.
+        values: Label of each colour.
+
+    Raises:
+        ValueError: Lengths differ or two colours are equal.
+    """
+
+    def __init__(self, colours: Sequence[Sequence[int]], values: Sequence[int]) -> None:
+        codes = self.encode(np.asarray(colours, dtype=np.uint8).reshape(-1, 3))
+        if len(codes) != len(values) or len(np.unique(codes)) != len(codes):
+            raise ValueError("ColourTable needs one value per colour and distinct colours")
+        order = np.argsort(codes)
+        self.keys = codes[order]
+        self.values = np.asarray(values, dtype=np.int64)[order]
+
+    @staticmethod
+    def encode(rgb: np.ndarray) -> np.ndarray:
+        """``(..., 3)`` colours as int32 codes ``r << 16 | g << 8 | b``."""
+        rgb = np.asarray(rgb).astype(np.int32, copy=False)
+        return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+    def decode(self, rgb: np.ndarray, fill: int) -> tuple[np.ndarray, np.ndarray]:
+        """Labels of an ``(H, W, 3)`` colour image.
+
+        Returns:
+            ``(labels, known)``: ``(H, W)`` int64 labels, ``fill`` where the colour is not in
+            the table, and the boolean map of known colours.
+        """
+        codes = self.encode(rgb[..., :3])
+        idx = np.minimum(np.searchsorted(self.keys, codes), len(self.keys) - 1)
+        known = self.keys[idx] == codes
+        return np.where(known, self.values[idx], fill).astype(np.int64, copy=False), known
 
 
 def palette_lut(palette: Sequence[Sequence[int]] | np.ndarray | None) -> np.ndarray:

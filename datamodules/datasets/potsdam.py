@@ -43,7 +43,14 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import DataFormatError, require_dir, require_file
+from datamodules.datasets.io import (
+    DataFormatError,
+    read_tiff_hwc,
+    require_dir,
+    require_file,
+    to_hwc,
+)
+from datamodules.datasets.palette import ColourTable
 
 __all__ = [
     "IGNORE_INDEX",
@@ -99,18 +106,9 @@ POTSDAM_TRAIN_TILES: Final[tuple[str, ...]] = (
 _BAND_COUNT: Final = {"rgb": 3, "rgbir": 4}
 
 
-def _encode(rgb: np.ndarray) -> np.ndarray:
-    """Packs an ``(..., 3)`` uint8 array into ``r << 16 | g << 8 | b`` int32 codes."""
-    rgb = rgb.astype(np.int32, copy=False)
-    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-
-
-# Sorted colour codes and their class indices (boundary -> ignore), for np.searchsorted lookup.
-_CODES_UNSORTED: Final = _encode(np.array([*POTSDAM_PALETTE, BOUNDARY_COLOUR], dtype=np.uint8))
-_VALUES_UNSORTED: Final = np.array([*range(len(POTSDAM_PALETTE)), IGNORE_INDEX], dtype=np.int64)
-_ORDER: Final = np.argsort(_CODES_UNSORTED)
-_KEYS: Final = _CODES_UNSORTED[_ORDER]
-_VALUES: Final = _VALUES_UNSORTED[_ORDER]
+# class colours, and the eroded boundary colour mapped to the ignore index
+_COLOURS: Final = ColourTable([*POTSDAM_PALETTE, BOUNDARY_COLOUR],
+                              [*range(len(POTSDAM_PALETTE)), IGNORE_INDEX])  # fmt: skip
 
 
 def decode_potsdam_label(rgb: np.ndarray) -> tuple[np.ndarray, int]:
@@ -133,42 +131,8 @@ def decode_potsdam_label(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"Expected an (H, W, 3) colour label, got shape {rgb.shape}")
-    codes = _encode(rgb)
-    idx = np.searchsorted(_KEYS, codes)
-    np.minimum(idx, len(_KEYS) - 1, out=idx)
-    known = _KEYS[idx] == codes
-    mask = np.where(known, _VALUES[idx], IGNORE_INDEX).astype(np.int64, copy=False)
+    mask, known = _COLOURS.decode(rgb, fill=IGNORE_INDEX)
     return mask, int(known.size - np.count_nonzero(known))
-
-
-def _to_hwc(array: np.ndarray, axes: str) -> np.ndarray:
-    """Returns an ``(H, W, C)`` view of a tifffile series array given its ``axes`` string."""
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim == 3 and axes.endswith("YX") and not axes.endswith("S"):
-        return np.moveaxis(array, 0, -1)  # planar (separate) configuration: (C, H, W)
-    return array
-
-
-def _read_tiff_hwc(path: Path, what: str) -> np.ndarray:
-    """Decodes a whole (small) TIFF into an ``(H, W, C)`` array.
-
-    Raises:
-        FileNotFoundError: If ``path`` does not exist.
-        DataFormatError: If the file cannot be decoded; the message names the file.
-    """
-    require_file(path, what)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            array = series.asarray()
-            axes = series.axes
-    except Exception as err:  # TiffFileError, ValueError, struct.error, OSError, ...
-        raise DataFormatError(
-            f"Could not decode {what} {path}: expected a readable TIFF, "
-            f"got {type(err).__name__}: {err}"
-        ) from err
-    return _to_hwc(array, axes)
 
 
 def _check_uint8_bands(array: np.ndarray, path: Path, what: str, bands: int) -> None:
@@ -333,9 +297,9 @@ class PotsdamCrops(Dataset[dict[str, Any]]):
         name = self.names[index]
         image_path = self.image_dir / f"{name}.tif"
         label_path = self.label_dir / f"{self._label_names[index]}.tif"
-        image = _read_tiff_hwc(image_path, "Potsdam image")
+        image = read_tiff_hwc(image_path, "Potsdam image")
         _check_uint8_bands(image, image_path, "Potsdam RGBIR image", 4)
-        label = _read_tiff_hwc(label_path, "Potsdam label")
+        label = read_tiff_hwc(label_path, "Potsdam label")
         _check_uint8_bands(label, label_path, "Potsdam colour label", 3)
         if image.shape[:2] != label.shape[:2]:
             raise DataFormatError(
@@ -562,7 +526,7 @@ class PotsdamTiles(Dataset[dict[str, Any]]):
             raise DataFormatError(
                 f"Could not read Potsdam TIFF {path}: {type(err).__name__}: {err}"
             ) from err
-        array = _to_hwc(array, axes)
+        array = to_hwc(array, axes)
         self._cache[path] = array
         return array
 

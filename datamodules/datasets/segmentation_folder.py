@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
-import tifffile
 import torch
 import yaml
 from PIL import Image
@@ -38,7 +37,14 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
-from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir, require_file
+from datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    read_tiff_hwc,
+    require_dir,
+    require_file,
+)
+from datamodules.datasets.palette import ColourTable
 
 __all__ = ["SegmentationFolder", "read_class_table"]
 
@@ -97,10 +103,11 @@ def _files(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _read_array(path: Path, what: str) -> np.ndarray:
-    """``(H, W)`` or ``(H, W, C)`` array of an image file, dtype kept."""
+    """``(H, W)`` or ``(H, W, C)`` array of an image file, dtype kept (TIFFs: any band layout)."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        array = read_tiff_hwc(path, what)
+        return array[:, :, 0] if array.shape[2] == 1 else array
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            return np.asarray(tifffile.imread(path))
         with Image.open(path) as img:
             return np.asarray(img)  # "P" PNGs read as their indices
     except Exception as err:  # PIL / tifffile raise many types for corrupt files
@@ -169,10 +176,8 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
             self.items.append((name, image, mask))
         self.missing_count = len(images) - len(self.items)
         self.names = [name for name, _, _ in self.items]
-        if info.palette:
-            colours = np.array(info.palette, dtype=np.int64)
-            self._codes = (colours[:, 0] << 16) | (colours[:, 1] << 8) | colours[:, 2]
-            self._order = np.argsort(self._codes)
+        palette = info.palette
+        self._colours = ColourTable(palette, range(len(palette))) if palette else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -180,8 +185,7 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
     def _image(self, path: Path) -> torch.Tensor:
         if path.suffix.lower() not in (".tif", ".tiff"):
             return read_image_rgb(path)
-        array = _read_array(path, "image")
-        array = array[:, :, None] if array.ndim == 2 else array
+        array = read_tiff_hwc(path, "image")
         if array.ndim != 3:
             raise DataFormatError(f"image {path} has shape {array.shape}, expected (H, W[, bands])")
         if array.dtype.kind not in "uif":
@@ -194,21 +198,17 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
         array = _read_array(path, "mask")
         n, ignore = self.info.num_classes, self.info.ignore_index
         if array.ndim == 3 and array.shape[2] in (3, 4):
-            if not self.info.palette:
+            if self._colours is None:
                 raise DataFormatError(
                     f"mask {path} is a colour image but the class table has no palette "
                     "(give one, or store class indices in a single-channel mask)"
                 )
-            rgb = array[:, :, :3].astype(np.int64)
-            codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-            sorted_codes = self._codes[self._order]
-            idx = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
-            known = sorted_codes[idx] == codes
+            mask, known = self._colours.decode(array, fill=ignore)
             if not known.all():
-                bad = np.unique(rgb[~known].reshape(-1, 3), axis=0)[:5].tolist()
+                bad = np.unique(array[..., :3][~known].reshape(-1, 3), axis=0)[:5].tolist()
                 raise DataFormatError(f"mask {path}: {int((~known).sum())} pixels with colours "
                                       f"outside the palette, e.g. {bad}")  # fmt: skip
-            return self._order[idx].astype(np.int64)
+            return mask
         if array.ndim != 2 or array.dtype.kind not in "ui":
             raise DataFormatError(f"mask {path} has shape {array.shape} and dtype {array.dtype}: "
                                   "expected an (H, W) integer map of class indices")  # fmt: skip
