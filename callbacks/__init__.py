@@ -1,12 +1,16 @@
 """Callbacks and loggers for cross-cutting behaviour."""
 
+from callbacks.checkpoint import RunCheckpoint
 from callbacks.loggers import WandbLogger
+from callbacks.nan_guard import NaNGuard
 from callbacks.rank_monitor import EmbeddingRankMonitor
 from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverlays
 
 __all__ = [
     "ColourPredictionWriter",
     "EmbeddingRankMonitor",
+    "NaNGuard",
+    "RunCheckpoint",
     "SegmentationOverlays",
     "WandbLogger",
 ]

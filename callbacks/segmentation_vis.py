@@ -52,12 +52,6 @@ from datamodules.datasets.palette import (
 __all__ = ["ColourPredictionWriter", "SegmentationOverlays", "denormalize", "overlay"]
 
 
-
-
-
-
-
-
 def denormalize(
     image: Tensor, mean: Sequence[float] | float, std: Sequence[float] | float
 ) -> np.ndarray:
@@ -440,5 +434,3 @@ def _safe_relative(name: str) -> str:
     """Relative, traversal-free version of an image name (``/`` keeps sub-folders)."""
     parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".", "..")]
     return "/".join(parts) or "unnamed"
-
-

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from datamodules.sampling import SampleKey, seeded_call, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
@@ -24,7 +25,13 @@ from datamodules.transforms import (
 
 
 class TransformedDataset(Dataset):
-    """Apply a sample-level transform to every item of a dataset."""
+    """Apply a sample-level transform to every item of a dataset.
+
+    Indexed by a :class:`~datamodules.sampling.SampleKey` (the training sampler's), the
+    raw data set gets the key's epoch (``set_epoch``, if it has one) and the item is read
+    and transformed under torch's RNG seeded by the key: augmentations are a function of
+    ``(seed, epoch, index)`` whatever the worker count.
+    """
 
     def __init__(self, dataset: Dataset, transform: Any) -> None:
         self.dataset, self.transform = dataset, transform
@@ -32,7 +39,15 @@ class TransformedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+    def __getitem__(self, index: int | SampleKey) -> dict[str, Any]:  # noqa: D105
+        if isinstance(index, SampleKey):
+            set_epoch = getattr(self.dataset, "set_epoch", None)
+            if set_epoch is not None:
+                set_epoch(index.epoch)
+            return seeded_call(index.seed, self._item, index.index)
+        return self._item(index)
+
+    def _item(self, index: int) -> dict[str, Any]:
         return self.transform(self.dataset[index])
 
 
@@ -150,23 +165,22 @@ class PretrainDataModule(L.LightningDataModule):
             bank = Subset(bank, idx)
         return bank
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:  # noqa: D102
-        return self._loader(self.train_dataset(), train=True)
+    def train_dataloader(self) -> DataLoader:
+        """Seeded order and augmentations (:mod:`datamodules.sampling`), resumable exactly."""
+        return train_loader(self.train_dataset(), self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """The held-out split (probe and kNN queries; the bank is :meth:`knn_bank_loader`)."""
-        return self._loader(self.eval_dataset("val"), train=False)
+        return self._loader(self.eval_dataset("val"))
 
     def knn_bank_loader(self, sampler: Sampler | None = None) -> DataLoader | None:
         """Loader of :meth:`knn_bank` (``None`` without a bank), read by the kNN evaluator.
@@ -189,4 +203,4 @@ class PretrainDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:  # noqa: D102
-        return self._loader(self.eval_dataset("val"), train=False)
+        return self._loader(self.eval_dataset("val"))

@@ -31,7 +31,9 @@ from torchvision.transforms import v2
 
 from datamodules.base import TransformedDataset
 from datamodules.datasets.info import DatasetInfo
-from datamodules.label_fractions import labeled_subset, read_split_file
+from datamodules.datasets.io import DataFormatError
+from datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
+from datamodules.sampling import train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
@@ -171,6 +173,8 @@ class SegmentationDataModule(L.LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.crop_size, self.resize_range, self.hflip_prob = crop_size, resize_range, hflip_prob
         self.mean, self.std = list(mean), list(std)
+        if label_fraction is not None:
+            label_fraction = check_fraction(label_fraction)
         self.label_fraction, self.split_file = label_fraction, split_file
         self.split_dir, self.seed = Path(split_dir), seed
         if pretrain_subset not in ("all", "labeled"):
@@ -241,6 +245,33 @@ class SegmentationDataModule(L.LightningDataModule):
         path = self.split_dir / f"{self.name}_{tag}_seed{self.seed}.txt"
         return labeled_subset(names, self.label_fraction, self.seed, path)
 
+    # data sets whose splits come from official lists or folders check train/val leakage
+    check_splits: ClassVar[bool] = False
+
+    def setup(self, stage: str | None = None) -> None:
+        """Check that no validation image is also a training image (``check_splits``)."""
+        if stage in (None, "fit") and self.check_splits:
+            self.check_leakage()
+
+    def check_leakage(self) -> None:
+        """Error when a name is both in the training list and the validation split.
+
+        Official lists are checked as given (a VOC ``train.txt`` holding a ``val`` id, a
+        Potsdam list naming a validation crop); the readers' ``names`` are compared.
+
+        Raises:
+            DataFormatError: Naming the overlap and the data set's root.
+        """
+        val = self.build("val")
+        val_names = set(getattr(val, "names", None) or getattr(val, "tile_ids", None) or ())
+        overlap = sorted(set(self.train_names()) & val_names)
+        if overlap:
+            where = getattr(self, "root", self.name)
+            raise DataFormatError(
+                f"{self.name} under {where}: {len(overlap)} validation images are also in the "
+                f"training split (e.g. {overlap[:3]}): the training list leaks validation data"
+            )
+
     def train_dataset(self) -> Dataset:
         """Labeled training subset with joint augmentation."""
         transform = joint_train_transform(
@@ -287,24 +318,24 @@ class SegmentationDataModule(L.LightningDataModule):
             self.build("train", names), MultiViewTransform(views, n_views, True)
         )
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset) -> DataLoader:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,  # type: ignore[arg-type]
+            batch_size=self.val_batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:  # noqa: D102
-        if self.pretrain_views is not None:
-            return self._loader(self.unlabeled_dataset(self.pretrain_views, self.n_views), True)
-        return self._loader(self.train_dataset(), train=True)
+    def train_dataloader(self) -> DataLoader:
+        """Seeded order and augmentations (:mod:`datamodules.sampling`), resumable exactly."""
+        dataset = (self.unlabeled_dataset(self.pretrain_views, self.n_views)
+                   if self.pretrain_views is not None else self.train_dataset())  # fmt: skip
+        return train_loader(dataset, self.batch_size, self.num_workers,
+                            drop_last=len(dataset) > self.batch_size)  # type: ignore[arg-type]  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:  # noqa: D102
-        return self._loader(self.val_dataset(), train=False)
+        return self._loader(self.val_dataset())
 
     def test_dataloader(self) -> DataLoader:  # noqa: D102
         return self.val_dataloader()

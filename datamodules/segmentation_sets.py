@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
 from datamodules.datasets.info import DatasetInfo
@@ -38,6 +37,7 @@ class CityscapesDataModule(SegmentationDataModule):
     """
 
     info = CITYSCAPES
+    check_splits = True
 
     def __init__(self, root: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -60,6 +60,7 @@ class VOCDataModule(SegmentationDataModule):
     """
 
     info = VOC
+    check_splits = True
     tiny_crop = 32
 
     def __init__(self, root: str, sbd_root: str | None = None, **kwargs: Any) -> None:
@@ -89,11 +90,14 @@ class PotsdamDataModule(SegmentationDataModule):
         train_list: List of the whole training split (``train``: 13,824 crops).
         val_list: Validation list (``val``: 8,064, or ``valR1500``).
         missing: ``error`` or ``skip`` listed crops that are not on disk.
+        strict_colours: A label pixel of a colour outside the six Potsdam classes is an error
+            naming the file (default: it becomes the ignore index and is counted).
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
             (default normalisation is GLCNet's).
     """
 
     info = POTSDAM
+    check_splits = True
 
     def __init__(
         self,
@@ -103,11 +107,13 @@ class PotsdamDataModule(SegmentationDataModule):
         train_list: str = "train",
         val_list: str = "val",
         missing: Literal["error", "skip"] = "error",
+        strict_colours: bool = False,
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
         _band_defaults(kwargs, self.info, n_bands)
         super().__init__(**kwargs)
+        self.strict_colours = strict_colours
         if len(self.mean) != n_bands:
             raise ValueError(f"data.mean has {len(self.mean)} values but bands={bands!r}")
         self.root = require_dir(root, "data.root (Potsdam GLCNet crops)")
@@ -117,7 +123,8 @@ class PotsdamDataModule(SegmentationDataModule):
     def _crops(
         self, split: str, list_name: str, names: Sequence[str] | None = None
     ) -> PotsdamCrops:
-        return PotsdamCrops(self.root, split, list_name, self.bands, names, self.missing)
+        return PotsdamCrops(self.root, split, list_name, self.bands, names, self.missing,
+                            self.strict_colours)  # fmt: skip
 
     def train_names(self) -> list[str]:  # noqa: D102
         return list(self._crops("train", self.train_list).names)
@@ -133,36 +140,6 @@ class PotsdamDataModule(SegmentationDataModule):
         return self._crops("val", self.val_list)
 
 
-class EpochWindowSampler(Sampler[int]):
-    """Shuffled order over random tile windows that draws new windows every epoch.
-
-    Lightning calls :meth:`set_epoch` before it creates each epoch's DataLoader
-    iterator, i.e. before non-persistent workers copy the dataset, so the workers draw
-    that epoch's windows (and resumed runs continue the sequence). Outside Lightning,
-    call ``set_epoch(e)`` before iterating each epoch.
-
-    Args:
-        tiles: The random-mode tile dataset.
-        seed: Seed of the shuffling.
-    """
-
-    def __init__(self, tiles: PotsdamTiles, seed: int = 0) -> None:
-        self.tiles, self.seed, self.epoch = tiles, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:  # noqa: D102
-        self.epoch = int(epoch)
-        self.tiles.set_epoch(self.epoch)
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-    def __iter__(self):  # noqa: ANN204
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(len(self.tiles), generator=g).tolist()
-        self.epoch += 1
-        return iter(order)
-
-
 class PotsdamTilesDataModule(SegmentationDataModule):
     """Raw 6000x6000 Potsdam tiles: random windows for training, a sliding grid for testing.
 
@@ -175,10 +152,12 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         bands: ``rgbir`` or ``rgb``.
         label_variant: ``full`` or ``noBoundary`` (eroded boundaries ignored).
         samples_per_epoch: Random training windows per epoch.
+        strict_colours: Unknown label colours are an error naming the tile (default: ignored).
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = POTSDAM_TILES
+    check_splits = True
 
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
@@ -190,6 +169,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         bands: Literal["rgb", "rgbir"] = "rgbir",
         label_variant: Literal["full", "noBoundary"] = "noBoundary",
         samples_per_epoch: int = 4000,
+        strict_colours: bool = False,
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
@@ -197,7 +177,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         super().__init__(**kwargs)
         self.root = require_dir(root, "data.root (Potsdam tiles)")
         self.bands, self.label_variant = bands, label_variant
-        self.samples_per_epoch = samples_per_epoch
+        self.samples_per_epoch, self.strict_colours = samples_per_epoch, strict_colours
 
     def train_names(self) -> list[str]:  # noqa: D102
         return list(self._tiles("train", None).tile_ids)
@@ -207,24 +187,11 @@ class PotsdamTilesDataModule(SegmentationDataModule):
             self.root, split, tile_ids=names, crop_size=self.crop_size,
             mode="random" if split == "train" else "sliding",
             samples_per_epoch=self.samples_per_epoch, bands=self.bands,
-            label_variant=self.label_variant, seed=self.seed,
+            label_variant=self.label_variant, seed=self.seed, strict_colours=self.strict_colours,
         )  # fmt: skip
 
     def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
         return self._tiles("train" if split == "train" else "test", names)
-
-    def train_dataloader(self) -> DataLoader:
-        """New random windows every epoch (non-persistent workers see the new epoch)."""
-        dataset = self.train_dataset()
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochWindowSampler(dataset.dataset, self.seed),  # type: ignore[attr-defined]
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=False,
-            pin_memory=torch.cuda.is_available(),
-        )
 
 
 class SegmentationFolderDataModule(SegmentationDataModule):
@@ -246,6 +213,8 @@ class SegmentationFolderDataModule(SegmentationDataModule):
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
             (normalisation defaults to the table's ``mean`` / ``std``).
     """
+
+    check_splits = True
 
     def __init__(
         self,

@@ -119,9 +119,7 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
     def _scenes(self, split: str) -> SyntheticScenes:
         n = self.num_train if split == "train" else self.num_val
         seed = 2 * self.data_seed + (0 if split == "train" else 1)
-        return SyntheticScenes(
-            n, self.image_size, self.num_classes - 1, self.max_objects, seed
-        )
+        return SyntheticScenes(n, self.image_size, self.num_classes - 1, self.max_objects, seed)
 
     def train_names(self) -> list[str]:  # noqa: D102
         return [f"{i:06d}" for i in range(self.num_train)]

@@ -12,12 +12,14 @@ evaluators) are linked into the model arguments of the same name, where the mode
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from experiments.compose import expand_configs
+from lightning_modules.components.checkpoint_init import load_checkpoint_file
 
 LINKED = ("in_channels", "num_classes", "probe_classes")
 
@@ -65,6 +67,32 @@ class ContrasegCLI(LightningCLI):
             parser.error(str(err))
         self.config = parser.parse_args(argv)
         return None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path``: readable, and written by the config's model class.
+
+        An unreadable file, or a checkpoint of another model class than the config's (which
+        Lightning would silently switch to), is a parser error naming the file and classes.
+        """
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path and path not in ("last", "best", "hpc"):
+            if not Path(path).is_file():
+                self.parser.error(f"--ckpt_path {path}: no such file")
+            try:
+                hparams = load_checkpoint_file(path).get("hyper_parameters") or {}
+            except ValueError as err:
+                self.parser.error(f"--ckpt_path: {err}")
+            theirs = hparams.get("_class_path")
+            ours = (self.config[sub].get("model") or {}).get("class_path")
+            if theirs and ours and theirs != ours:
+                self.parser.error(
+                    f"--ckpt_path {path} is a checkpoint of {theirs}, but the config's model is "
+                    f"{ours}: resume with the config that wrote it, or initialise this model's "
+                    f"encoder with --model.init_args.init_checkpoint {path}"
+                )
+        # Lightning would now overwrite the config's model arguments with the checkpoint's
+        # hyper-parameters; the config stays the one source of truth here (same class checked)
 
     def instantiate_classes(self) -> None:
         """Instantiate, turning constructor validation errors into parser errors."""

@@ -86,6 +86,7 @@ class EmbeddingTask(BaseTask):
             size = out.embedding.shape[0]
             probe_loss = self.probe.loss(out.embedding, batch["label"][:size], train=True)
             self.log("train/probe_loss", probe_loss, batch_size=size, sync_dist=True)
+            self.last_loss_terms["probe_loss"] = probe_loss.detach()
             self.log("train/probe_acc", self.probe.train_acc, on_step=False, on_epoch=True)
             total = total + probe_loss
         return total
@@ -156,7 +157,8 @@ class EmbeddingTask(BaseTask):
         ids = {id(p) for p in probe}
         decay, no_decay = ([p for p in g if id(p) not in ids] for g in split_decay_groups(self))
         groups: list[dict[str, Any]] = [
-            {"params": decay}, {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True}
+            {"params": decay},
+            {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
         ]
         if probe:
             groups.append({"params": probe, "lr": float(self.hparams.probe_lr),

@@ -87,8 +87,9 @@ class SupervisedLocalContrast(DenseTask):
         """The smp network (U-Net in the paper), then the 1x1-conv head."""
         super().configure_models()
         hp = self.hparams
-        self.head = ConvProjectionHead(out_channels(self.net.decoder),
-                                       list(hp.projector_hidden_dims), hp.projector_out_dim)
+        self.head = ConvProjectionHead(
+            out_channels(self.net.decoder), list(hp.projector_hidden_dims), hp.projector_out_dim
+        )
 
     def configure_losses(self) -> None:
         """Validate the memory mode and temperature."""
@@ -135,9 +136,7 @@ class SupervisedLocalContrast(DenseTask):
             "block_size": self.block_size,
         }
         if self.memory_mode == "block":
-            loss = tiled_pixel_supcon_loss(
-                z, labels, self.block, anchor_mask=anchors, **common
-            )
+            loss = tiled_pixel_supcon_loss(z, labels, self.block, anchor_mask=anchors, **common)
         else:
             emb, lab, _ = stride_sample(z, labels, self.stride)
             mask = anchors[:, :: self.stride, :: self.stride].reshape(-1)

@@ -10,7 +10,17 @@ and ``--print_config`` show every argument.  :class:`BaseTask` then
    :meth:`configure_losses` and :meth:`configure_metrics`, in that order;
 3. initialises the encoder from ``init_checkpoint`` and freezes it (``freeze_encoder``);
 4. owns the optimiser with per-step warmup + cosine schedule, the logging of the loss
-   dictionary and the embedding export of ``predict``.
+   dictionary and the embedding export of ``predict``;
+5. reseeds torch's RNG at every training batch from ``(run seed, epoch, batch index)``,
+   so the step's own randomness (random pixel samples, dropout) is restored exactly by a
+   resume (the data side: :mod:`datamodules.sampling`).
+
+**State beyond weights** (queues, prototypes, EMA encoders, counters) must survive a
+restart.  A method declares it in one of two ways: tensors as *persistent buffers*
+(``self.register_buffer("queue", ..., persistent=True)``; ``nn.Module`` submodules such
+as EMA encoders are in the state dict anyway), or anything else (auxiliary optimisers,
+Python counters, RNG generators) by overriding :meth:`BaseTask.task_state` and
+:meth:`BaseTask.load_task_state`, which are stored under ``checkpoint["task_state"]``.
 
 A method implements :meth:`training_loss` (the one contract): batch in, a
 :class:`TaskLoss` out.  ``self.encoder`` is the part whose weights transfer: its timm
@@ -19,6 +29,7 @@ model lives under ``.model`` for every task (``components.checkpoint_init``).
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -26,7 +37,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_modules.components.checkpoint_init import load_encoder_from_checkpoint, summarize
+from datamodules.sampling import mix_seed, realign_train_loader, run_seed
+from lightning_modules.components.checkpoint_init import (
+    check_init_report,
+    load_encoder_from_checkpoint,
+    summarize,
+)
 from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
 
 __all__ = ["BaseTask", "TaskLoss"]
@@ -55,6 +71,8 @@ class BaseTask(L.LightningModule):
         init_checkpoint: Checkpoint initialising the encoder by name: any contraseg
             checkpoint or a plain timm state dict (e.g. ImageNet weights).
         freeze_encoder: The encoder gets no gradient (frozen-feature baselines and probes).
+        strict_init: ``init_checkpoint`` must provide every encoder tensor with its shape
+            (``False``: load what matches and report the rest, a partial load).
         optimizer: ``sgd``, ``adamw``, ``adam`` or ``lars``.
         lr: Peak learning rate.
         weight_decay: Weight decay of weights (biases and norm parameters get none).
@@ -63,7 +81,8 @@ class BaseTask(L.LightningModule):
         min_lr_ratio: Final LR of the cosine schedule as a fraction of ``lr``.
 
     Raises:
-        ValueError: On an unknown optimiser or a negative warmup.
+        ValueError: On an unknown optimiser or an out-of-range hyper-parameter (the
+            message names the ``model.`` key).
     """
 
     def __init__(
@@ -71,6 +90,7 @@ class BaseTask(L.LightningModule):
         in_channels: int = 3,
         init_checkpoint: str | None = None,
         freeze_encoder: bool = False,
+        strict_init: bool = True,
         optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -81,9 +101,8 @@ class BaseTask(L.LightningModule):
         super().__init__()
         if optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        if warmup_epochs < 0:
-            raise ValueError(f"model.warmup_epochs must be >= 0, got {warmup_epochs}")
         self.save_hyperparameters()
+        self.validate_hparams()
         self._plain_hparams()
         self.configure_models()
         self.configure_losses()
@@ -92,6 +111,7 @@ class BaseTask(L.LightningModule):
         if init_checkpoint is not None:
             self.init_report = self.load_checkpoint(init_checkpoint)
             rank_zero_info(f"init from {init_checkpoint}: {summarize(self.init_report)}")
+            check_init_report(self.init_report, init_checkpoint, strict_init)
         if freeze_encoder:
             self.encoder.requires_grad_(False)
 
@@ -99,6 +119,27 @@ class BaseTask(L.LightningModule):
     def configure_models(self) -> None:
         """Build ``self.encoder`` and the task's other modules (from ``self.hparams``)."""
         raise NotImplementedError
+
+    # checked by ``validate_hparams``: positive, non-negative and [0, 1] hyper-parameters
+    POSITIVE: tuple[str, ...] = ("lr", "probe_lr", "temperature", "knn_temperature")
+    NON_NEGATIVE: tuple[str, ...] = ("weight_decay", "warmup_epochs", "momentum")
+    UNIT: tuple[str, ...] = ("min_lr_ratio", "momentum")
+
+    def validate_hparams(self) -> None:
+        """Reject out-of-range hyper-parameters at configuration time, naming the key.
+
+        Every name of ``POSITIVE`` / ``NON_NEGATIVE`` / ``UNIT`` present in ``hparams``
+        is checked (a task extends the tuples with its own, e.g. ``queue_size``).
+        """
+        hp = self.hparams
+        checks = [(self.POSITIVE, lambda v: v > 0, "> 0"),
+                  (self.NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+                  (self.UNIT, lambda v: 0 <= v <= 1, "in [0, 1]")]  # fmt: skip
+        for names, ok, rule in checks:
+            for name in names:
+                value = hp.get(name)
+                if isinstance(value, int | float) and not (ok(value) and math.isfinite(value)):
+                    raise ValueError(f"model.{name} must be {rule}, got {value}")
 
     def configure_losses(self) -> None:
         """Validate and store loss settings (temperatures, ...); nothing by default."""
@@ -126,7 +167,31 @@ class BaseTask(L.LightningModule):
             args += ["--model.init_args.init_checkpoint", "null"]
         return args
 
+    def task_state(self) -> dict[str, Any]:
+        """State beyond the state dict to checkpoint (auxiliary optimisers, counters)."""
+        return {}
+
+    def load_task_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`task_state` returned."""
+
     # ----------------------------------------------------------------- shared behaviour
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        state = self.task_state()
+        if state:
+            checkpoint["task_state"] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        if "task_state" in checkpoint:
+            self.load_task_state(checkpoint["task_state"])
+
+    def on_train_start(self) -> None:
+        """A resumed fit continues the restored epoch's order (``realign_train_loader``)."""
+        realign_train_loader(self.trainer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Reseed torch's RNG from ``(run seed, epoch, batch_idx)`` (exact resume)."""
+        torch.manual_seed(mix_seed(run_seed(), self.current_epoch, batch_idx))
+
     def load_checkpoint(self, path: str) -> dict[str, list[str]]:
         """Initialise the encoder from ``path`` by name; returns the load report."""
         return load_encoder_from_checkpoint(self.encoder, path)
@@ -142,7 +207,13 @@ class BaseTask(L.LightningModule):
         return out.loss
 
     def log_losses(self, out: TaskLoss, batch: dict[str, Any]) -> None:
-        """Log the loss and its extra scalars, averaged per image over the epoch and ranks."""
+        """Log the loss and its extra scalars, averaged per image over the epoch and ranks.
+
+        The terms are also kept (detached) as ``self.last_loss_terms``, which the NaN
+        guard reads to name a non-finite term.
+        """
+        self.last_loss_terms = {"loss": out.loss.detach(),
+                                **{k: v.detach() for k, v in (out.logs or {}).items()}}  # fmt: skip
         images = batch["views"][0] if "views" in batch else batch["image"]
         size = images.shape[0]
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size, sync_dist=True)

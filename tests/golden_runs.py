@@ -4,9 +4,11 @@ The refactor of issue 8 (one task base, composable configs) must not change what
 method computes.  ``python tests/golden_runs.py --record`` ran these configs on the code
 *before* the refactor and stored their first ``STEPS`` per-step training losses (the
 value ``training_step`` returns, probe loss included) in ``tests/data/golden_losses.json``;
-``tests/test_golden_runs.py`` reruns them and compares to 1e-6.  The runs are seeded, on
-CPU, single-threaded (so the result does not depend on the core count), with in-process
-data loading and no validation.
+``tests/test_golden_runs.py`` reruns them and compares to 1e-6.  Issue 9 changed the
+random streams on purpose (sample order and augmentations from ``(seed, epoch, index)``,
+the step's RNG from ``(seed, epoch, batch)``, for exact resume) and re-recorded them once.
+The runs are seeded, on CPU, single-threaded (so the result does not depend on the core
+count), with in-process data loading and no validation.
 """
 
 from __future__ import annotations

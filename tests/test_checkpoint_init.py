@@ -113,13 +113,18 @@ def test_extra_input_channels_are_sliced(tmp_path: Path) -> None:
     assert len(report["loaded"]) == 119 and "conv1.weight" not in report["loaded"]
     assert torch.equal(ft.net.encoder.model.conv1.weight, ckpt["conv1.weight"][:, :3])
     assert ft.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 2, 32, 32)  # runs on 3 channels
-    off = finetune(in_channels=3, init_checkpoint=str(path), slice_input_channels=False)
+    with pytest.raises(ValueError, match="1 shape mismatch.*strict_init false"):
+        finetune(in_channels=3, init_checkpoint=str(path), slice_input_channels=False)
+    off = finetune(in_channels=3, init_checkpoint=str(path), slice_input_channels=False,
+                   strict_init=False)
     assert off.init_report["shape_mismatch"] == ["conv1.weight"]
     assert not off.init_report["sliced_input_channels"]
 
 
 def test_fewer_input_channels_is_a_mismatch(tmp_path: Path) -> None:
     path, _ = backbone_checkpoint(tmp_path, 2)
-    report = finetune(in_channels=3, init_checkpoint=str(path)).init_report
+    with pytest.raises(ValueError, match="1 shape mismatch"):
+        finetune(in_channels=3, init_checkpoint=str(path))
+    report = finetune(in_channels=3, init_checkpoint=str(path), strict_init=False).init_report
     assert report["shape_mismatch"] == ["conv1.weight"] and not report["sliced_input_channels"]
     assert len(report["loaded"]) == 119

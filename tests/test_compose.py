@@ -66,7 +66,7 @@ def test_run_name_names_every_output(tmp_path: Path, monkeypatch) -> None:
         loggers = {lg["class_path"].rsplit(".", 1)[-1]: lg["init_args"] for lg in trainer["logger"]}
         assert loggers["WandbLogger"]["name"] == name
         assert loggers["CSVLogger"]["save_dir"] == f"outputs/{name}"
-        ckpt = [c for c in trainer["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+        ckpt = [c for c in trainer["callbacks"] if c["class_path"].endswith("RunCheckpoint")]
         assert ckpt[0]["init_args"]["dirpath"] == f"outputs/{name}/checkpoints"
         assert ckpt[0]["init_args"]["monitor"] == "val/knn_acc"  # the method's own setting
 

@@ -32,6 +32,12 @@ RENAMED: dict[str, str | None] = {
     M + "projection_layers": None,
     # linked from the data module now (data.in_channels), never typed by hand
     M + "in_channels": None,
+    # issue 9: Lightning's ModelCheckpoint -> callbacks.RunCheckpoint (true last.ckpt every
+    # epoch, best.ckpt by monitor, every_n_epochs = kept snapshots); its other knobs are gone
+    r"trainer\.callbacks\.ModelCheckpoint\.class_path": None,
+    r"trainer\.callbacks\.ModelCheckpoint\.init_args\.(?:dirpath|monitor|mode|every_n_epochs)":
+        "trainer.callbacks.RunCheckpoint.init_args.KEY",
+    r"trainer\.callbacks\.ModelCheckpoint\..*": None,
 }
 ADDED: list[str] = [
     r"trainer\.callbacks\.EmbeddingRankMonitor\.init_args\.num_workers",  # a DataLoader now
@@ -41,6 +47,10 @@ ADDED: list[str] = [
     M + "(in_channels|init_checkpoint|freeze_encoder|momentum|min_lr_ratio)",  # one base
     M + "(encoder_weights|architecture)",  # every smp task (DenseTask)
     M + "encoder_kwargs",  # Lee et al. now shows it (it was popped from **kwargs)
+    M + "strict_init",  # issue 9: init checkpoints load strictly unless asked
+    r"trainer\.callbacks\.NaNGuard\..*",  # issue 9: on by default in the base trainer
+    r"trainer\.callbacks\.RunCheckpoint\.(class_path|init_args\.\w+)",  # issue 9
+    r"data\.init_args\.strict_colours",  # issue 9: Potsdam data modules expose it
 ]
 
 
@@ -93,6 +103,7 @@ def renamed(flat: dict[str, Any]) -> dict[str, Any]:
             match = re.fullmatch(f"({pattern})(\\..*)?", key)  # a key and everything under it
             if match:
                 if new is not None:
+                    new = new.replace("KEY", key.rsplit(".", 1)[-1])
                     out[new + (match.group(2) or "")] = value
                 break
         else:

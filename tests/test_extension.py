@@ -72,5 +72,5 @@ def test_toy_data_set_fine_tunes_and_pretrains(tmp_path: Path, monkeypatch) -> N
                 *_csv(tmp_path), "--trainer.limit_train_batches", "2",
                 "--model", "lightning_modules.PixelContrast", "--model.encoder", "resnet18",
                 "--data.pretrain_views", '{"size": 32}', "--data.pretrain_subset", "labeled",
-                "--trainer.limit_val_batches", "0"])  # fmt: skip
+                "--trainer.limit_val_batches", "0", "--run_name", "toy_pretrain"])  # fmt: skip
     assert pre.trainer.global_step == 2 and pre.trainer.callback_metrics["train/loss"].isfinite()

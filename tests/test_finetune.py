@@ -32,9 +32,11 @@ def test_encoder_initialised_from_pretraining_checkpoint(tmp_path: Path) -> None
     assert not torch.equal(random.net.encoder.model.conv1.weight, pre_sd["conv1.weight"])
 
 
-def test_mismatched_stem_is_reported_not_loaded(tmp_path: Path) -> None:
+def test_mismatched_stem_is_an_error_or_a_reported_partial_load(tmp_path: Path) -> None:
     path, _ = simclr_checkpoint(tmp_path, encoder_kwargs={"cifar_stem": True})
-    ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
+    with pytest.raises(ValueError, match=r"pretrain\.ckpt does not fit.*conv1\.weight"):
+        SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
+    ft = SegmentationFineTune(num_classes=4, init_checkpoint=str(path), strict_init=False)
     assert ft.init_report["shape_mismatch"] == ["conv1.weight"]
     assert len(ft.init_report["loaded"]) == 119
 

@@ -211,6 +211,15 @@ class CityscapesDataset(Dataset[dict[str, Any]]):
                 label_path = label_dir / city_dir.name / f"{stem}{_LABEL_SUFFIX}"
                 require_file(label_path, f"Cityscapes label file for image {image_path}", _HINT)
                 samples[stem] = (image_path, label_path)
+        orphans = sorted(p for p in label_dir.glob(f"*/*{_LABEL_SUFFIX}")
+                         if p.name[: -len(_LABEL_SUFFIX)] not in samples)  # fmt: skip
+        if orphans:
+            stem = orphans[0].name[: -len(_LABEL_SUFFIX)]
+            raise FileNotFoundError(
+                f"Cityscapes label file {orphans[0]} has no image (expected "
+                f"{image_dir / orphans[0].parent.name / (stem + _IMAGE_SUFFIX)}); "
+                f"{len(orphans)} labels without image in {label_dir} ({_HINT})"
+            )
         if not samples:
             raise FileNotFoundError(
                 f"No Cityscapes images (*{_IMAGE_SUFFIX}) found under {image_dir}/<city>/ ({_HINT})"

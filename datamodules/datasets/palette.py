@@ -175,4 +175,3 @@ def save_palette_png(
     image = Image.fromarray(array.astype(np.uint8))  # mode "L"
     image.putpalette(flat)  # attaching a palette turns "L" into "P", pixel values kept
     image.save(path)
-

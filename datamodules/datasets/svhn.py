@@ -31,8 +31,11 @@ def _load_mat(path: Path) -> dict[str, Any]:
     """Loads a MATLAB file, converting decoding failures into :class:`DataFormatError`."""
     try:
         return scipy.io.loadmat(path)
-    except OSError:
-        raise
+    except OSError as err:  # e.g. a truncated download: "could not read bytes"
+        raise DataFormatError(
+            f"Could not read SVHN file {path}: {err} (truncated or incomplete download? "
+            "expected the full MATLAB .mat file from ufldl.stanford.edu/housenumbers)"
+        ) from err
     except NotImplementedError as err:  # MATLAB v7.3 (HDF5) files
         raise DataFormatError(
             f"Could not read SVHN file {path}: {err} (expected a MATLAB v5 .mat file as "
@@ -105,6 +108,8 @@ class SVHNDataset(Dataset[dict[str, Any]]):
         if x.dtype != np.uint8:
             raise DataFormatError(f"SVHN file {path}: 'X' has dtype {x.dtype}, expected uint8")
         n = x.shape[3]
+        if n == 0:
+            raise DataFormatError(f"SVHN file {path} holds no images ('X' has shape {x.shape})")
 
         if not isinstance(y, np.ndarray) or not (y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1)):
             shape = getattr(y, "shape", None)

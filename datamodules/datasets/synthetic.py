@@ -128,5 +128,3 @@ class SyntheticScenes(Dataset):
         label = int(counts.argmax())
         pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return {"image": tv_tensors.Image(pixels), "mask": tv_tensors.Mask(mask), "label": label}
-
-

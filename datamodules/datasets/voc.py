@@ -181,6 +181,8 @@ def _read_id_list(path: Path, what: str, hint: str) -> list[str]:
                 f"{what} {path} line {lineno}: expected one image id per line, got {line!r}"
             )
         ids.setdefault(tokens[0], None)
+    if not ids:
+        raise DataFormatError(f"{what} {path} lists no image ids (expected one id per line)")
     return list(ids)
 
 

@@ -27,8 +27,54 @@ def read_state_dict(checkpoint_path: str | Path) -> dict[str, Tensor]:
     path = Path(checkpoint_path)
     if not path.is_file():
         raise FileNotFoundError(f"model.init_checkpoint {str(path)!r} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state)
+    state = load_checkpoint_file(path)
+    state = state.get("state_dict", state)
+    if not isinstance(state, dict) or not any(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no tensors: {CHECKPOINT_EXPECTED}")
+    return state
+
+
+CHECKPOINT_EXPECTED = (
+    "a checkpoint should be a Lightning .ckpt written by contraseg (weights under "
+    "'state_dict') or a plain PyTorch state dict of tensors saved with torch.save"
+)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """``torch.load`` (weights only, on CPU) with an error naming the file when it is unreadable.
+
+    Raises:
+        ValueError: The file is not a PyTorch checkpoint (text, truncated, foreign pickle).
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot read checkpoint {path} ({first[:160]}): "
+                         f"{CHECKPOINT_EXPECTED}") from err  # fmt: skip
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path} holds a {type(state).__name__}, not a dict: {CHECKPOINT_EXPECTED}"
+        )
+    return state
+
+
+def check_init_report(report: dict[str, list[str]], path: str | Path, strict: bool) -> None:
+    """Error (``strict``) when an init checkpoint left encoder tensors missing or mismatched.
+
+    Raises:
+        ValueError: Naming the file, the counts and the first names, and the way out
+            (``model.init_args.strict_init false`` for a deliberate partial load).
+    """
+    bad = {k: report[k] for k in ("shape_mismatch", "missing") if report.get(k)}
+    if not strict or not bad:
+        return
+    detail = "; ".join(f"{len(v)} {k.replace('_', ' ')} (e.g. {v[:3]})" for k, v in bad.items())
+    raise ValueError(
+        f"model.init_checkpoint {path} does not fit the model: {detail}, "
+        f"{len(report['loaded'])} loaded. A checkpoint of another encoder or architecture? "
+        "Set model.init_args.strict_init false to load only the matching tensors."
+    )
 
 
 def _is_sliceable(source: Tensor, target: Tensor) -> bool:

@@ -114,9 +114,7 @@ def blocked_pixel_loss(
         count = int(anchor_index.numel())
         if count == 0:
             return z.sum() * 0.0, 0
-        loss = function.apply(
-            z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size)
-        )
+        loss = function.apply(z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size))
         return loss, count
 
 

@@ -98,7 +98,6 @@ __all__ = [
 ]
 
 
-
 def _block_masks(
     yb: Tensor, y: Tensor, gb: Tensor | None, g: Tensor | None, rows: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -215,8 +214,6 @@ def pixel_contrastive_loss(
     )[0]
 
 
-
-
 def pixel_contrastive_loss_naive(
     embeddings: Tensor,
     labels: Tensor,
@@ -262,12 +259,6 @@ def pixel_contrastive_loss_naive(
         terms = torch.logaddexp(s, lneg.expand_as(s)) - s
         per_anchor = torch.where(pos, terms, torch.zeros_like(terms)).sum(dim=1) / n_pos
         return per_anchor.mean()
-
-
-
-
-
-
 
 
 def tiled_pixel_contrastive_loss(
@@ -529,9 +520,3 @@ def _check_permutation(permutation: Tensor | None, batch: int, device: torch.dev
             f"permutation must be a permutation of range({batch}), got {permutation.tolist()}"
         )
     return permutation.long()
-
-
-
-
-
-

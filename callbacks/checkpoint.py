@@ -1,0 +1,163 @@
+"""Checkpoints a preempted run can trust: a true ``last.ckpt``, a separate ``best.ckpt``.
+
+Lightning's ``ModelCheckpoint(monitor=..., save_last=True)`` rewrites ``last.ckpt`` only
+when a new best is saved, versions files of a rerun (``last-v1.ckpt``) next to the old
+run's, writes in place, and saves ``last.ckpt`` even under ``fast_dev_run``.
+:class:`RunCheckpoint` instead
+
+* rewrites ``last.ckpt`` at the end of every epoch (after its validation) and, with
+  ``last_every_n_steps``, every N optimiser steps (mid-epoch resume points);
+* keeps ``best.ckpt`` by ``monitor`` (if given) and ``epoch=NNN.ckpt`` snapshots every
+  ``every_n_epochs`` epochs, all separate files;
+* writes every file atomically (a temporary file renamed over the old one), so a kill
+  during the write leaves the previous checkpoint intact;
+* never writes a checkpoint whose weights are not finite (the previous one is kept);
+* refuses to start a fresh run in a folder that already holds checkpoints (another
+  run's), unless resuming (``--ckpt_path``) or ``overwrite=True``;
+* writes nothing under ``fast_dev_run``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+__all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "non_finite_tensors"]
+
+
+class CheckpointFolderInUseError(RuntimeError):
+    """A fresh run was pointed at a folder holding another run's checkpoints."""
+
+
+def non_finite_tensors(module: torch.nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``module`` with NaN or inf."""
+    return [name for name, t in module.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]  # fmt: skip
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every epoch (and every N steps), ``best.ckpt`` by monitor, atomically.
+
+    Args:
+        dirpath: Checkpoint folder (default: ``<default_root_dir>/checkpoints``).
+        monitor: Metric of ``best.ckpt`` (``None``: no best file).
+        mode: ``max`` or ``min`` of ``monitor``.
+        every_n_epochs: Also keep ``epoch=NNN.ckpt`` every N epochs (``None`` / 0: none).
+        last_every_n_steps: Also rewrite ``last.ckpt`` every N optimiser steps, for long
+            epochs (0: only at epoch ends).
+        overwrite: Delete the folder's checkpoints at the start of a fresh run instead of
+            refusing to start.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | None = None,
+        monitor: str | None = None,
+        mode: str = "min",
+        every_n_epochs: int | None = None,
+        last_every_n_steps: int = 0,
+        overwrite: bool = False,
+    ) -> None:
+        every_n_epochs = every_n_epochs or 0
+        if every_n_epochs < 0 or last_every_n_steps < 0:
+            raise ValueError("RunCheckpoint: every_n_epochs and last_every_n_steps must be >= 0")
+        super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode,
+                         save_last=True, save_top_k=1 if monitor else 0,
+                         enable_version_counter=False)  # fmt: skip
+        self.snapshot_every, self.last_every_n_steps = every_n_epochs, last_every_n_steps
+        self.overwrite = overwrite
+
+    # ------------------------------------------------------------------ run folder
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Refuse (or, with ``overwrite``, clear) a folder with another run's checkpoints."""
+        if trainer.fast_dev_run or trainer.ckpt_path is not None or not self.dirpath:
+            return
+        existing = sorted(Path(self.dirpath).glob("*.ckpt"))
+        if not existing:
+            return
+        if not self.overwrite:
+            raise CheckpointFolderInUseError(
+                f"{self.dirpath} already holds checkpoints of another run "
+                f"({', '.join(p.name for p in existing[:4])}): resume it with --ckpt_path last, "
+                "pick another folder with --run_name <name>, or delete the folder"
+            )
+        if trainer.is_global_zero:
+            for path in existing:
+                path.unlink()
+            rank_zero_info(f"RunCheckpoint(overwrite=True): removed {len(existing)} checkpoints")
+        trainer.strategy.barrier("RunCheckpoint.overwrite")
+
+    # ------------------------------------------------------------------ triggers
+    def _skip(self, trainer: L.Trainer) -> bool:
+        return (bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING
+                or trainer.sanity_checking)  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        """Rewrite ``last.ckpt`` every ``last_every_n_steps`` steps (mid-epoch resume)."""
+        n = self.last_every_n_steps
+        if n and not self._skip(trainer) and trainer.global_step % n == 0:
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Epoch-end checkpoints when no validation follows this epoch's training."""
+        if self._should_save_on_train_epoch_end(trainer):
+            self._epoch_end(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Epoch-end checkpoints after validation (the monitored metric exists now)."""
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._epoch_end(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Nothing: every epoch end already wrote ``last.ckpt``."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:  # fmt: skip
+        """Nothing: the state at an exception is suspect (the last good file stays)."""
+
+    def _epoch_end(self, trainer: L.Trainer) -> None:
+        if self._skip(trainer):
+            return
+        candidates = self._monitor_candidates(trainer)
+        if self.monitor is not None:
+            if self.monitor in candidates:
+                self._save_topk_checkpoint(trainer, candidates)
+            else:
+                logged = sorted(candidates)
+                rank_zero_warn(f"RunCheckpoint: monitor {self.monitor!r} was not logged this "
+                               f"epoch (logged: {logged}); best.ckpt not updated")  # fmt: skip
+        epoch = trainer.current_epoch + 1
+        if self.snapshot_every and epoch % self.snapshot_every == 0:
+            self._save_checkpoint(
+                trainer, os.path.join(self.dirpath, f"epoch={epoch - 1:03d}.ckpt")
+            )
+        self._save_last_checkpoint(trainer, candidates)
+
+    # ------------------------------------------------------------------ writing
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        """Write ``filepath`` atomically, and only with finite weights."""
+        bad = non_finite_tensors(trainer.lightning_module)
+        if bad:
+            rank_zero_warn(f"RunCheckpoint: not writing {filepath} at step {trainer.global_step}: "
+                           f"{len(bad)} tensors are not finite (e.g. {bad[:3]}); "
+                           "the previous checkpoint is kept")  # fmt: skip
+            return
+        tmp = f"{filepath}.tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("RunCheckpoint.rename")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(self)

@@ -1,0 +1,170 @@
+"""Training order and augmentation randomness as functions of (seed, epoch, index).
+
+Exact resume needs every random draw of a training run to be recomputable from the
+checkpoint.  Lightning restores weights, optimiser, schedule and loop counters but not
+the order of a ``shuffle=True`` DataLoader (it re-draws it from the global RNG, so a
+resumed epoch replays epoch 0's batches) nor the RNG streams of the workers.  Here:
+
+* :class:`SeededSampler` draws epoch ``e``'s order from ``(seed, e)`` (a
+  ``DistributedSampler``, so DDP shards it and Lightning leaves it in place) and yields
+  :class:`SampleKey` s ``(index, epoch, sample_seed)`` with
+  ``sample_seed = mix_seed(seed, epoch, index)``;
+* :class:`~datamodules.base.TransformedDataset` seeds torch's RNG with the key's seed
+  around the sample's transform (and passes the epoch to data sets that draw per-epoch
+  content, e.g. random Potsdam windows), so the augmentation of a sample is the same for
+  any worker count, rank or restart;
+* the train loader of a resumed run is realigned to the checkpoint's epoch and, for a
+  mid-epoch checkpoint, skips the batches already consumed (:func:`realign_train_loader`;
+  our own skip, chosen over Lightning's stateful-dataloader path, which needs
+  ``torchdata`` and per-worker iterator states).
+
+The step-level randomness of the training step itself (random pixel samples, dropout)
+is reseeded from ``(seed, epoch, batch)`` by ``BaseTask.on_train_batch_start``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = [
+    "SampleKey",
+    "SeededSampler",
+    "mix_seed",
+    "realign_train_loader",
+    "run_seed",
+    "seeded_call",
+    "train_loader",
+]
+
+_MASK = (1 << 63) - 1
+
+
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 finaliser over the sequence).
+
+    Different tuples give unrelated streams, so ``(seed, epoch, index)`` and
+    ``(seed, epoch, index + 1)`` do not produce shifted copies of one stream.
+    """
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & _MASK
+
+
+def run_seed(default: int = 0) -> int:
+    """The run's seed: ``seed_everything``'s (``PL_GLOBAL_SEED``), else ``default``."""
+    return int(os.environ.get("PL_GLOBAL_SEED", default))
+
+
+class SampleKey(NamedTuple):
+    """What :class:`SeededSampler` yields instead of a bare index."""
+
+    index: int
+    epoch: int
+    seed: int
+
+
+def seeded_call(seed: int, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with torch's CPU RNG seeded by ``seed``; the caller's RNG state is kept."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_rng_state(state)
+
+
+class SeededSampler(DistributedSampler):
+    """Shuffled (or ordered) training order from ``(seed, epoch)`` with per-sample seeds.
+
+    Args:
+        dataset: The training set.
+        seed: Run seed.
+        shuffle: Shuffle every epoch (``False``: dataset order).
+        epoch: Epoch of the first iteration (a resumed run's epoch).
+        skip: Samples of this rank to skip in the first iteration (mid-epoch resume).
+    """
+
+    def __init__(
+        self, dataset: Dataset, seed: int, shuffle: bool = True, epoch: int = 0, skip: int = 0
+    ) -> None:
+        ddp = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        self.set_epoch(epoch)
+        self.skip = skip
+        self.iter_epoch, self.iter_skip = -1, -1  # what the latest iterator was made with
+
+    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        epoch = self.epoch
+        self.iter_epoch, self.iter_skip = epoch, skip
+        return iter(SampleKey(i, epoch, mix_seed(self.seed, epoch, i)) for i in indices[skip:])
+
+
+def realign_train_loader(trainer: Any) -> bool:
+    """Point a resumed fit's train loader at the restored epoch and batch; ``True`` if moved.
+
+    Called at ``on_train_start`` (``BaseTask``), when Lightning has restored and processed
+    the loop state.  The loader's first iterator may exist already (``configure_optimizers``
+    asks for ``estimated_stepping_batches``, which builds and iterates the train loader
+    before the checkpoint is restored, and workers prefetch at once), so the sampler gets
+    the restored epoch and the samples to skip (mid-epoch: ``batches done x batch size``)
+    and the fetcher's iterator is recreated, as Lightning itself does at an epoch start.
+    """
+    loop = trainer.fit_loop
+    fetcher = getattr(loop, "_data_fetcher", None)
+    combined = getattr(loop, "_combined_loader", None)
+    if fetcher is None or combined is None:
+        return False
+    epoch = int(loop.epoch_progress.current.processed)
+    done = int(loop.epoch_loop.batch_progress.current.ready) if loop.restarting else 0
+    moved = False
+    for loader in combined.flattened:
+        sampler = getattr(loader, "sampler", None)
+        if isinstance(sampler, SeededSampler):
+            skip = done * (loader.batch_size or 1)
+            if (sampler.iter_epoch, sampler.iter_skip) != (epoch, skip):
+                sampler.set_epoch(epoch)
+                sampler.skip = skip
+                moved = True
+    if moved:
+        iter(fetcher)  # a new iterator over the realigned sampler
+    return moved
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool = True,
+    shuffle: bool = True,
+) -> DataLoader:
+    """The training DataLoader of every contraseg DataModule (see the module docstring).
+
+    Args:
+        dataset: Training set (a ``TransformedDataset`` applies the sample seeds).
+        batch_size: Images per step and process.
+        num_workers: Worker processes (results do not depend on it).
+        drop_last: Drop the incomplete last batch.
+        shuffle: Shuffle every epoch.
+    """
+    sampler = SeededSampler(dataset, run_seed(), shuffle=shuffle)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

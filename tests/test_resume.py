@@ -1,0 +1,110 @@
+"""Kill (SIGKILL) and resume equals the uninterrupted run, bitwise, on CPU.
+
+For SimCLR (``quickstart.yaml``) and a dense method (``pixelcontrast_quickstart.yaml``),
+tiny runs of 3 epochs x 4 steps: an uninterrupted reference, then runs killed
+
+* inside epoch 1 with only the epoch-0 ``last.ckpt`` on disk (an epoch-boundary resume), and
+* at step 7 with a step checkpoint of step 6 (``last_every_n_steps: 3``, a mid-epoch resume),
+
+each with 0 and 2 DataLoader workers, resumed with ``--ckpt_path last``.  Final weights
+and metrics must equal the reference exactly.  The reference runs with 0 workers, so the
+equality also shows that the worker count does not change the run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
+HARNESS = Path(__file__).resolve().parent / "resume_run.py"
+COMMON = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
+          "--trainer.enable_progress_bar", "false",
+          "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.save_dir", "csv", "--model.init_args.encoder", "resnet18"]  # fmt: skip
+METHODS = {
+    "simclr": ("quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
+                              "16", "--data.init_args.batch_size", "8",
+                              "--data.init_args.knn_bank_size", "16"]),
+    "pixel_contrast": ("pixelcontrast_quickstart",
+                       ["--data.init_args.num_train", "64", "--data.init_args.num_val", "4",
+                        "--data.init_args.label_fraction", "16",
+                        "--data.init_args.batch_size", "4"]),
+}  # fmt: skip
+# case -> (kill before global step, last_every_n_steps): 4 steps per epoch
+CASES = {"epoch_boundary": (6, 0), "mid_epoch": (7, 3)}
+RESULTS: dict[str, dict[str, float]] = {}
+
+
+def _config(tmp: Path, stem: str, every: int) -> Path:
+    """A config on top of ``stem`` with step checkpoints every ``every`` steps (0: none)."""
+    over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
+    if every:
+        over["trainer"] = {"callbacks": [{"class_path": "callbacks.RunCheckpoint",
+                                          "init_args": {"last_every_n_steps": every}}]}  # fmt: skip
+    path = tmp / f"{stem}_{every}.yaml"
+    path.write_text(yaml.safe_dump(over))
+    return path
+
+
+def _run(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(HARNESS), str(tmp / out), str(kill), "fit", *args]
+    return subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module", params=sorted(METHODS))
+def reference(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    method = request.param
+    stem, extra = METHODS[method]
+    tmp = tmp_path_factory.mktemp(f"resume_{method}")
+    args = ["--config", str(_config(tmp, stem, 0)), *COMMON, *extra, "--run_name", "ref",
+            "--data.init_args.num_workers", "0"]  # fmt: skip
+    if "split_dir" in (CONFIGS / f"{stem}.yaml").read_text():
+        args += ["--data.init_args.split_dir", str(tmp / "splits")]
+    proc = _run(tmp, "ref.pt", 0, args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return method, tmp, args, torch.load(tmp / "ref.pt")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_killed_and_resumed_run_equals_uninterrupted(reference, case: str, workers: int) -> None:
+    method, tmp, ref_args, ref = reference
+    kill, every = CASES[case]
+    stem = METHODS[method][0]
+    name = f"{case}_w{workers}"
+    args = [a if a != "ref" else name for a in ref_args]
+    args[args.index("--config") + 1] = str(_config(tmp, stem, every))
+    args[args.index("--data.init_args.num_workers") + 1] = str(workers)
+    killed = _run(tmp, f"{name}_killed.pt", kill, args)
+    assert killed.returncode == -9, f"rc {killed.returncode}\n{killed.stderr[-2000:]}"
+    ckpt = tmp / "outputs" / name / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == (4 if case == "epoch_boundary" else 6)
+    assert not list(ckpt.parent.glob("*.tmp"))
+    resumed = _run(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    out = torch.load(tmp / f"{name}.pt")
+    assert out["step"] == ref["step"] == 12 and out["epoch"] == ref["epoch"] == 3
+    diff = max(float((ref["state"][k].double() - v.double()).abs().max())
+               for k, v in out["state"].items() if v.is_floating_point())  # fmt: skip
+    RESULTS[f"{method}/{name}"] = {"max_abs_weight_diff": diff, **out["metrics"]}
+    assert diff == 0.0
+    for key, value in ref["metrics"].items():
+        if key.startswith("val/"):
+            assert out["metrics"][key] == value, key
+
+
+def test_zz_print_table() -> None:
+    """The comparison table of the closing note (``pytest -s tests/test_resume.py``)."""
+    for key, row in sorted(RESULTS.items()):
+        vals = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith(("max", "val")))
+        print(f"{key}: {vals}")
