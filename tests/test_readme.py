@@ -1,4 +1,5 @@
-"""Every `experiments/run.py` command in the README's bash blocks parses as written."""
+"""Every `experiments/run.py` command in the README's bash blocks parses as written, and every
+`experiments/reproduce.py` command runs as a dry run."""
 
 from __future__ import annotations
 
@@ -13,19 +14,28 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
-def commands() -> list[list[str]]:
+def commands(script: str = "experiments/run.py") -> list[list[str]]:
     found = []
     for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
-            if "experiments/run.py" in line and "<" not in line:
+            if script in line and "<" not in line:
                 words = shlex.split(line)
-                found.append(words[words.index("experiments/run.py") + 1 :])
+                found.append(words[words.index(script) + 1 :])
     return found
 
 
 COMMANDS = commands()
+TABLE_COMMANDS = commands("experiments/reproduce.py")
+
+
+@pytest.mark.parametrize("args", TABLE_COMMANDS, ids=lambda a: " ".join(a)[:60])
+def test_readme_table_command_runs_dry(args: list[str], tmp_path: Path, capsys) -> None:
+    from experiments.reproduce import main
+
+    assert main([*args, "--dry-run", "--out", str(tmp_path)]) == 0
+    assert "experiments/run.py fit --config" in capsys.readouterr().out
 
 
 def test_readme_has_commands() -> None:

@@ -132,3 +132,32 @@ def test_unreadable_checkpoints_are_named(tmp_path: Path, monkeypatch, capsys) -
         _fit("--model.init_args.init_checkpoint", str(text))
     err = capsys.readouterr().err
     assert f"cannot read checkpoint {text}" in err and "a checkpoint should be" in err
+
+
+def test_task_state_and_persistent_buffers_survive_a_checkpoint(tmp_path: Path) -> None:
+    """How a method declares state beyond weights (``BaseTask`` docstring), round-tripped."""
+    from lightning_modules.embedding_task import EmbeddingTask
+
+    class Queued(EmbeddingTask):
+        def configure_models(self) -> None:
+            super().configure_models()
+            self.register_buffer("queue", torch.zeros(4, 2), persistent=True)
+            self.seen = 0
+
+        def task_state(self) -> dict:
+            return {"seen": self.seen}
+
+        def load_task_state(self, state: dict) -> None:
+            self.seen = state["seen"]
+
+    model = Queued(encoder="resnet18")
+    model.queue.fill_(3.0)
+    model.seen = 7
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "q.ckpt")
+    loaded = torch.load(tmp_path / "q.ckpt", weights_only=True)
+    fresh = Queued(encoder="resnet18")
+    fresh.load_state_dict(loaded["state_dict"])
+    fresh.on_load_checkpoint(loaded)
+    assert fresh.seen == 7 and torch.equal(fresh.queue, torch.full((4, 2), 3.0))

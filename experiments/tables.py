@@ -1,0 +1,349 @@
+"""Paper tables as data: rows of chained CLI steps, run once, aggregated over seeds.
+
+A table file ``experiments/tables/<table>.yaml``::
+
+    name: quickstart
+    metrics: [val/miou, val/kappa]            # columns (the last logged value of each)
+    scales:                                   # presets: extra CLI arguments per config stem
+      smoke: {all: [--trainer.max_epochs, "1"], quickstart: [--data.init_args.num_train, "64"]}
+      small: {}
+    steps:                                    # named steps, shared by rows (run once)
+      simclr: {config: quickstart.yaml}
+    rows:
+      - name: SimCLR
+        network: DeepLabV3+
+        chain:
+          - {step: simclr}
+          - config: finetune_quickstart.yaml
+            args: [--model.init_args.freeze_encoder, "false"]
+            init: {from: 0, checkpoint: last.ckpt, arg: --model.init_args.init_checkpoint}
+        paper: {val/miou: {value: 0.5, source: "Paper, Table 2", verified: false}}
+
+A step is a ``fit`` a user could type: ``--config <config>`` + the scale's arguments for
+``all`` and for the config's stem + the step's ``args`` (+ ``--seed_everything <seed>`` for
+the seeded step, by default the last of the chain; ``seeded: true`` on a step seeds it
+too) + the init checkpoint of an earlier step of the chain.  Its outputs go to
+``<out>/<table>/<scale>/steps/<key>/`` where ``key`` hashes that command, so a step shared
+by rows runs once, a rerun skips finished steps (their ``result.json``) and an interrupted
+table resumes.  See :mod:`experiments.reproduce` for the command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import shlex
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Step", "Table", "aggregate", "load_table", "run_table", "write_reports"]
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "experiments" / "configs"
+TABLES = REPO / "experiments" / "tables"
+
+
+@dataclass
+class Step:
+    """One ``fit`` of a row's chain, resolved for a scale and a seed."""
+
+    config: str
+    args: list[str]
+    init: dict[str, Any] | None = None
+    seed: int | None = None
+    key: str = ""
+    depends: list[Step] = field(default_factory=list)
+
+    def command(self, root: Path) -> list[str]:
+        """The CLI arguments of this step (``fit`` and everything after it)."""
+        args = ["fit", "--config", str(CONFIGS / self.config), *self.args]
+        if self.init is not None:
+            source = self.depends[self.init["from"]]
+            ckpt = source.output(root) / "checkpoints" / self.init.get("checkpoint", "last.ckpt")
+            args += [self.init.get("arg", "--model.init_args.init_checkpoint"), str(ckpt)]
+        if self.seed is not None:
+            args += ["--seed_everything", str(self.seed)]
+        return [*args, "--run_name", self.key]
+
+    def folder(self, root: Path) -> Path:
+        """Where this step runs (its ``outputs/<key>/`` lives inside)."""
+        return root / "steps" / self.key
+
+    def output(self, root: Path) -> Path:
+        """The run folder of the step (``checkpoints/``, CSV metrics)."""
+        return self.folder(root) / "outputs" / self.key
+
+
+@dataclass
+class Table:
+    """A parsed table file."""
+
+    name: str
+    metrics: list[str]
+    rows: list[dict[str, Any]]
+    steps: dict[str, dict[str, Any]]
+    scales: dict[str, dict[str, list[str]] | None]
+    path: Path
+    description: str = ""
+
+
+def load_table(name_or_path: str) -> Table:
+    """Read ``experiments/tables/<name>.yaml`` (or a path), checking its structure.
+
+    Raises:
+        FileNotFoundError: No such table.
+        ValueError: A row without a chain, a step naming an unknown shared step, a config
+            that does not exist, an ``init`` from a later step.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TABLES / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in TABLES.glob("*.yaml"))
+        raise FileNotFoundError(f"table {name_or_path!r} not found ({path}); tables: {known}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    table = Table(name=raw.get("name", path.stem), metrics=list(raw.get("metrics") or []),
+                  rows=list(raw.get("rows") or []), steps=dict(raw.get("steps") or {}),
+                  scales=dict(raw.get("scales") or {}), path=path,
+                  description=raw.get("description", ""))  # fmt: skip
+    if not table.metrics or not table.rows:
+        raise ValueError(f"{path}: a table needs 'metrics' and 'rows'")
+    for row in table.rows:
+        chain = row.get("chain") or []
+        if not chain or "name" not in row:
+            raise ValueError(f"{path}: every row needs a 'name' and a non-empty 'chain'")
+        for k, step in enumerate(chain):
+            if "step" in step and step["step"] not in table.steps:
+                raise ValueError(f"{path}: row {row['name']!r} names unknown step {step['step']!r}")
+            init = _spec(table, step).get("init")
+            if init is not None and not 0 <= int(init.get("from", -1)) < k:
+                raise ValueError(f"{path}: row {row['name']!r} step {k} inits from step "
+                                 f"{init.get('from')}, which is not an earlier step")  # fmt: skip
+    return table
+
+
+def _spec(table: Table, step: dict[str, Any]) -> dict[str, Any]:
+    """A chain entry with a shared ``step`` reference expanded (local keys win)."""
+    if "step" in step:
+        return {**table.steps[step["step"]], **{k: v for k, v in step.items() if k != "step"}}
+    return step
+
+
+def _scale_args(table: Table, scale: str, config: str) -> list[str]:
+    if scale not in table.scales:
+        raise ValueError(f"{table.path}: no scale {scale!r} (scales: {sorted(table.scales)})")
+    preset = table.scales[scale]
+    if preset is None:
+        raise ValueError(f"{table.path}: scale {scale!r} is not available for this table")
+    return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
+
+
+def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int) -> list[Step]:
+    """The chain of ``row`` at ``scale`` for ``seed``, with keys that hash each command."""
+    chain = row["chain"]
+    steps: list[Step] = []
+    for k, entry in enumerate(chain):
+        spec = _spec(table, entry)
+        config = spec["config"]
+        if not (CONFIGS / config).is_file():
+            raise ValueError(f"{table.path}: row {row['name']!r}: config {config} not found")
+        seeded = spec.get("seeded", k == len(chain) - 1)
+        step = Step(config, [*_scale_args(table, scale, config), *map(str, spec.get("args", []))],
+                    init=spec.get("init"), seed=seed if seeded else None,
+                    depends=list(steps))  # fmt: skip
+        identity = {"config": config, "args": step.args, "seed": step.seed,
+                    "init": [step.init, [s.key for s in steps]] if step.init else None}  # fmt: skip
+        digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+        step.key = f"{Path(config).stem}-{digest}"
+        steps.append(step)
+    return steps
+
+
+def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
+    """Run ``step`` in-process through the CLI unless its ``result.json`` exists.
+
+    The step runs with its folder as working directory (so ``outputs/`` and ``splits/`` of
+    the config land there) and its console output and log in ``log.txt``.  A step that was
+    interrupted (a ``last.ckpt`` but no ``result.json``) resumes with ``--ckpt_path last``.
+
+    Returns:
+        ``{"status": "done" | "failed" | "skipped" | "dry-run", "metrics": {...}, "log": path}``.
+    """
+    folder = step.folder(root)
+    result_file = folder / "result.json"
+    command = step.command(root)
+    if result_file.is_file():
+        return {**json.loads(result_file.read_text()), "status": "skipped"}
+    if (step.output(root) / "checkpoints" / "last.ckpt").is_file():
+        command += ["--ckpt_path", "last"]  # an interrupted step resumes (exactly)
+    if dry_run:
+        print(f"(cd {folder} && python {REPO / 'experiments' / 'run.py'} {shlex.join(command)})")
+        return {"status": "dry-run", "metrics": {}, "log": str(folder / "log.txt")}
+    from experiments.cli import main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "log.txt"
+    cwd = Path.cwd()
+    handler = None
+    try:
+        with log.open("w") as stream, contextlib.redirect_stdout(stream), \
+                contextlib.redirect_stderr(stream):  # fmt: skip
+            handler = logging.StreamHandler(stream)
+            logging.getLogger("lightning.pytorch").addHandler(handler)
+            print("command:", shlex.join(command), flush=True)
+            os.chdir(folder)
+            try:
+                cli = main(command)
+                metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+                status = "done" if cli.trainer.state.status.value == "finished" else "failed"
+            except (Exception, SystemExit) as err:  # a failed row must not stop the table
+                traceback.print_exc(file=stream)
+                print(f"step failed: {type(err).__name__}: {err}", file=stream)
+                metrics, status = {}, "failed"
+    finally:
+        os.chdir(cwd)
+        if handler is not None:
+            logging.getLogger("lightning.pytorch").removeHandler(handler)
+    result = {"status": status, "metrics": metrics, "log": str(log), "command": command}
+    if status == "done":
+        tmp = result_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=1))
+        os.replace(tmp, result_file)
+    return result
+
+
+def run_table(table: Table, scale: str, seeds: list[int], out: Path,
+              dry_run: bool = False) -> list[dict[str, Any]]:  # fmt: skip
+    """Run every missing step of every row and seed; return one record per row and seed."""
+    root = out / table.name / scale
+    records = []
+    done: dict[str, dict[str, Any]] = {}
+    for row in table.rows:
+        for seed in seeds:
+            try:
+                chain = resolve_row(table, row, scale, seed)
+            except ValueError as err:
+                records.append({"row": row["name"], "seed": seed, "status": "failed",
+                                "metrics": {}, "log": str(err)})  # fmt: skip
+                continue
+            result: dict[str, Any] = {}
+            for step in chain:
+                result = done.get(step.key) or run_step(step, root, dry_run)
+                done[step.key] = result
+                if result["status"] == "failed":
+                    break
+            record = {"row": row["name"], "seed": seed, **result}
+            missing = [m for m in table.metrics if m not in result.get("metrics", {})]
+            if record["status"] in ("done", "skipped") and missing:
+                record["status"] = "failed"  # finished, but the table's metrics were not logged
+                record["log"] = f"{result.get('log')} (not logged: {missing})"
+            records.append(record)
+    return records
+
+
+def aggregate(table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and (sample, ``n - 1``) std over seeds per row and metric; failed rows marked."""
+    out = []
+    for row in table.rows:
+        mine = [r for r in records if r["row"] == row["name"]]
+        ok = [r for r in mine if r["status"] in ("done", "skipped")]
+        failed = [r["log"] for r in mine if r["status"] == "failed"]
+        entry: dict[str, Any] = {"row": row["name"], "network": row.get("network", ""),
+                                 "seeds": len(ok), "failed": failed}  # fmt: skip
+        for metric in table.metrics:
+            values = [r["metrics"][metric] for r in ok if metric in r["metrics"]]
+            mean = sum(values) / len(values) if values else math.nan
+            var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+                   if len(values) > 1 else 0.0)  # fmt: skip
+            paper = (row.get("paper") or {}).get(metric)
+            entry[metric] = {"mean": mean, "std": math.sqrt(var), "n": len(values),
+                             "paper": paper}  # fmt: skip
+        out.append(entry)
+    return out
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    if not stat["n"]:
+        return "—"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if stat["n"] > 1 else f"{stat['mean']:.3f}"
+
+
+def _paper(stat: dict[str, Any]) -> str:
+    paper = stat["paper"]
+    if not paper:
+        return ""
+    mark = "" if paper.get("verified", True) else " (unverified)"
+    return f"{paper['value']}{mark}"
+
+
+def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
+                  out: Path) -> dict[str, Path]:  # fmt: skip
+    """Write ``<scale>.md``, ``<scale>.csv`` and ``<scale>.png`` (ours vs paper) under ``out``."""
+    folder = out / table.name
+    folder.mkdir(parents=True, exist_ok=True)
+    has_paper = any(e[m]["paper"] for e in summary for m in table.metrics)
+    head = ["row", "network", *table.metrics] + ([f"paper {m}" for m in table.metrics]
+                                                 if has_paper else [])  # fmt: skip
+    lines = [f"# {table.name} ({scale})", "", table.description.strip(), "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for e in summary:
+        cells = [e["row"], e["network"]]
+        if e["failed"] and not e["seeds"]:
+            cells += [f"failed (log: {e['failed'][0]})"] + [""] * (len(table.metrics) - 1)
+        else:
+            cells += [_cell(e[m]) for m in table.metrics]
+        if has_paper:
+            cells += [_paper(e[m]) for m in table.metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+        if e["failed"] and e["seeds"]:
+            lines.append(f"| ({len(e['failed'])} seeds failed, e.g. {e['failed'][0]}) |")
+    lines += ["", "Mean ± std (n - 1) over seeds of the last logged value of each metric."]
+    paths = {"md": folder / f"{scale}.md", "csv": folder / f"{scale}.csv",
+             "png": folder / f"{scale}.png"}  # fmt: skip
+    paths["md"].write_text("\n".join(lines) + "\n")
+    with paths["csv"].open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["row", "network", "metric", "mean", "std", "n", "paper", "failed"])
+        for e in summary:
+            for m in table.metrics:
+                paper = e[m]["paper"]["value"] if e[m]["paper"] else ""
+                writer.writerow([e["row"], e["network"], m, e[m]["mean"], e[m]["std"],
+                                 e[m]["n"], paper, ";".join(e["failed"])])  # fmt: skip
+    _bar_chart(table, scale, summary, paths["png"])
+    return paths
+
+
+def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(table.metrics), figsize=(4 * len(table.metrics), 3.5),
+                             squeeze=False)  # fmt: skip
+    labels = [f"{e['row']}\n{e['network']}".strip() for e in summary]
+    for ax, metric in zip(axes[0], table.metrics, strict=True):
+        ours = [e[metric]["mean"] for e in summary]
+        err = [e[metric]["std"] for e in summary]
+        y = range(len(summary))
+        ax.barh([i + 0.2 for i in y], ours, 0.4, xerr=err, label="ours")
+        paper = [e[metric]["paper"]["value"] if e[metric]["paper"] else math.nan for e in summary]
+        if any(not math.isnan(p) for p in paper):
+            ax.barh([i - 0.2 for i in y], paper, 0.4, label="paper")
+        ax.set_yticks(list(y), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(metric)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{table.name} ({scale})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,145 @@
+"""The table runner: a tiny table end to end, resume without re-running finished steps,
+seed aggregation against hand-computed values, a broken row reported as failed."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments import tables
+from experiments.reproduce import main as reproduce
+from experiments.tables import aggregate, load_table, resolve_row, run_table
+
+SEG = ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
+       "--data.init_args.label_fraction", "4", "--data.init_args.batch_size", "4",
+       "--trainer.max_epochs", "1", "--trainer.limit_val_batches", "2",
+       "--trainer.check_val_every_n_epoch", "1"]  # fmt: skip
+TABLE = {
+    "name": "tiny",
+    "description": "two fine-tuning rows and a broken one",
+    "metrics": ["val/miou", "val/overall_accuracy"],
+    "scales": {
+        "smoke": {"all": ["--trainer.enable_progress_bar", "false",
+                          "--data.init_args.num_workers", "0"],
+                  "quickstart": ["--data.init_args.num_train", "32", "--data.init_args.num_val",
+                                 "8", "--data.init_args.batch_size", "8",
+                                 "--data.init_args.knn_bank_size", "8",
+                                 "--trainer.max_epochs", "1"],
+                  "finetune_quickstart": SEG},
+        "full": None,
+    },
+    "steps": {"simclr": {"config": "quickstart.yaml"},
+              "finetune": {"config": "finetune_quickstart.yaml"}},
+    "rows": [
+        {"name": "random init", "network": "DeepLabV3+",
+         "chain": [{"step": "finetune", "args": ["--model.init_args.init_checkpoint", "null"]}]},
+        {"name": "SimCLR", "network": "DeepLabV3+",
+         "chain": [{"step": "simclr"}, {"step": "finetune", "init": {"from": 0}}],
+         "paper": {"val/miou": {"value": 0.5, "source": "none (test)", "verified": False}}},
+        {"name": "broken", "network": "DeepLabV3+",
+         "chain": [{"step": "finetune", "args": ["--model.init_args.no_such_argument", "1"]}]},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture()
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TABLE))
+    return path
+
+
+def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "tables"
+    calls: list[str] = []
+    real = tables.run_step
+
+    def interrupted(step, root, dry_run=False):  # noqa: ANN001, ANN202
+        if len(calls) == 2 and not (step.folder(root) / "result.json").exists():
+            raise KeyboardInterrupt  # the table is killed before its third step
+        calls.append(step.key)
+        return real(step, root, dry_run)
+
+    monkeypatch.setattr(tables, "run_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce([str(tiny), "--scale", "smoke", "--seeds", "2", "--out", str(out)])
+    first = list(calls)
+    assert len(first) == 2
+    stamps = {k: (out / "tiny" / "smoke" / "steps" / k / "result.json").stat().st_mtime_ns
+              for k in first}  # fmt: skip
+    monkeypatch.setattr(tables, "run_step", real)
+    rc = reproduce([str(tiny), "--scale", "smoke", "--seeds", "2", "--out", str(out)])
+    assert rc == 1  # the broken row failed, the others completed
+    for key, stamp in stamps.items():  # finished steps were not run again
+        assert (out / "tiny" / "smoke" / "steps" / key / "result.json").stat().st_mtime_ns == stamp
+    md = (out / "tiny" / "smoke.md").read_text()
+    assert "| random init | DeepLabV3+ | 0." in md and "| SimCLR | DeepLabV3+ | 0." in md
+    assert "| broken | DeepLabV3+ | failed (log: " in md and "log.txt" in md
+    assert "0.5 (unverified)" in md  # the paper column with its status
+    assert (out / "tiny" / "smoke.png").stat().st_size > 0
+    rows = (out / "tiny" / "smoke.csv").read_text().splitlines()
+    assert rows[0] == "row,network,metric,mean,std,n,paper,failed" and len(rows) == 1 + 3 * 2
+    # the mean/std in the csv are those of the per-seed results on disk
+    table = load_table(str(tiny))
+    seeds = [json.loads((out / "tiny" / "smoke" / "steps" / s[-1].key / "result.json").read_text())
+             for s in (resolve_row(table, table.rows[1], "smoke", k) for k in (0, 1))]  # fmt: skip
+    values = [r["metrics"]["val/miou"] for r in seeds]
+    mean = sum(values) / 2
+    std = math.sqrt(sum((v - mean) ** 2 for v in values))  # n - 1 = 1
+    simclr = next(r.split(",") for r in rows if r.startswith("SimCLR,DeepLabV3+,val/miou"))
+    assert float(simclr[3]) == pytest.approx(mean) and float(simclr[4]) == pytest.approx(std)
+    # the SimCLR pretraining step is shared by both seeds: one folder
+    assert len(list((out / "tiny" / "smoke" / "steps").glob("quickstart-*"))) == 1
+
+
+def test_aggregate_mean_and_sample_std_by_hand(tiny: Path) -> None:
+    table = load_table(str(tiny))
+    records = [{"row": "random init", "seed": s, "status": "done", "log": "",
+                "metrics": {"val/miou": v, "val/overall_accuracy": 0.5}}
+               for s, v in enumerate([0.1, 0.2, 0.6])]  # fmt: skip
+    records.append({"row": "SimCLR", "seed": 0, "status": "failed", "metrics": {}, "log": "x.txt"})
+    summary = {e["row"]: e for e in aggregate(table, records)}
+    miou = summary["random init"]["val/miou"]
+    assert miou["mean"] == pytest.approx(0.3) and miou["n"] == 3
+    assert miou["std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
+    assert summary["random init"]["val/overall_accuracy"]["std"] == 0.0
+    assert summary["SimCLR"]["seeds"] == 0 and summary["SimCLR"]["failed"] == ["x.txt"]
+
+
+def test_dry_run_prints_the_fit_commands(tiny: Path, tmp_path: Path, capsys) -> None:
+    assert reproduce([str(tiny), "--scale", "smoke", "--seeds", "1", "--out",
+                      str(tmp_path), "--dry-run"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("experiments/run.py fit --config" in ln for ln in lines)
+    assert "--model.init_args.init_checkpoint" in lines[2] and "quickstart-" in lines[2]
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_table_errors(tiny: Path, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit):
+        reproduce(["no_such_table"])
+    assert "table 'no_such_table' not found" in capsys.readouterr().err
+    table = load_table(str(tiny))
+    with pytest.raises(ValueError, match="scale 'full' is not available"):
+        resolve_row(table, table.rows[0], "full", 0)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**TABLE, "rows": [{"name": "x", "chain": [
+        {"config": "quickstart.yaml", "init": {"from": 0}}]}]}))  # fmt: skip
+    with pytest.raises(ValueError, match="not an earlier step"):
+        load_table(str(bad))
+    assert run_table(table, "nope", [0], tmp_path)[0]["status"] == "failed"
+
+
+@pytest.mark.parametrize("path", sorted(tables.TABLES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_tables_resolve_at_every_scale(path: Path) -> None:
+    table = load_table(str(path))
+    for scale, preset in table.scales.items():
+        if preset is None:
+            continue
+        for row in table.rows:
+            chain = resolve_row(table, row, scale, 0)
+            assert chain[-1].seed == 0 and all(s.key for s in chain)
