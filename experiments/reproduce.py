@@ -2,7 +2,8 @@
 
 Runs the missing steps of every row of ``experiments/tables/<table>.yaml`` in-process through
 the same CLI as ``experiments/run.py`` (``--dry-run`` prints those commands), aggregates
-mean ± std over seeds and writes ``<out>/<table>/<scale>.{md,csv,png}``.  See
+mean ± std over seeds and writes ``<out>/<table>/<scale>.{md,csv,png}`` and a W&B Table
+(offline without W&B credentials; ``--no-wandb`` to skip).  See
 :mod:`experiments.tables` for the table format.
 """
 
@@ -14,7 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.tables import aggregate, load_table, run_table, write_reports  # noqa: E402
+from experiments.tables import (  # noqa: E402
+    aggregate,
+    load_table,
+    log_wandb_table,
+    run_table,
+    write_reports,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 of the seeded steps")
     parser.add_argument("--out", default="outputs/tables", help="output folder")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--no-wandb", action="store_true", help="no W&B Table of the result")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -37,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     summary = aggregate(table, records)
     paths = write_reports(table, args.scale, summary, Path(args.out))
+    if not args.no_wandb:
+        run_dir = log_wandb_table(table, args.scale, summary, Path(args.out))
+        if run_dir is not None:
+            paths["wandb"] = run_dir
     print(paths["md"].read_text())
     print("written:", ", ".join(str(p) for p in paths.values()))
     return 1 if any(r["status"] == "failed" for r in records) else 0

@@ -45,7 +45,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Step", "Table", "aggregate", "load_table", "run_table", "write_reports"]
+__all__ = [
+    "Step",
+    "Table",
+    "aggregate",
+    "load_table",
+    "log_wandb_table",
+    "run_table",
+    "write_reports",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -320,6 +328,43 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
                                  e[m]["n"], paper, ";".join(e["failed"])])  # fmt: skip
     _bar_chart(table, scale, summary, paths["png"])
     return paths
+
+
+def log_wandb_table(table: Table, scale: str, summary: list[dict[str, Any]], out: Path,
+                    project: str = "contraseg") -> Path | None:  # fmt: skip
+    """Log the aggregate as a W&B Table (and the bar chart) in a run of its own.
+
+    Offline, under ``out/<table>/wandb``, unless W&B credentials are configured (as the
+    training loggers, :class:`callbacks.WandbLogger`); ``WANDB_MODE=disabled`` skips it.
+
+    Returns:
+        The run's local folder, or ``None`` when W&B is disabled.
+    """
+    if os.environ.get("WANDB_MODE", "").lower() == "disabled":
+        return None
+    import wandb
+
+    from callbacks.loggers import wandb_credentials_available
+
+    folder = out / table.name
+    offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun") or (
+        not wandb_credentials_available())  # fmt: skip
+    metrics = table.metrics
+    columns = ["row", "network", "seeds", *[f"{m} {kind}" for kind in ("mean", "std", "paper")
+                                            for m in metrics]]  # fmt: skip
+    data = [[e["row"], e["network"], e["seeds"], *[e[m]["mean"] for m in metrics],
+             *[e[m]["std"] for m in metrics],
+             *[(e[m]["paper"] or {}).get("value") for m in metrics]] for e in summary]  # fmt: skip
+    run = wandb.init(project=project, name=f"table-{table.name}-{scale}", dir=str(folder),
+                     mode="offline" if offline else "online", job_type="table",
+                     reinit="finish_previous")  # fmt: skip
+    try:
+        chart = wandb.Image(str(folder / f"{scale}.png"))
+        run.log({f"tables/{table.name}/{scale}": wandb.Table(columns=columns, data=data),
+                 f"tables/{table.name}/{scale}_chart": chart})  # fmt: skip
+        return Path(run.dir)
+    finally:
+        run.finish()
 
 
 def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Path) -> None:

@@ -92,6 +92,8 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     std = math.sqrt(sum((v - mean) ** 2 for v in values))  # n - 1 = 1
     simclr = next(r.split(",") for r in rows if r.startswith("SimCLR,DeepLabV3+,val/miou"))
     assert float(simclr[3]) == pytest.approx(mean) and float(simclr[4]) == pytest.approx(std)
+    # a W&B Table of the aggregate (offline here)
+    assert list((out / "tiny" / "wandb").glob("offline-run-*/files"))
     # the SimCLR pretraining step is shared by both seeds: one folder
     assert len(list((out / "tiny" / "smoke" / "steps").glob("quickstart-*"))) == 1
 
