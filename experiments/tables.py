@@ -235,13 +235,13 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path,
     root = out / table.name / scale
     records = []
     done: dict[str, dict[str, Any]] = {}
-    for row in table.rows:
+    for index, row in enumerate(table.rows):
         for seed in seeds:
             try:
                 chain = resolve_row(table, row, scale, seed)
             except ValueError as err:
-                records.append({"row": row["name"], "seed": seed, "status": "failed",
-                                "metrics": {}, "log": str(err)})  # fmt: skip
+                records.append({"row": row["name"], "index": index, "seed": seed,
+                                "status": "failed", "metrics": {}, "log": str(err)})  # fmt: skip
                 continue
             result: dict[str, Any] = {}
             for step in chain:
@@ -249,7 +249,7 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path,
                 done[step.key] = result
                 if result["status"] == "failed":
                     break
-            record = {"row": row["name"], "seed": seed, **result}
+            record = {"row": row["name"], "index": index, "seed": seed, **result}
             missing = [m for m in table.metrics if m not in result.get("metrics", {})]
             if record["status"] in ("done", "skipped") and missing:
                 record["status"] = "failed"  # finished, but the table's metrics were not logged
@@ -259,10 +259,14 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path,
 
 
 def aggregate(table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and (sample, ``n - 1``) std over seeds per row and metric; failed rows marked."""
+    """Mean and (sample, ``n - 1``) std over seeds per row and metric; failed rows marked.
+
+    Records belong to a row by its position (``index``): two rows may share a name (the
+    same method on two networks).
+    """
     out = []
-    for row in table.rows:
-        mine = [r for r in records if r["row"] == row["name"]]
+    for index, row in enumerate(table.rows):
+        mine = [r for r in records if r["index"] == index]
         ok = [r for r in mine if r["status"] in ("done", "skipped")]
         failed = [r["log"] for r in mine if r["status"] == "failed"]
         entry: dict[str, Any] = {"row": row["name"], "network": row.get("network", ""),

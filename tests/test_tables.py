@@ -100,11 +100,18 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
 
 def test_aggregate_mean_and_sample_std_by_hand(tiny: Path) -> None:
     table = load_table(str(tiny))
-    records = [{"row": "random init", "seed": s, "status": "done", "log": "",
+    records = [{"row": "random init", "index": 0, "seed": s, "status": "done", "log": "",
                 "metrics": {"val/miou": v, "val/overall_accuracy": 0.5}}
                for s, v in enumerate([0.1, 0.2, 0.6])]  # fmt: skip
-    records.append({"row": "SimCLR", "seed": 0, "status": "failed", "metrics": {}, "log": "x.txt"})
-    summary = {e["row"]: e for e in aggregate(table, records)}
+    records.append({"row": "SimCLR", "index": 1, "seed": 0, "status": "failed", "metrics": {},
+                    "log": "x.txt"})  # fmt: skip
+    # a second row of the same name (another network) keeps its own records
+    table.rows.append({**table.rows[0], "network": "U-Net"})
+    records.append({"row": "random init", "index": 3, "seed": 0, "status": "done", "log": "",
+                    "metrics": {"val/miou": 0.9, "val/overall_accuracy": 0.9}})  # fmt: skip
+    entries = aggregate(table, records)
+    assert entries[3]["val/miou"]["mean"] == 0.9 and entries[3]["val/miou"]["n"] == 1
+    summary = {e["row"]: e for e in entries[:3]}
     miou = summary["random init"]["val/miou"]
     assert miou["mean"] == pytest.approx(0.3) and miou["n"] == 3
     assert miou["std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
