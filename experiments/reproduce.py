@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/tables", help="output folder")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--no-wandb", action="store_true", help="no W&B Table of the result")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="argument for every step, e.g. data.init_args.root=/data/potsdam "
+                        "(an existing relative path is made absolute)")  # fmt: skip
+    parser.add_argument("--rows", nargs="+", help="run only these rows (by name)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -40,7 +44,18 @@ def main(argv: list[str] | None = None) -> int:
         table = load_table(args.table)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    records = run_table(table, args.scale, list(range(args.seeds)), Path(args.out), args.dry_run)
+    extra = []
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set expects KEY=VALUE, got {item!r}")
+        value = str(Path(value).resolve()) if Path(value).exists() else value
+        extra += [f"--{key.lstrip('-')}", value]
+    try:
+        records = run_table(table, args.scale, list(range(args.seeds)), Path(args.out),
+                            args.dry_run, extra, args.rows)  # fmt: skip
+    except ValueError as err:
+        parser.error(str(err))
     if args.dry_run:
         return 0
     summary = aggregate(table, records)

@@ -102,6 +102,7 @@ class Table:
     scales: dict[str, dict[str, list[str]] | None]
     path: Path
     description: str = ""
+    requires: list[str] = field(default_factory=list)
 
 
 def load_table(name_or_path: str) -> Table:
@@ -122,7 +123,8 @@ def load_table(name_or_path: str) -> Table:
     table = Table(name=raw.get("name", path.stem), metrics=list(raw.get("metrics") or []),
                   rows=list(raw.get("rows") or []), steps=dict(raw.get("steps") or {}),
                   scales=dict(raw.get("scales") or {}), path=path,
-                  description=raw.get("description", ""))  # fmt: skip
+                  description=raw.get("description", ""),
+                  requires=list(raw.get("requires") or []))  # fmt: skip
     if not table.metrics or not table.rows:
         raise ValueError(f"{path}: a table needs 'metrics' and 'rows'")
     for row in table.rows:
@@ -155,8 +157,13 @@ def _scale_args(table: Table, scale: str, config: str) -> list[str]:
     return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
 
 
-def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int) -> list[Step]:
-    """The chain of ``row`` at ``scale`` for ``seed``, with keys that hash each command."""
+def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
+                extra: list[str] | None = None) -> list[Step]:  # fmt: skip
+    """The chain of ``row`` at ``scale`` for ``seed``, with keys that hash each command.
+
+    ``extra`` (e.g. ``["--data.init_args.root", "/data/potsdam"]``) ends every step's
+    arguments, so it wins over the table's.
+    """
     chain = row["chain"]
     steps: list[Step] = []
     for k, entry in enumerate(chain):
@@ -165,8 +172,8 @@ def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int) -> lis
         if not (CONFIGS / config).is_file():
             raise ValueError(f"{table.path}: row {row['name']!r}: config {config} not found")
         seeded = spec.get("seeded", k == len(chain) - 1)
-        step = Step(config, [*_scale_args(table, scale, config), *map(str, spec.get("args", []))],
-                    init=spec.get("init"), seed=seed if seeded else None,
+        args = [*_scale_args(table, scale, config), *map(str, spec.get("args", [])), *(extra or [])]
+        step = Step(config, args, init=spec.get("init"), seed=seed if seeded else None,
                     depends=list(steps))  # fmt: skip
         identity = {"config": config, "args": step.args, "seed": step.seed,
                     "init": [step.init, [s.key for s in steps]] if step.init else None}  # fmt: skip
@@ -229,16 +236,38 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     return result
 
 
-def run_table(table: Table, scale: str, seeds: list[int], out: Path,
-              dry_run: bool = False) -> list[dict[str, Any]]:  # fmt: skip
-    """Run every missing step of every row and seed; return one record per row and seed."""
+def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bool = False,
+              extra: list[str] | None = None, rows: list[str] | None = None,
+              ) -> list[dict[str, Any]]:  # fmt: skip
+    """Run every missing step of every row and seed; return one record per row and seed.
+
+    Args:
+        table: The table.
+        scale: Its preset.
+        seeds: Seeds of the seeded steps.
+        out: Output root (``<out>/<table>/<scale>/steps/...``).
+        dry_run: Print the commands only.
+        extra: Arguments appended to every step (``--set``), e.g. the data root.
+        rows: Run only the rows of these names (the others are left out of the records).
+
+    Raises:
+        ValueError: A key of ``requires`` is not set in ``extra``.
+    """
+    given = {a.lstrip("-") for a in (extra or [])[::2]}
+    missing = [k for k in table.requires if k not in given]
+    if missing:
+        raise ValueError(f"table {table.name!r} needs " + " ".join(
+            f"--set {k}=<value>" for k in missing) + " (e.g. the data set folder)")  # fmt: skip
+    _scale_args(table, scale, "")  # an unknown or unavailable scale fails the whole table
     root = out / table.name / scale
     records = []
     done: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table.rows):
+        if rows is not None and row["name"] not in rows:
+            continue
         for seed in seeds:
             try:
-                chain = resolve_row(table, row, scale, seed)
+                chain = resolve_row(table, row, scale, seed, extra)
             except ValueError as err:
                 records.append({"row": row["name"], "index": index, "seed": seed,
                                 "status": "failed", "metrics": {}, "log": str(err)})  # fmt: skip
@@ -267,6 +296,8 @@ def aggregate(table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any
     out = []
     for index, row in enumerate(table.rows):
         mine = [r for r in records if r["index"] == index]
+        if not mine:
+            continue  # a row left out (``rows``)
         ok = [r for r in mine if r["status"] in ("done", "skipped")]
         failed = [r["log"] for r in mine if r["status"] == "failed"]
         entry: dict[str, Any] = {"row": row["name"], "network": row.get("network", ""),

@@ -110,8 +110,9 @@ def test_aggregate_mean_and_sample_std_by_hand(tiny: Path) -> None:
     records.append({"row": "random init", "index": 3, "seed": 0, "status": "done", "log": "",
                     "metrics": {"val/miou": 0.9, "val/overall_accuracy": 0.9}})  # fmt: skip
     entries = aggregate(table, records)
-    assert entries[3]["val/miou"]["mean"] == 0.9 and entries[3]["val/miou"]["n"] == 1
-    summary = {e["row"]: e for e in entries[:3]}
+    assert [e["row"] for e in entries] == ["random init", "SimCLR", "random init"]  # no "broken"
+    assert entries[2]["network"] == "U-Net" and entries[2]["val/miou"]["mean"] == 0.9
+    summary = {e["row"]: e for e in entries[:2]}
     miou = summary["random init"]["val/miou"]
     assert miou["mean"] == pytest.approx(0.3) and miou["n"] == 3
     assert miou["std"] == pytest.approx(math.sqrt(((0.2) ** 2 + 0.1**2 + 0.3**2) / 2))
@@ -140,7 +141,15 @@ def test_table_errors(tiny: Path, tmp_path: Path, capsys) -> None:
         {"config": "quickstart.yaml", "init": {"from": 0}}]}]}))  # fmt: skip
     with pytest.raises(ValueError, match="not an earlier step"):
         load_table(str(bad))
-    assert run_table(table, "nope", [0], tmp_path)[0]["status"] == "failed"
+    with pytest.raises(ValueError, match="no scale 'nope'"):
+        run_table(table, "nope", [0], tmp_path)
+    needy = load_table(str(tiny))
+    needy.requires = ["data.init_args.root"]
+    with pytest.raises(ValueError, match="needs --set data.init_args.root=<value>"):
+        run_table(needy, "smoke", [0], tmp_path, dry_run=True)
+    records = run_table(needy, "smoke", [0], tmp_path, dry_run=True, rows=["SimCLR"],
+                        extra=["--data.init_args.root", "/data/x"])  # fmt: skip
+    assert [r["row"] for r in records] == ["SimCLR"]
 
 
 @pytest.mark.parametrize("path", sorted(tables.TABLES.glob("*.yaml")), ids=lambda p: p.stem)
@@ -152,3 +161,21 @@ def test_shipped_tables_resolve_at_every_scale(path: Path) -> None:
         for row in table.rows:
             chain = resolve_row(table, row, scale, 0)
             assert chain[-1].seed == 0 and all(s.key for s in chain)
+
+
+@pytest.mark.slow
+def test_paper_tables_run_at_smoke_scale_on_fixtures(seg_roots, cifar10_root, tmp_path) -> None:
+    """The shipped Potsdam and CIFAR tables run end to end on fixtures in the real formats."""
+    out = tmp_path / "tables"
+    rows = ["random init", "SimCLR (encoder)", "GLCNet (encoder + ASPP)", "GLCNet local only"]
+    assert reproduce(["glcnet_potsdam", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--set", f"data.init_args.root={seg_roots['potsdam']}",
+                      "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "glcnet_potsdam" / "smoke.md").read_text()
+    assert all(f"| {r} | DeepLabV3+ | " in md for r in rows) and "failed" not in md
+    assert "| ImageNet" not in md  # left out with --rows (its weights are a download)
+    cifar = f"data.init_args.root={cifar10_root}"
+    assert reproduce(["simclr_cifar10", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--set", cifar]) == 0  # fmt: skip
+    md = (out / "simclr_cifar10" / "smoke.md").read_text()
+    assert "| SimCLR | ResNet-18 (CIFAR stem) | 0." in md and "0.9074 (unverified)" in md
