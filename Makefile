@@ -1,5 +1,6 @@
 # contraseg: two commands on a fresh machine.
-#   make quickstart   install into .venv, then pretrain SimCLR on the embedded synthetic data
+#   make quickstart   install into .venv, then pretrain SimCLR on the embedded synthetic data and
+#                     fine-tune it with 1% labels against random init (experiments/tables/)
 #   make test         install into .venv, then run ruff and the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -23,7 +24,8 @@ $(STAMP): setup.cfg requirements/constraints.txt
 install: $(STAMP)
 
 quickstart: install
-	$(PY) experiments/run.py fit --config experiments/configs/quickstart.yaml
+	$(PY) experiments/reproduce.py quickstart --scale quick --seeds 1 \
+	    --rows "random init [DeepLabV3+]" "SimCLR (encoder)"
 
 lint: install
 	$(VENV)/bin/ruff check .

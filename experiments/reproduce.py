@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for every step, e.g. data.init_args.root=/data/potsdam "
                         "(an existing relative path is made absolute)")  # fmt: skip
-    parser.add_argument("--rows", nargs="+", help="run only these rows (by name)")
+    parser.add_argument("--rows", nargs="+", help="run only these rows: 'name' or 'name [network]'")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")

@@ -38,6 +38,7 @@ import logging
 import math
 import os
 import shlex
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -209,11 +210,17 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     log = folder / "log.txt"
     cwd = Path.cwd()
     handler = None
+    lightning_log = logging.getLogger("lightning.pytorch")
+    console = [h for h in lightning_log.handlers if isinstance(h, logging.StreamHandler)]
+    started = time.monotonic()
+    print(f"running {step.key} ({step.config}, log {log}) ...", flush=True)
     try:
         with log.open("w") as stream, contextlib.redirect_stdout(stream), \
                 contextlib.redirect_stderr(stream):  # fmt: skip
             handler = logging.StreamHandler(stream)
-            logging.getLogger("lightning.pytorch").addHandler(handler)
+            for h in console:  # Lightning's console output goes to the step's log only
+                lightning_log.removeHandler(h)
+            lightning_log.addHandler(handler)
             print("command:", shlex.join(command), flush=True)
             os.chdir(folder)
             try:
@@ -227,8 +234,13 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     finally:
         os.chdir(cwd)
         if handler is not None:
-            logging.getLogger("lightning.pytorch").removeHandler(handler)
-    result = {"status": status, "metrics": metrics, "log": str(log), "command": command}
+            lightning_log.removeHandler(handler)
+        for h in console:
+            lightning_log.addHandler(h)
+    seconds = time.monotonic() - started
+    print(f"  {status} in {seconds:.0f} s", flush=True)
+    result = {"status": status, "metrics": metrics, "log": str(log), "command": command,
+              "seconds": seconds}  # fmt: skip
     if status == "done":
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(result, indent=1))
@@ -248,7 +260,8 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
         out: Output root (``<out>/<table>/<scale>/steps/...``).
         dry_run: Print the commands only.
         extra: Arguments appended to every step (``--set``), e.g. the data root.
-        rows: Run only the rows of these names (the others are left out of the records).
+        rows: Run only these rows, each given as ``name`` or ``name [network]`` (the others
+            are left out of the records).
 
     Raises:
         ValueError: A key of ``requires`` is not set in ``extra``.
@@ -263,7 +276,8 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
     records = []
     done: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table.rows):
-        if rows is not None and row["name"] not in rows:
+        names = {row["name"], f"{row['name']} [{row.get('network')}]"}
+        if rows is not None and not names & set(rows):
             continue
         for seed in seeds:
             try:
