@@ -36,3 +36,38 @@ def test_fit_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "train/loss" in metrics and "val/knn_acc" in metrics
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """2 gloo processes: 2 epochs straight = 1 epoch + ``--ckpt_path last`` (bitwise on CPU)."""
+    base = [
+        sys.executable, str(REPO / "experiments" / "run.py"), "fit",
+        "--config", str(REPO / "experiments" / "configs" / "quickstart.yaml"),
+        "--config", str(REPO / "experiments" / "configs" / "presets" / "ddp_bf16.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+        "--trainer.sync_batchnorm", "false", "--trainer.precision", "32-true",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "csv",
+        "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
+        "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
+        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
+        "--data.init_args.knn_bank_size", "16",
+    ]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "offline", "PL_DISABLE_FORK": "1"}
+    epochs = "--trainer.max_epochs"
+    runs = [[epochs, "2", "--run_name", "straight"], [epochs, "1", "--run_name", "split"],
+            [epochs, "2", "--run_name", "split", "--ckpt_path", "last"]]  # fmt: skip
+    for extra in runs:
+        proc = subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    import torch
+
+    def weights(name: str) -> dict:
+        path = tmp_path / "outputs" / name / "checkpoints" / "last.ckpt"
+        return torch.load(path, weights_only=True)
+
+    a, b = weights("straight"), weights("split")
+    assert a["global_step"] == b["global_step"] == 8  # 32 images / (2 ranks x 4) x 2 epochs
+    assert all(torch.equal(v, b["state_dict"][k]) for k, v in a["state_dict"].items())
