@@ -19,6 +19,11 @@ A table file ``experiments/tables/<table>.yaml``::
             init: {from: 0, checkpoint: last.ckpt, arg: --model.init_args.init_checkpoint}
         paper: {val/miou: {value: 0.5, source: "Paper, Table 2", verified: false}}
 
+A row with ``fractions: [0.01, 0.1]`` stands for one row per label fraction ("name (1%)"):
+``--data.init_args.label_fraction <f>`` is added to its last step and to every step marked
+``fraction: true`` (a pretraining step on the labeled subset); a scale may replace the
+list (``fractions:`` in the preset, e.g. larger fractions for the few images of a fixture).
+
 A step is a ``fit`` a user could type: ``--config <config>`` + the scale's arguments for
 ``all`` and for the config's stem + the step's ``args`` (+ ``--seed_everything <seed>`` for
 the seeded step, by default the last of the chain; ``seeded: true`` on a step seeds it
@@ -59,6 +64,7 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 TABLES = REPO / "experiments" / "tables"
+FRACTION_ARG = "--data.init_args.label_fraction"
 
 
 @dataclass
@@ -142,6 +148,30 @@ def load_table(name_or_path: str) -> Table:
     return table
 
 
+def expand_fractions(table: Table, scale: str) -> Table:
+    """A copy of ``table`` with every ``fractions`` row replaced by one row per fraction."""
+    preset = table.scales.get(scale) or {}
+    rows = []
+    for row in table.rows:
+        fractions = preset.get("fractions", row.get("fractions")) if "fractions" in row else None
+        if not fractions:
+            rows.append(row)
+            continue
+        for f in fractions:
+            chain = []
+            for k, entry in enumerate(row["chain"]):
+                spec = _spec(table, entry)
+                if spec.get("fraction", k == len(row["chain"]) - 1):
+                    args = [*map(str, spec.get("args", [])), FRACTION_ARG, str(f)]
+                    entry = {**entry, "args": args}
+                chain.append(entry)
+            label = f"{float(f) * 100:g}%" if float(f) <= 1 else f"{int(f)} images"
+            one = {k: v for k, v in row.items() if k != "fractions"}
+            rows.append({**one, "name": f"{row['name']} ({label})", "chain": chain,
+                         "label_fraction": f})  # fmt: skip
+    return Table(**{**table.__dict__, "rows": rows})
+
+
 def _spec(table: Table, step: dict[str, Any]) -> dict[str, Any]:
     """A chain entry with a shared ``step`` reference expanded (local keys win)."""
     if "step" in step:
@@ -155,6 +185,8 @@ def _scale_args(table: Table, scale: str, config: str) -> list[str]:
     preset = table.scales[scale]
     if preset is None:
         raise ValueError(f"{table.path}: scale {scale!r} is not available for this table")
+    if not config:
+        return []
     return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
 
 
@@ -272,7 +304,8 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
         raise ValueError(f"table {table.name!r} needs " + " ".join(
             f"--set {k}=<value>" for k in missing) + " (e.g. the data set folder)")  # fmt: skip
     _scale_args(table, scale, "")  # an unknown or unavailable scale fails the whole table
-    root = out / table.name / scale
+    table = expand_fractions(table, scale)
+    root = out.resolve() / table.name / scale  # steps run in their own folders: absolute paths
     records = []
     done: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table.rows):

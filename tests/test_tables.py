@@ -12,7 +12,7 @@ import yaml
 
 from experiments import tables
 from experiments.reproduce import main as reproduce
-from experiments.tables import aggregate, load_table, resolve_row, run_table
+from experiments.tables import aggregate, expand_fractions, load_table, resolve_row, run_table
 
 SEG = ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
        "--data.init_args.label_fraction", "4", "--data.init_args.batch_size", "4",
@@ -154,10 +154,10 @@ def test_table_errors(tiny: Path, tmp_path: Path, capsys) -> None:
 
 @pytest.mark.parametrize("path", sorted(tables.TABLES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_tables_resolve_at_every_scale(path: Path) -> None:
-    table = load_table(str(path))
-    for scale, preset in table.scales.items():
+    for scale, preset in load_table(str(path)).scales.items():
         if preset is None:
             continue
+        table = expand_fractions(load_table(str(path)), scale)
         for row in table.rows:
             chain = resolve_row(table, row, scale, 0)
             assert chain[-1].seed == 0 and all(s.key for s in chain)
@@ -179,3 +179,30 @@ def test_paper_tables_run_at_smoke_scale_on_fixtures(seg_roots, cifar10_root, tm
                       "--no-wandb", "--set", cifar]) == 0  # fmt: skip
     md = (out / "simclr_cifar10" / "smoke.md").read_text()
     assert "| SimCLR | ResNet-18 (CIFAR stem) | 0." in md and "0.9074 (unverified)" in md
+
+
+def test_fraction_rows_expand_with_the_fraction_on_the_marked_steps() -> None:
+    table = expand_fractions(load_table("zhao_cityscapes"), "full")
+    names = [r["name"] for r in table.rows]
+    assert names[:3] == ["random init (1%)", "random init (5%)", "random init (10%)"]
+    wanted = "Zhao et al., cross-image (encoder + decoder) (5%)"
+    zhao = next(r for r in table.rows if r["name"] == wanted)
+    pretrain, finetune = resolve_row(table, zhao, "full", 0)
+    assert pretrain.args[-2:] == ["--data.init_args.label_fraction", "0.05"]  # fraction: true
+    assert finetune.args[-2:] == ["--data.init_args.label_fraction", "0.05"]
+    assert finetune.seed == 0 and pretrain.seed is None
+    smoke = expand_fractions(load_table("zhao_cityscapes"), "smoke")  # the scale's fractions
+    assert [r["name"] for r in smoke.rows][:2] == ["random init (50%)", "random init (100%)"]
+
+
+@pytest.mark.slow
+def test_zhao_tables_run_at_smoke_scale_on_fixtures(seg_roots, tmp_path) -> None:
+    out = tmp_path / "tables"
+    cases = (("zhao_cityscapes", seg_roots["cityscapes"]), ("zhao_voc", seg_roots["voc"]))
+    for name, root in cases:
+        rows = ["random init (50%)", "Zhao et al., cross-image (encoder + decoder) (100%)"]
+        assert reproduce([name, "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                          "--no-wandb", "--set", f"data.init_args.root={root}",
+                          "--rows", *rows]) == 0  # fmt: skip
+        md = (out / name / "smoke.md").read_text()
+        assert all(f"| {r} | DeepLabV3+ | 0." in md for r in rows), md
