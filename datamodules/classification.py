@@ -97,6 +97,14 @@ class ImageFolderDataModule(PretrainDataModule):
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:
+        """Small views and no separate validation folder (the fixture is one folder)."""
+        small = ["--data.init_args.eval_size", "32", "--data.init_args.eval_resize", "36",
+                 "--data.init_args.augment", '{"size": 32}']  # fmt: skip
+        return [*super().tiny_test_args(init_args), "--data.init_args.val_root", "null",
+                "--data.init_args.val_fraction", "0.25", *small]  # fmt: skip
+
     def __init__(
         self,
         root: str,

@@ -178,6 +178,16 @@ def write_segmentation_folder(
     return root
 
 
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: int = 40) -> Path:
+    """Class sub-folders of PNG images (``root/<class>/<i>.png``), the ImageNet layout."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        for i in range(per_class):
+            _png(root / f"class_{c}" / f"{i:03d}.png",
+                 rng.integers(0, 256, (size, size, 3), dtype=np.uint8))  # fmt: skip
+    return root
+
+
 @pytest.fixture(scope="session")
 def data_roots(
     seg_roots: dict[str, Path], cifar10_root: Path, tmp_path_factory: pytest.TempPathFactory
@@ -189,6 +199,7 @@ def data_roots(
         "PotsdamDataModule": seg_roots["potsdam"],
         "PotsdamTilesDataModule": seg_roots["potsdam_tiles"],
         "CIFAR10DataModule": cifar10_root,
+        "ImageFolderDataModule": write_image_folder(tmp_path_factory.mktemp("imagenet") / "train"),
         "SegmentationFolderDataModule": write_segmentation_folder(
             tmp_path_factory.mktemp("folder") / "my_data"),  # fmt: skip
     }

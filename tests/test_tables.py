@@ -206,3 +206,13 @@ def test_zhao_tables_run_at_smoke_scale_on_fixtures(seg_roots, tmp_path) -> None
                           "--rows", *rows]) == 0  # fmt: skip
         md = (out / name / "smoke.md").read_text()
         assert all(f"| {r} | DeepLabV3+ | 0." in md for r in rows), md
+
+
+@pytest.mark.slow
+def test_directclr_table_runs_at_smoke_scale(data_roots, tmp_path) -> None:
+    root = data_roots["ImageFolderDataModule"]
+    assert reproduce(["directclr_imagenet", "--scale", "smoke", "--seeds", "1", "--out",
+                      str(tmp_path), "--no-wandb", "--set", f"data.init_args.root={root}",
+                      "--set", "data.init_args.val_fraction=0.25"]) == 0  # fmt: skip
+    md = (tmp_path / "directclr_imagenet" / "smoke.md").read_text()
+    assert "| DirectCLR (d0 = 360) | ResNet-50 | 0." in md and "0.627 (unverified)" in md
