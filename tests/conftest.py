@@ -14,6 +14,19 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
 
 
+QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"
+
+
+def quickstart_tiny(num_train: int) -> list[str]:
+    """CLI overrides that make ``quickstart.yaml`` a seconds-long CPU run (batches of 8)."""
+    return ["--trainer.accelerator", "cpu", "--data.init_args.num_train", str(num_train),
+            "--data.init_args.num_val", "8", "--data.init_args.batch_size", "8",
+            "--data.init_args.num_workers", "0", "--data.init_args.knn_bank_size", "8",
+            "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", "csv"]  # fmt: skip
+
+
 def write_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> Path:
     """Write the official CIFAR-10 python layout with ``per_batch`` images per file."""
     rng = np.random.default_rng(seed)

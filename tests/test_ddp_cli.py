@@ -10,28 +10,33 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "PL_DISABLE_FORK": "1"}
 
 
-@pytest.mark.ddp
-@pytest.mark.slow
-def test_fit_ddp_two_cpu_processes(tmp_path: Path) -> None:
-    cmd = [
+def ddp_quickstart(precision: str) -> list[str]:
+    """The quickstart on 2 CPU processes (gloo) with the DDP preset, on 32 tiny scenes."""
+    return [
         sys.executable, str(REPO / "experiments" / "run.py"), "fit",
         "--config", str(REPO / "experiments" / "configs" / "quickstart.yaml"),
         "--config", str(REPO / "experiments" / "configs" / "presets" / "ddp_bf16.yaml"),
         "--trainer.accelerator", "cpu", "--trainer.devices", "2",
         "--trainer.sync_batchnorm", "false",  # torch SyncBatchNorm needs CUDA
-        "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.save_dir", str(tmp_path),
-        "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1",
+        "--trainer.precision", precision, "--trainer.enable_progress_bar", "false",
         "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
         "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
         "--data.init_args.knn_bank_size", "16",
     ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "PL_DISABLE_FORK": "1"}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_fit_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    cmd = [*ddp_quickstart("bf16-mixed"), "--trainer.max_epochs", "1",
+           "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "2",
+           "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+           "--trainer.logger.save_dir", str(tmp_path),
+           "--trainer.log_every_n_steps", "1"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
@@ -42,24 +47,14 @@ def test_fit_ddp_two_cpu_processes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_ddp_resume_equals_uninterrupted(tmp_path: Path) -> None:
     """2 gloo processes: 2 epochs straight = 1 epoch + ``--ckpt_path last`` (bitwise on CPU)."""
-    base = [
-        sys.executable, str(REPO / "experiments" / "run.py"), "fit",
-        "--config", str(REPO / "experiments" / "configs" / "quickstart.yaml"),
-        "--config", str(REPO / "experiments" / "configs" / "presets" / "ddp_bf16.yaml"),
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-        "--trainer.sync_batchnorm", "false", "--trainer.precision", "32-true",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.save_dir", "csv",
-        "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
-        "--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
-        "--data.init_args.batch_size", "4", "--data.init_args.num_workers", "0",
-        "--data.init_args.knn_bank_size", "16",
-    ]  # fmt: skip
-    env = {**os.environ, "WANDB_MODE": "offline", "PL_DISABLE_FORK": "1"}
+    base = [*ddp_quickstart("32-true"), "--model.init_args.encoder", "resnet18",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            "--trainer.logger.save_dir", "csv"]  # fmt: skip
     epochs = "--trainer.max_epochs"
     runs = [[epochs, "2", "--run_name", "straight"], [epochs, "1", "--run_name", "split"],
             [epochs, "2", "--run_name", "split", "--ckpt_path", "last"]]  # fmt: skip
     for extra in runs:
-        proc = subprocess.run([*base, *extra], cwd=tmp_path, env=env, capture_output=True,
+        proc = subprocess.run([*base, *extra], cwd=tmp_path, env=ENV, capture_output=True,
                               text=True, timeout=300)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-4000:]
     import torch

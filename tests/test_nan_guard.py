@@ -9,18 +9,14 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from conftest import quickstart_tiny
 
 from callbacks import NaNGuard, RunCheckpoint
 from callbacks.nan_guard import NonFiniteError
 from experiments.cli import main
 
 QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quickstart.yaml")
-TINY = ["--trainer.accelerator", "cpu", "--data.init_args.num_train", "32",
-        "--data.init_args.num_val", "8", "--data.init_args.batch_size", "8",
-        "--data.init_args.num_workers", "0", "--data.init_args.knn_bank_size", "8",
-        "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.save_dir", "csv"]  # fmt: skip
+TINY = quickstart_tiny(32)
 
 
 class PoisonPixel(L.Callback):

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import quickstart_tiny
 
 from callbacks import RunCheckpoint
 from callbacks.checkpoint import CheckpointFolderInUseError
@@ -15,12 +16,7 @@ from experiments.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 QUICK = str(CONFIGS / "quickstart.yaml")
-TINY = ["--trainer.accelerator", "cpu", "--data.init_args.num_train", "16",
-        "--data.init_args.num_val", "8", "--data.init_args.batch_size", "8",
-        "--data.init_args.num_workers", "0", "--data.init_args.knn_bank_size", "8",
-        "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
-        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.save_dir", "csv"]  # fmt: skip
+TINY = quickstart_tiny(16)
 CKPTS = Path("outputs") / "quickstart" / "checkpoints"
 
 
