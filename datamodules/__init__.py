@@ -19,6 +19,7 @@ from datamodules.synthetic import (
     SyntheticDataModule,
     SyntheticSegmentationDataModule,
 )
+from datamodules.textured import TexturedScenesDataModule, TexturedSegmentationDataModule
 
 __all__ = [
     "CityscapesDataModule",
@@ -34,4 +35,6 @@ __all__ = [
     "SegmentationDataModule",
     "SyntheticDataModule",
     "SyntheticSegmentationDataModule",
+    "TexturedScenesDataModule",
+    "TexturedSegmentationDataModule",
 ]

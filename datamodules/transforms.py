@@ -71,6 +71,17 @@ class ViewAugmentation:
         grayscale_prob: Probability of conversion to grey.
         blur_prob: Probability of Gaussian blur (kernel ~10% of ``size``).
         solarize_prob: Probability of solarisation.
+        band_brightness: Multi-band images (not 3 channels): per-band brightness strength
+            (blend towards white or black by ``|f - 1|``, ``f ~ U(1 ± b)``), applied with
+            ``jitter_prob`` after the RGB jitter of the first three bands (GLCNet's 4-band
+            recipe: 0.1).
+        band_contrast: Multi-band images: per-band contrast strength (``x * f``,
+            ``f ~ U(1 ± c)``, clipped), with the brightness.
+        pixel_noise_prob: Multi-band images: with the jitter, each pixel is replaced by
+            uniform noise in every band with this probability (GLCNet: 0.001).
+        gamma: Range of a random gamma ``x ** g`` (``None``: none), applied with
+            ``jitter_prob`` to images in ``[0, 1]`` units (Hu et al.'s stage 2).
+        noise_std: Std of additive Gaussian noise in ``[0, 1]`` units (0: none).
         mean: Per-channel normalisation mean (length = channels).
         std: Per-channel normalisation std.
     """
@@ -89,6 +100,11 @@ class ViewAugmentation:
     grayscale_prob: float = 0.2
     blur_prob: float = 0.5
     solarize_prob: float = 0.0
+    band_brightness: float = 0.1
+    band_contrast: float = 0.1
+    pixel_noise_prob: float = 0.001
+    gamma: tuple[float, float] | None = None
+    noise_std: float = 0.0
     mean: Sequence[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: Sequence[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -97,20 +113,56 @@ class ViewAugmentation:
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         probs = ("hflip_prob", "vflip_prob", "rot90_prob", "jitter_prob", "grayscale_prob",
-                 "blur_prob", "solarize_prob")  # fmt: skip
+                 "blur_prob", "solarize_prob", "pixel_noise_prob")  # fmt: skip
         for name in probs:
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         if len(self.mean) != len(self.std):
             raise ValueError(f"mean {self.mean} and std {self.std} differ in length")
+        if self.gamma is not None and not 0 < self.gamma[0] <= self.gamma[1]:
+            raise ValueError(f"gamma must satisfy 0 < min <= max, got {self.gamma}")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
+
+
+class _GammaNoise(v2.Transform):
+    """Random gamma (with probability ``p``) and additive Gaussian noise on float images."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, gamma: tuple[float, float] | None, p: float, noise_std: float) -> None:
+        super().__init__()
+        self.gamma, self.p, self.noise_std = gamma, p, noise_std
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # noqa: D102
+        g = None
+        if self.gamma is not None and bool(torch.rand(()) < self.p):
+            lo, hi = self.gamma
+            g = float(lo + (hi - lo) * torch.rand(()))
+        return {"gamma": g}
+
+    _get_params = make_params
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
+        x = inpt.as_subclass(Tensor)
+        if params["gamma"] is not None:
+            x = x.clamp(0, 1) ** params["gamma"]
+        if self.noise_std > 0:
+            x = x + torch.randn_like(x) * self.noise_std
+        return tv_tensors.wrap(x, like=inpt)
+
+    _transform = transform
 
 
 def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
     """Compose the v2 pipeline for one view.
 
-    Photometric steps (jitter, grey, solarise) assume 3-channel RGB input and are
-    skipped for other channel counts by :class:`_RGBOnly`.
+    Photometric steps for 3-channel RGB: colour jitter, grey, solarise.  Other channel
+    counts (4-band RGB-IR, 1-channel medical) get :class:`MultiBandPhotometric` instead,
+    as GLCNet's official 4-band recipe: the RGB jitter on the first three bands (if any),
+    per-band brightness / contrast and sparse pixel noise (``jitter_prob``), and grey
+    (``grayscale_prob``) as one random band copied into all bands.  Blur applies to all.
 
     Args:
         cfg: View parameters.
@@ -136,10 +188,66 @@ def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
         _RGBOnly(v2.RandomGrayscale(cfg.grayscale_prob)),
         v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_prob),
         _RGBOnly(v2.RandomSolarize(threshold=128, p=cfg.solarize_prob)),
+        MultiBandPhotometric(cfg),
         ScaleByDtype(),
-        v2.Normalize(list(cfg.mean), list(cfg.std)),
     ]
+    if cfg.gamma is not None or cfg.noise_std > 0:
+        steps.append(_GammaNoise(cfg.gamma, cfg.jitter_prob, cfg.noise_std))
+    steps.append(v2.Normalize(list(cfg.mean), list(cfg.std)))
     return v2.Compose(steps)
+
+
+class MultiBandPhotometric(v2.Transform):
+    """Photometric augmentation of non-RGB images (see :func:`build_view_transform`).
+
+    Works in ``[0, 1]`` units on ``uint8`` / ``uint16`` images and returns the same dtype;
+    3-channel images pass through (their jitter ran earlier), and so do signed-integer and
+    float images (CT in Hounsfield units has no ``[0, 1]`` range to blend in).  Facts from
+    GLCNet's official ``color_aug`` / ``random_image_to_gray`` (G-RSIM
+    ``utils/data_for_self_GLCNet.py``).
+    """
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, cfg: ViewAugmentation) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.rgb_jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # noqa: D102
+        return {
+            "jitter": bool(torch.rand(()) < self.cfg.jitter_prob),
+            "grey": bool(torch.rand(()) < self.cfg.grayscale_prob),
+        }
+
+    _get_params = make_params  # the hook's name before torchvision 0.21
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
+        image = inpt.as_subclass(Tensor)
+        bands, dtype = image.shape[-3], image.dtype
+        if bands == 3 or dtype not in (torch.uint8, torch.uint16):
+            return inpt
+        if not (params["jitter"] or params["grey"]):
+            return inpt
+        cfg, out = self.cfg, ScaleByDtype.scale(image)
+        if params["jitter"]:
+            if bands > 3:
+                out[..., :3, :, :] = self.rgb_jitter(out[..., :3, :, :].clamp(0, 1))
+            shape = (*out.shape[:-2], 1, 1)
+            f = 1 + (2 * torch.rand(shape) - 1) * cfg.band_brightness
+            out = torch.where(f > 1, out + (1 - out) * (f - 1), out * f)
+            f = 1 + (2 * torch.rand(shape) - 1) * cfg.band_contrast
+            out = (out * f).clamp(0, 1)
+            if cfg.pixel_noise_prob > 0:
+                hit = torch.rand(out.shape[-2:]) < cfg.pixel_noise_prob
+                out = torch.where(hit, torch.rand(out.shape), out)
+        if params["grey"]:
+            band = int(torch.randint(bands, ()))
+            out = out[..., band : band + 1, :, :].expand_as(out).clone()
+        top = 255 if dtype == torch.uint8 else 65535
+        return tv_tensors.wrap(out.mul(top).round_().to(dtype), like=inpt)
+
+    _transform = transform
 
 
 def build_eval_transform(

@@ -9,11 +9,12 @@ network of :func:`~lightning_modules.components.networks.build_segmentation_net`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from lightning_modules.components.networks import build_segmentation_net
+from lightning_modules.components.networks import ASPP_RATES_OS16, build_segmentation_net
 from lightning_modules.task import BaseTask
 
 __all__ = ["DenseTask"]
@@ -27,6 +28,10 @@ class DenseTask(BaseTask):
         encoder: timm encoder name (smp ``tu-<name>`` encoder).
         encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights, when the
             user has them; ``init_checkpoint`` loads a local file instead).
+        aspp_rates: DeepLabV3+ ASPP rates (6/12/18: DeepLab's output-stride-16 setting;
+            smp's default is 12/24/36, its output-stride-8 one).
+        decoder_channels: Decoder widths (``None``: DeepLabV3+ 256; U-Net
+            ``(256, 128, 64, 64, 64)``, a 64-channel last stage as in Hu et al.).
         **kwargs: :class:`~lightning_modules.task.BaseTask` arguments.
     """
 
@@ -35,9 +40,15 @@ class DenseTask(BaseTask):
         architecture: Literal["deeplabv3plus", "unet", "fpn"] = "deeplabv3plus",
         encoder: str = "resnet18",
         encoder_weights: str | None = None,
+        aspp_rates: Sequence[int] = ASPP_RATES_OS16,
+        decoder_channels: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+
+    def input_channels(self) -> int:
+        """Input channels of the network (the data's; a subclass may add channels)."""
+        return self.hparams.in_channels
 
     def head_classes(self) -> int | None:
         """Outputs of the segmentation head (``None``: no head, pretraining)."""
@@ -47,7 +58,13 @@ class DenseTask(BaseTask):
         """The smp network; subclasses add their heads after it (fixes the random init)."""
         hp = self.hparams
         self.net = build_segmentation_net(
-            hp.architecture, hp.encoder, hp.in_channels, self.head_classes(), hp.encoder_weights
+            hp.architecture,
+            hp.encoder,
+            self.input_channels(),
+            self.head_classes(),
+            hp.encoder_weights,
+            aspp_rates=hp.aspp_rates,
+            decoder_channels=hp.decoder_channels,
         )
         self.feature_dim = self.net.encoder.out_channels[-1]
 

@@ -9,8 +9,16 @@ unlabeled image:
 * the **local matching** branch samples up to ``num_patches`` matched
   ``patch_size`` windows from the views' pixel-index maps
   (:func:`~lightning_modules.losses.glcnet.sample_corresponding_patches`), average-pools
-  the decoder output (upsampled to the view size) over each window and projects it
-  with an MLP ``C -> C -> 64``;
+  the local features (upsampled to the view size) over each window and projects them
+  with an MLP ``64 -> 64 -> 64``.  The local features are, as in the official
+  ``GLCNet.py``, the decoder's final *linear* 1x1 convolution to 64 channels after two
+  3x3 conv-BN-ReLU: smp's decoder has one (``block2``), so ``local_tap="official"`` adds
+  the second 3x3 conv-BN-ReLU and the 1x1 conv (owned by this module, not transferred);
+  ``local_tap="block2"`` reads smp's post-ReLU ``block2`` output (the earlier behaviour);
+* heads are Linear-ReLU-Linear without BatchNorm as in the official code
+  (``head_batch_norm`` adds BN); the two views run in separate forward passes, so
+  BatchNorm sees per-view statistics as in the official code (``joint_forward`` runs
+  one pass over both views, faster);
 * the loss is :func:`~lightning_modules.losses.glcnet.glcnet_loss`
   (``weight * L_global + (1 - weight) * L_local``, decoupled NT-Xent).
 
@@ -23,11 +31,11 @@ The encoder weights live under ``net.encoder.model.*``, the layout
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_modules.components import MLPHead
 from lightning_modules.components.networks import out_channels
@@ -66,6 +74,12 @@ class GLCNet(DenseTask):
             the patches (as in the paper); ``False`` pools the stride-4 map directly
             (bilinear RoIAlign approximation, much less memory at 224 px).
         gather_distributed: Contrast the global embeddings across DDP ranks.
+        local_tap: ``"official"`` (64-channel linear features after a second 3x3
+            conv-BN-ReLU) or ``"block2"`` (smp's 256-channel post-ReLU decoder output).
+        local_channels: Channels of the official local features (64).
+        head_batch_norm: BatchNorm in the projectors' hidden layer (official: none).
+        joint_forward: One forward pass over both views (BN statistics over both);
+            ``False`` runs one pass per view as the official code.
         **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments
             (``architecture`` must be ``deeplabv3plus``).
 
@@ -86,8 +100,14 @@ class GLCNet(DenseTask):
         projector_out_dim: int = 64,
         upsample_decoder: bool = True,
         gather_distributed: bool = False,
+        local_tap: Literal["official", "block2"] = "official",
+        local_channels: int = 64,
+        head_batch_norm: bool = False,
+        joint_forward: bool = False,
         **kwargs: Any,
     ) -> None:
+        if local_tap not in ("official", "block2"):
+            raise ValueError(f"model.local_tap must be 'official' or 'block2', got {local_tap!r}")
         super().__init__(**kwargs)
 
     @classmethod
@@ -106,16 +126,26 @@ class GLCNet(DenseTask):
         super().configure_models()
         decoder = self.net.decoder
         aspp_channels = out_channels(decoder.aspp)
-        self.decoder_channels = out_channels(decoder.block2)
-        hidden = list(hp.projector_hidden_dims)
+        width = out_channels(decoder.block2)
+        self.local_decoder: nn.Module | None = None
+        if hp.use_local and hp.local_tap == "official":
+            self.local_decoder = nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, hp.local_channels, 1),
+            )
+            width = hp.local_channels
+        self.decoder_channels = width
+        hidden, bn = list(hp.projector_hidden_dims), hp.head_batch_norm
         style = 2 if hp.use_style else 1
         self.global_head = (
-            MLPHead(aspp_channels * style, hidden, hp.projector_out_dim) if hp.use_global else None
-        )
-        self.local_head = (
-            MLPHead(self.decoder_channels, [self.decoder_channels], hp.projector_out_dim)
-            if hp.use_local else None
+            MLPHead(aspp_channels * style, hidden, hp.projector_out_dim, batch_norm=bn)
+            if hp.use_global else None
         )  # fmt: skip
+        self.local_head = (
+            MLPHead(width, [width], hp.projector_out_dim, batch_norm=bn) if hp.use_local else None
+        )
         if not hp.use_local:  # the decoder after the ASPP gets no gradient without the local part
             for part in (decoder.up, decoder.block1, decoder.block2):
                 part.requires_grad_(False)
@@ -144,9 +174,10 @@ class GLCNet(DenseTask):
             images: ``(B, C, H, W)`` views.
 
         Returns:
-            ``(aspp, decoded)``: the ASPP output ``(B, C_aspp, H/16, W/16)`` and the
-            DeepLabV3+ decoder output ``(B, C_dec, H/4, W/4)`` (``None`` without the
-            local part), composed exactly as ``DeepLabV3PlusDecoder.forward``.
+            ``(aspp, local)``: the ASPP output ``(B, C_aspp, H/16, W/16)`` and the local
+            features ``(B, C_loc, H/4, W/4)`` (``None`` without the local part): the
+            DeepLabV3+ decoder composed exactly as ``DeepLabV3PlusDecoder.forward``, then
+            the official tap's extra layers (``local_tap="official"``).
         """
         features = self.net.encoder(images)
         decoder = self.net.decoder
@@ -155,6 +186,8 @@ class GLCNet(DenseTask):
             return aspp, None
         high_res = decoder.block1(features[2])
         decoded = decoder.block2(torch.cat([decoder.up(aspp), high_res], dim=1))
+        if self.local_decoder is not None:
+            decoded = self.local_decoder(decoded)
         return aspp, decoded
 
     # ----------------------------------------------------------------- loss
@@ -186,7 +219,7 @@ class GLCNet(DenseTask):
                 f"({tuple(v1.shape[-2:])}, {tuple(v2.shape[-2:])})"
             )
         b = v1.shape[0]
-        if v1.shape == v2.shape:  # one pass over both views
+        if self.hparams.joint_forward and v1.shape == v2.shape:  # one pass over both views
             aspp, decoded = self.encode(torch.cat([v1, v2]))
             aspp_1, aspp_2 = aspp[:b], aspp[b:]
             dec_1, dec_2 = (decoded[:b], decoded[b:]) if decoded is not None else (None, None)
@@ -223,7 +256,7 @@ class GLCNet(DenseTask):
                 dec_2, dec_2, c2, c2, valid, self.patch_size, tuple(v2.shape[-2:])
             )
             k = r1.shape[0]
-            if k >= 2:  # NT-Xent (and the projector's BN) need at least two pairs
+            if k >= 2:  # NT-Xent (and a projector's BN) need at least two pairs
                 z = self.local_head(torch.cat([r1, r2]))
                 l1, l2 = z[:k], z[k:]
             else:  # no usable match: an empty pair, zero loss kept on the graph

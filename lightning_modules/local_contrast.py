@@ -8,8 +8,10 @@ Segmentation* (official code ``xhu248/semi_cotrast_seg``):
    timm encoder;
 2. **local** supervised contrast (this module) starts from that encoder
    (``init_checkpoint``) and trains encoder *and decoder* on the few labeled
-   images: the last decoder features go through a 1x1-conv head (``C -> 256 ->
-   128``), are L2-normalised and contrasted pixel-wise with the SupCon loss
+   images: the last decoder features (64 channels: the project's U-Net ends at 64 like
+   the official one) go through a 1x1-conv head (``64 -> 256 -> 128``, no BN/ReLU
+   between as in the official ``mlp``; ``head_norm_act`` adds them), are L2-normalised
+   and contrasted pixel-wise with the SupCon loss
    (:func:`~lightning_modules.losses.pixel_supcon.pixel_supcon_loss`, temperature
    0.1), positives = same label; background pixels are not anchors but stay in the
    denominators;
@@ -46,8 +48,9 @@ class SupervisedLocalContrast(DenseTask):
     """Hu et al.'s stage 2: pixel SupCon on the decoder features of a U-Net.
 
     ``init_checkpoint`` (a :class:`~lightning_modules.task.BaseTask` argument) is the
-    stage-1 checkpoint, e.g. a SimCLR run with the same timm encoder.  The paper: U-Net,
-    Adam at lr 1e-4.
+    stage-1 checkpoint, e.g. a SimCLR run with the same timm encoder.  The official recipe:
+    U-Net, Adam at lr 1e-4, weight decay 1e-4, constant lr (``min_lr_ratio: 1``), stage-2
+    augmentation intensity only (brightness, gamma, noise; no crop or flip).
 
     Args:
         architecture: smp architecture (the paper: ``unet``).
@@ -61,6 +64,7 @@ class SupervisedLocalContrast(DenseTask):
             anchors).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
+        head_norm_act: BatchNorm + ReLU in the head (official: none).
         **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
@@ -79,6 +83,7 @@ class SupervisedLocalContrast(DenseTask):
         background_index: int | None = 0,
         ignore_index: int = 255,
         block_size: int = 4096,
+        head_norm_act: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(architecture=architecture, **kwargs)
@@ -88,7 +93,10 @@ class SupervisedLocalContrast(DenseTask):
         super().configure_models()
         hp = self.hparams
         self.head = ConvProjectionHead(
-            out_channels(self.net.decoder), list(hp.projector_hidden_dims), hp.projector_out_dim
+            out_channels(self.net.decoder),
+            list(hp.projector_hidden_dims),
+            hp.projector_out_dim,
+            norm_act=hp.head_norm_act,
         )
 
     def configure_losses(self) -> None:

@@ -24,6 +24,13 @@ variants, one switch (``mode``):
 
 Training batches come from a segmentation data module in ``pretrain_views`` mode
 with ``pretrain_subset: labeled`` (``views``, ``masks``, ``index_maps``).
+
+**Views, against the official code.**  The official code pairs each *un-augmented*
+image with its augmented copy (``features_orig`` / ``features_aug``); the configs use
+two random views (the paper's wording).  The official pairing is a config: give
+``pretrain_views`` as a list whose first view has ``crop_scale: [1, 1]``,
+``crop_ratio: [1, 1]`` and every flip / jitter / grey / blur probability 0.  The
+self-pair deviation of the loss is documented in :mod:`lightning_modules.losses.pixel_contrast`.
 """
 
 from __future__ import annotations

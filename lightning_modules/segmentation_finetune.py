@@ -13,10 +13,11 @@ the training crops.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor
 
 from lightning_modules.components.checkpoint_init import init_from_checkpoint
@@ -46,6 +47,11 @@ class SegmentationFineTune(DenseTask):
         sliding_window: Window size for validation/test inference (``None``: whole image).
         sliding_stride: Stride of the sliding window (default: half the window).
         class_names: Names used for per-class IoU logging (default: the data module's).
+        loss: ``ce`` (cross-entropy), ``dice`` (smp's multiclass soft Dice) or ``ce+dice``
+            (their sum).
+        attention_channel: ``none``, or ``ones``: append a constant all-ones channel to
+            every input (the network takes ``in_channels + 1``), so an encoder pretrained
+            with an attention channel (Lee et al.) keeps its first convolution whole.
         **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
     """
 
@@ -58,8 +64,16 @@ class SegmentationFineTune(DenseTask):
         sliding_window: int | None = None,
         sliding_stride: int | None = None,
         class_names: list[str] | None = None,
+        loss: Literal["ce", "dice", "ce+dice"] = "ce",
+        attention_channel: Literal["none", "ones"] = "none",
         **kwargs: Any,
     ) -> None:
+        if loss not in ("ce", "dice", "ce+dice"):
+            raise ValueError(f"model.loss must be 'ce', 'dice' or 'ce+dice', got {loss!r}")
+        if attention_channel not in ("none", "ones"):
+            raise ValueError(
+                f"model.attention_channel must be 'none' or 'ones', got {attention_channel!r}"
+            )
         if num_classes < 2:
             raise ValueError(f"model.num_classes must be >= 2, got {num_classes}")
         if init_decoder and kwargs.get("init_checkpoint") is None:
@@ -78,6 +92,33 @@ class SegmentationFineTune(DenseTask):
 
     def head_classes(self) -> int:  # noqa: D102
         return self.hparams.num_classes
+
+    def input_channels(self) -> int:  # noqa: D102
+        return self.hparams.in_channels + (self.hparams.attention_channel == "ones")
+
+    def configure_losses(self) -> None:
+        """Cross-entropy and / or smp's multiclass soft Dice, both with the ignore index."""
+        hp = self.hparams
+        self.use_ce, self.use_dice = "ce" in hp.loss.split("+"), "dice" in hp.loss
+        self.dice = DiceLoss("multiclass", ignore_index=hp.ignore_index) if self.use_dice else None
+
+    def segmentation_loss(self, logits: Tensor, mask: Tensor) -> Tensor:
+        """The configured loss in float32 (``loss``)."""
+        logits = logits.float()
+        total = logits.new_zeros(())
+        if self.use_ce:
+            total = total + F.cross_entropy(logits, mask, ignore_index=self.ignore_index)
+        if self.dice is not None:
+            total = total + self.dice(logits, mask)
+        return total
+
+    def _with_attention(self, images: Tensor) -> Tensor:
+        if self.hparams.attention_channel == "ones":
+            return torch.cat([images, images.new_ones(images[:, :1].shape)], dim=1)
+        return images
+
+    def embed(self, images: Tensor) -> Tensor:  # noqa: D102
+        return super().embed(self._with_attention(images))
 
     def configure_metrics(self) -> None:
         """Confusion-matrix metrics over the whole validation / test split."""
@@ -100,7 +141,7 @@ class SegmentationFineTune(DenseTask):
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits ``(B, num_classes, H, W)``."""
-        return self.net(images)
+        return self.net(self._with_attention(images))
 
     def _infer(self, images: Tensor) -> Tensor:
         window = self.hparams.sliding_window
@@ -114,10 +155,8 @@ class SegmentationFineTune(DenseTask):
         return sliding_window_inference(self, images, window, stride, self.num_classes)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
-        """Cross-entropy with ignore index on the labeled crops."""
-        logits = self(batch["image"])
-        loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.ignore_index)
-        return TaskLoss(loss)
+        """The configured loss (``loss``) with ignore index on the labeled crops."""
+        return TaskLoss(self.segmentation_loss(self(batch["image"]), batch["mask"]))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Tensor]:
         """Accumulate the confusion matrix; returns predictions for callbacks."""
@@ -132,7 +171,7 @@ class SegmentationFineTune(DenseTask):
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> dict[str, Tensor]:
         logits = self._infer(batch["image"])
-        loss = F.cross_entropy(logits.float(), batch["mask"], ignore_index=self.ignore_index)
+        loss = self.segmentation_loss(logits, batch["mask"])
         preds = logits.argmax(1)
         metrics.update(preds, batch["mask"])
         stage = "val" if metrics is self.val_metrics else "test"

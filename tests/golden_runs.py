@@ -7,6 +7,10 @@ value ``training_step`` returns, probe loss included) in ``tests/data/golden_los
 ``tests/test_golden_runs.py`` reruns them and compares to 1e-6.  Issue 9 changed the
 random streams on purpose (sample order and augmentations from ``(seed, epoch, index)``,
 the step's RNG from ``(seed, epoch, batch)``, for exact resume) and re-recorded them once.
+Issue 10 changed the computation on purpose and re-recorded them again: the 32 px scenes'
+stripe angle is random (it was the class, so rot90 mapped class c onto c + 3), every
+DeepLabV3+ uses ASPP rates 6/12/18, GLCNet uses the official local tap, heads without BN
+and one pass per view, Hu et al. the official head and recipe, U-Nets a 64-channel last stage.
 The runs are seeded, on CPU, single-threaded (so the result does not depend on the core
 count), with in-process data loading and no validation.
 """

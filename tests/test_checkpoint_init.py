@@ -12,12 +12,14 @@ import torch
 
 from lightning_modules import SegmentationFineTune
 from lightning_modules.components import checkpoint_init
+from lightning_modules.components.networks import UNET_CHANNELS
 
 
 def dense_checkpoint(tmp_path: Path, arch: str = "DeepLabV3Plus") -> tuple[Path, dict]:
     """A contraseg dense-model checkpoint (``net.*``) with every tensor randomised."""
     torch.manual_seed(0)
-    net = getattr(smp, arch)(encoder_name="tu-resnet18", encoder_weights=None, classes=2)
+    extra = {"decoder_channels": UNET_CHANNELS} if arch == "Unet" else {}  # the project's U-Net
+    net = getattr(smp, arch)(encoder_name="tu-resnet18", encoder_weights=None, classes=2, **extra)
     state = {
         k: torch.rand_like(v) + 0.5 if v.is_floating_point() else v + 7
         for k, v in net.state_dict().items()

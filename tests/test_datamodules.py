@@ -130,6 +130,57 @@ def test_four_band_views_skip_rgb_only_ops() -> None:
     assert out["views"][0].shape == (4, 16, 16)
 
 
+def test_multiband_photometrics_follow_glcnets_four_band_recipe() -> None:
+    from datamodules.transforms import MultiBandPhotometric
+
+    img = tv_tensors.Image(torch.full((4, 32, 32), 128, dtype=torch.uint8))
+    jitter = MultiBandPhotometric(
+        ViewAugmentation(
+            jitter_prob=1.0,
+            grayscale_prob=0.0,
+            band_brightness=0.3,
+            band_contrast=0.0,
+            pixel_noise_prob=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+        )
+    )
+    torch.manual_seed(0)
+    out = jitter(img)
+    assert out.dtype == torch.uint8
+    per_band = out.float().mean((1, 2))
+    # one brightness factor per band (constant within a band), each within 128 ± 30% blend
+    assert torch.equal(out.float().amin((1, 2)), out.float().amax((1, 2)))
+    assert len(set(per_band.tolist())) > 1
+    assert ((per_band >= 128 * 0.7 - 1) & (per_band <= 128 + 127 * 0.3 + 1)).all()
+    noise = MultiBandPhotometric(
+        ViewAugmentation(
+            jitter_prob=1.0,
+            grayscale_prob=0.0,
+            band_brightness=0.0,
+            band_contrast=0.0,
+            pixel_noise_prob=0.5,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+        )
+    )
+    hit = (noise(img) != 128).any(0).float().mean()
+    assert 0.35 < float(hit) < 0.65  # about half the pixels replaced
+    grey = MultiBandPhotometric(ViewAugmentation(jitter_prob=0.0, grayscale_prob=1.0))
+    src = tv_tensors.Image(torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8))
+    g = grey(src)
+    assert any(torch.equal(g[0], src[b]) for b in range(4)) and (g == g[:1]).all()
+    # RGB and Hounsfield-unit images pass through unchanged
+    rgb = tv_tensors.Image(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8))
+    assert torch.equal(jitter(rgb), rgb)
+    ct = tv_tensors.Image(torch.randint(-1000, 1000, (1, 8, 8), dtype=torch.int16))
+    assert torch.equal(jitter(ct), ct)
+
+
 def test_rot90_and_vflip_keep_correspondences() -> None:
     src = SyntheticScenes(1, 24, 4)[0]
     cfg = ViewAugmentation(size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.0,
@@ -162,3 +213,20 @@ def test_asymmetric_views_from_cli(tmp_path, monkeypatch) -> None:
     dm.setup("fit")
     sample = dm.train_dataset()[0]
     assert [v.shape[-1] for v in sample["views"]] == [16, 16]
+
+
+def test_gamma_and_noise_views_hu_stage_two() -> None:
+    """Intensity-only views: gamma x**g with g in the range, additive noise of the given std."""
+    img = tv_tensors.Image(torch.full((3, 64, 64), 64, dtype=torch.uint8))
+    base = dict(size=64, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.0,
+                grayscale_prob=0.0, blur_prob=0.0, brightness=0.0, contrast=0.0,
+                saturation=0.0, hue=0.0, mean=[0.0] * 3, std=[1.0] * 3)  # fmt: skip
+    torch.manual_seed(0)
+    out = MultiViewTransform(ViewAugmentation(jitter_prob=1.0, gamma=(2.0, 2.0), **base))(
+        {"image": img, "label": 0})["views"][0]
+    assert torch.allclose(out, torch.full_like(out, (64 / 255) ** 2), atol=1e-6)
+    noisy = MultiViewTransform(ViewAugmentation(jitter_prob=0.0, noise_std=0.1, **base))(
+        {"image": img, "label": 0})["views"][0]
+    assert abs(float((noisy - 64 / 255).std()) - 0.1) < 0.01
+    with pytest.raises(ValueError, match="gamma"):
+        ViewAugmentation(gamma=(1.5, 0.5))

@@ -118,3 +118,68 @@ def test_potsdam_unknown_colours_are_reported(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match=r"a\.tif: 3 pixels with colours outside"):
         item = PotsdamCrops(tmp_path, "train")[0]
     assert int((item["mask"] == 255).sum()) == 3
+
+
+def _naive_soft_dice(logits: torch.Tensor, mask: torch.Tensor, classes: int) -> torch.Tensor:
+    """1 - mean over classes present (in target or not, as smp) of 2|P∩T| / (|P| + |T|)."""
+    p = logits.softmax(1)
+    t = torch.nn.functional.one_hot(mask, classes).permute(0, 3, 1, 2).float()
+    inter = (p * t).sum((0, 2, 3))
+    card = (p + t).sum((0, 2, 3))
+    dice = (2 * inter) / card.clamp_min(1e-7)
+    present = t.sum((0, 2, 3)) > 0  # smp zeroes the loss of classes absent from the target
+    return ((1 - dice) * present).mean()
+
+
+def test_dice_and_combined_losses_against_a_naive_reference() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8)
+    mask = torch.randint(0, 3, (2, 8, 8))  # class 3 absent
+    ce = SegmentationFineTune(num_classes=4)
+    dice = SegmentationFineTune(num_classes=4, loss="dice")
+    both = SegmentationFineTune(num_classes=4, loss="ce+dice")
+    expected_ce = torch.nn.functional.cross_entropy(logits, mask)
+    expected_dice = _naive_soft_dice(logits, mask, 4)
+    assert torch.allclose(ce.segmentation_loss(logits, mask), expected_ce)
+    assert torch.allclose(dice.segmentation_loss(logits, mask), expected_dice, atol=1e-5)
+    assert torch.allclose(both.segmentation_loss(logits, mask), expected_ce + expected_dice,
+                          atol=1e-5)  # fmt: skip
+    perfect = torch.nn.functional.one_hot(mask, 4).permute(0, 3, 1, 2).float() * 50
+    assert float(dice.segmentation_loss(perfect, mask)) < 1e-4
+    with pytest.raises(ValueError, match="model.loss"):
+        SegmentationFineTune(num_classes=4, loss="focal")
+
+
+def test_attention_channel_keeps_the_pretrained_first_convolution(tmp_path: Path) -> None:
+    """Lee et al.'s official protocol: the prior/attention channel stays an input."""
+    path, pre = simclr_checkpoint(tmp_path, in_channels=4)  # image + attention channel
+    kept = SegmentationFineTune(num_classes=4, init_checkpoint=str(path),
+                                attention_channel="ones")  # fmt: skip
+    conv = kept.net.encoder.model.conv1.weight
+    assert conv.shape[1] == 4 and torch.equal(conv, pre.encoder.model.conv1.weight)
+    dropped = SegmentationFineTune(num_classes=4, init_checkpoint=str(path))
+    assert dropped.net.encoder.model.conv1.weight.shape[1] == 3
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = kept.eval()(images)
+        manual = kept.net(torch.cat([images, torch.ones(2, 1, 32, 32)], 1))
+    assert out.shape == (2, 4, 32, 32) and torch.allclose(out, manual)
+    assert kept.embed(images).shape == (2, 512)
+
+
+def test_aspp_rates_follow_output_stride_16_and_unet_ends_at_64_channels() -> None:
+    from lightning_modules.components.networks import build_segmentation_net
+
+    def rates(net: torch.nn.Module) -> list[int]:
+        return sorted({m.dilation[0] for m in net.decoder.aspp.modules()
+                       if isinstance(m, torch.nn.Conv2d) and m.dilation[0] > 1})  # fmt: skip
+
+    assert rates(SegmentationFineTune(num_classes=3).net) == [6, 12, 18]
+    assert rates(build_segmentation_net("deeplabv3plus", "resnet18", 3, 2,
+                                        aspp_rates=(12, 24, 36))) == [12, 24, 36]  # fmt: skip
+    unet = SegmentationFineTune(num_classes=3, architecture="unet").net
+    assert unet.decoder.blocks[-1].conv2[0].out_channels == 64
+    with pytest.raises(ValueError, match="aspp_rates"):
+        build_segmentation_net("deeplabv3plus", "resnet18", 3, 2, aspp_rates=(6, 12))
+    with pytest.raises(ValueError, match="5 widths"):
+        build_segmentation_net("unet", "resnet18", 3, 2, decoder_channels=(64, 32))

@@ -105,14 +105,46 @@ def test_gradients_reach_every_part(batch: dict[str, Any]) -> None:
         assert any(g.abs().sum() > 0 for g in grads), name
 
 
-def test_encode_matches_smp_decoder(batch: dict[str, Any]) -> None:
-    model = _model().eval()
+@pytest.mark.parametrize("tap", ["official", "block2"])
+def test_encode_matches_smp_decoder(batch: dict[str, Any], tap: str) -> None:
+    model = _model(local_tap=tap).eval()
     with torch.no_grad():
         images = batch["views"][0]
         _, decoded = model.encode(images)
         reference = model.net.decoder(model.net.encoder(images))
+        if tap == "official":  # smp's decoder, then 3x3 conv-BN-ReLU and a linear 1x1 to 64
+            reference = model.local_decoder(reference)
+            assert decoded.shape[1] == 64 and bool((decoded < 0).any())  # linear, not post-ReLU
+        else:
+            assert model.local_decoder is None and decoded.shape[1] == 256
         assert torch.allclose(decoded, reference, atol=1e-5)
         assert model.embed(images).shape == (8, model.feature_dim)
+
+
+def test_official_heads_have_no_batch_norm_and_official_widths() -> None:
+    model = _model()
+    kinds = {type(m).__name__ for m in model.global_head.modules()}
+    assert "BatchNorm1d" not in kinds
+    linear = [m for m in model.global_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(512, 256), (256, 64)]
+    linear = [m for m in model.local_head.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(64, 64), (64, 64)]
+    with_bn = _model(head_batch_norm=True)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn.global_head.modules())
+
+
+def test_views_get_their_own_batch_norm_statistics(batch: dict[str, Any]) -> None:
+    """Separate passes (official) and one joint pass agree in eval mode, not in training."""
+    same = {**batch, "views": [batch["views"][0], batch["views"][0].flip(-1)]}
+    losses = {}
+    for joint in (False, True):
+        for train in (True, False):
+            model = _model(joint_forward=joint, use_local=False).train(train)
+            torch.manual_seed(1)
+            with torch.no_grad():
+                losses[joint, train] = float(model.training_loss(same).loss)
+    assert losses[False, False] == pytest.approx(losses[True, False], abs=1e-5)
+    assert abs(losses[False, True] - losses[True, True]) > 1e-4
 
 
 def test_fit_then_finetune_init_loads_the_encoder(tmp_path: Path) -> None:

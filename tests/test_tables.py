@@ -216,3 +216,20 @@ def test_directclr_table_runs_at_smoke_scale(data_roots, tmp_path) -> None:
                       "--set", "data.init_args.val_fraction=0.25"]) == 0  # fmt: skip
     md = (tmp_path / "directclr_imagenet" / "smoke.md").read_text()
     assert "| DirectCLR (d0 = 360) | ResNet-50 | 0." in md and "0.627 (unverified)" in md
+
+
+@pytest.mark.slow
+def test_synthetic_dense_tables_run_at_smoke_scale(tmp_path) -> None:
+    """The 96 px benchmark's tables (rows with the new protocol switches) run end to end."""
+    out = tmp_path / "tables"
+    rows = ["GLCNet (encoder + ASPP)",
+            "Lee et al. (the official code's protocol: prior channel, frozen encoder, Dice)",
+            "Hu et al., stages 1 + 2 (encoder + decoder)"]  # fmt: skip
+    assert reproduce(["synthetic_dense", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "synthetic_dense" / "smoke.md").read_text()
+    assert all(f"| {r} | " in md for r in rows) and "failed" not in md, md
+    assert reproduce(["glcnet_synthetic", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--rows", "global only, SimCLR-like"]) == 0  # fmt: skip
+    md = (out / "glcnet_synthetic" / "smoke.md").read_text()
+    assert "| global only, SimCLR-like | " in md and "failed" not in md, md

@@ -13,6 +13,7 @@ from datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
 from datamodules.datasets.segmentation_folder import SegmentationFolder
 from datamodules.datasets.svhn import SVHNDataset
 from datamodules.datasets.synthetic import SyntheticScenes
+from datamodules.datasets.textured_scenes import TexturedScenes
 from datamodules.datasets.voc import VOCSegmentation
 
 __all__ = [
@@ -25,5 +26,6 @@ __all__ = [
     "SVHNDataset",
     "SegmentationFolder",
     "SyntheticScenes",
+    "TexturedScenes",
     "VOCSegmentation",
 ]

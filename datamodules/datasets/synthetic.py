@@ -1,12 +1,13 @@
 """Embedded default data: procedural textured scenes with pixel masks, no files needed.
 
 Every image is a textured background with one to ``max_objects`` objects.  An
-object's class fixes its *shape* and its *texture* (stripe orientation and
-frequency), while colours, position, size, rotation and phase are random, so
-colour alone says nothing about the class and a model has to learn shape and
-texture.  Each sample has an image-level label (the class covering most pixels),
-and a pixel mask (``0`` background, ``c + 1`` for class ``c``).  Samples are a
-pure function of ``(seed, index)``: the same on every machine and in every worker.
+object's class fixes its *shape* and its stripe *frequency*, while colours, position,
+size, rotation, stripe orientation and phase are random, so colour alone says nothing
+about the class, a rotation or flip keeps every class, and a model has to learn shape
+and texture.  (For dense methods at 96-128 px see :mod:`.textured_scenes`.)  Each sample
+has an image-level label (the class covering most pixels), and a pixel mask (``0``
+background, ``c + 1`` for class ``c``).  Samples are a pure function of ``(seed, index)``:
+the same on every machine and in every worker.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ class SyntheticScenes(Dataset):
         u = dx * math.cos(rot) + dy * math.sin(rot)
         v = -dx * math.sin(rot) + dy * math.cos(rot)
         inside = _shape_mask(SHAPES[cls], u, v)
-        # class-specific stripes: orientation and frequency identify the class
-        angle = math.pi * cls / self.num_classes
+        # stripe frequency is class-specific, orientation random: a rotation or flip maps
+        # every class onto itself (a class-specific angle made rot90 map class c onto c + 3)
+        angle = math.pi * rnd[5]
         freq = 4.0 + 3.0 * (cls % 3)
         stripes = torch.sin(
             2 * math.pi * freq * (self._xx * math.cos(angle) + self._yy * math.sin(angle))

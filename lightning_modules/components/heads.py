@@ -49,26 +49,30 @@ class ConvProjectionHead(nn.Module):
     """Dense projector of 1x1 convolutions ``in -> hidden... -> out`` (BN + ReLU between).
 
     Zhao et al. (2021) project decoder features with two 1x1 convolutions of 256
-    channels (BN + ReLU after the first); Hu et al. (2021) use ``64 -> 256 -> 128``.
+    channels (BN + ReLU after the first); Hu et al.'s official ``mlp`` is ``64 -> 256 ->
+    128`` with nothing between the convolutions (``norm_act=False``).
 
     Args:
         in_channels: Input channels.
         hidden_channels: Widths of the hidden 1x1 convolutions.
         out_channels: Output channels (embedding dimension).
+        norm_act: BatchNorm + ReLU after each hidden convolution.
     """
 
     def __init__(
-        self, in_channels: int, hidden_channels: Sequence[int] = (256,), out_channels: int = 256
+        self,
+        in_channels: int,
+        hidden_channels: Sequence[int] = (256,),
+        out_channels: int = 256,
+        norm_act: bool = True,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
         for width in hidden_channels:
-            layers += [
-                nn.Conv2d(prev, width, kernel_size=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-            ]
+            layers.append(nn.Conv2d(prev, width, kernel_size=1, bias=not norm_act))
+            if norm_act:
+                layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             prev = width
         layers.append(nn.Conv2d(prev, out_channels, kernel_size=1))
         self.net = nn.Sequential(*layers)

@@ -12,6 +12,7 @@ any contraseg task can initialise any other (``components.checkpoint_init``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -21,6 +22,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "ARCHITECTURES",
+    "ASPP_RATES_OS16",
+    "UNET_CHANNELS",
     "TimmEncoder",
     "build_segmentation_net",
     "out_channels",
@@ -28,6 +31,8 @@ __all__ = [
 ]
 
 ARCHITECTURES = {"deeplabv3plus": "DeepLabV3Plus", "unet": "Unet", "fpn": "FPN"}
+ASPP_RATES_OS16 = (6, 12, 18)
+UNET_CHANNELS = (256, 128, 64, 64, 64)
 
 
 class TimmEncoder(nn.Module):
@@ -96,6 +101,8 @@ def build_segmentation_net(
     in_channels: int,
     classes: int | None = None,
     encoder_weights: str | None = None,
+    aspp_rates: Sequence[int] = ASPP_RATES_OS16,
+    decoder_channels: Sequence[int] | None = None,
 ) -> nn.Module:
     """An smp network over a timm encoder (weights under ``encoder.model.*``, ``decoder.*``).
 
@@ -107,6 +114,14 @@ def build_segmentation_net(
             ``nn.Identity`` so the forward returns the decoder features (dense pretraining,
             no unused parameters).
         encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights, when available).
+        aspp_rates: DeepLabV3+ ASPP dilation rates.  At output stride 16 (smp's and the
+            official GLCNet's) DeepLab uses 6/12/18; smp's default 12/24/36 is DeepLab's
+            output-stride-8 setting, whose rates 24 and 36 read only padding on the 14x14
+            ASPP map of a 224 px crop.
+        decoder_channels: Decoder widths (DeepLabV3+: one int-like entry, the ASPP and
+            decoder width, default 256; U-Net: one per stage, default ``UNET_CHANNELS``,
+            whose last stage has 64 channels like Hu et al.'s U-Net, where smp's default
+            ends at 16).
 
     Returns:
         The smp model.
@@ -118,11 +133,29 @@ def build_segmentation_net(
         raise ValueError(
             f"model.architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}"
         )
+    extra: dict[str, object] = {}
+    if architecture == "deeplabv3plus":
+        if len(aspp_rates) != 3 or min(aspp_rates) < 1:
+            raise ValueError(f"model.aspp_rates must be three rates >= 1, got {list(aspp_rates)}")
+        extra["decoder_atrous_rates"] = tuple(int(r) for r in aspp_rates)
+        if decoder_channels is not None:
+            if len(decoder_channels) != 1:
+                raise ValueError("DeepLabV3+ model.decoder_channels takes one width, got "
+                                 f"{list(decoder_channels)}")  # fmt: skip
+            extra["decoder_channels"] = int(decoder_channels[0])
+    elif architecture == "unet":
+        channels = UNET_CHANNELS if decoder_channels is None else tuple(decoder_channels)
+        if len(channels) != 5:
+            raise ValueError(f"U-Net model.decoder_channels needs 5 widths, got {list(channels)}")
+        extra["decoder_channels"] = tuple(int(c) for c in channels)
+    elif decoder_channels is not None:
+        extra["decoder_segmentation_channels"] = int(decoder_channels[0])
     net = getattr(smp, ARCHITECTURES[architecture])(
         encoder_name=f"tu-{encoder}",
         encoder_weights=encoder_weights,
         in_channels=in_channels,
         classes=1 if classes is None else classes,
+        **extra,
     )
     if classes is None:
         net.segmentation_head = nn.Identity()

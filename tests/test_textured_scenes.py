@@ -1,0 +1,168 @@
+"""The segmentation-scale synthetic benchmark: determinism, invariances, variants, modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from datamodules import TexturedScenesDataModule, TexturedSegmentationDataModule
+from datamodules.datasets import SyntheticScenes, TexturedScenes
+from datamodules.transforms import ViewAugmentation
+
+
+def orientation_histograms(images: torch.Tensor, masks: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per-class histogram (8 bins over [0, pi)) of gradient orientation, magnitude-weighted."""
+    grey = images.float().mean(1)
+    gy, gx = grey[:, 1:, :-1] - grey[:, :-1, :-1], grey[:, :-1, 1:] - grey[:, :-1, :-1]
+    angle = torch.remainder(torch.atan2(gy, gx), torch.pi)
+    bins = (angle / torch.pi * 8).long().clamp(max=7)
+    weight = torch.sqrt(gx * gx + gy * gy)
+    m = masks[:, :-1, :-1]
+    # only interior pixels: an object's edge orientation is not its texture
+    interior = (m == masks[:, 1:, :-1]) & (m == masks[:, :-1, 1:])
+    hist = torch.zeros(classes, 8)
+    for c in range(classes):
+        sel = interior & (m == c + 1)
+        hist[c].index_add_(0, bins[sel], weight[sel])
+    return hist / hist.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("generator", ["textured", "shapes"])
+def test_rot90_maps_every_class_onto_itself(generator: str) -> None:
+    """Texture orientation statistics of class c are unchanged by a 90-degree rotation.
+
+    The old shapes generator gave class c a fixed stripe angle pi c / C, so rot90 turned
+    class c's texture into class c + 3's and this test failed for it (TV distance ~0.5).
+    """
+    if generator == "textured":
+        out = TexturedScenes(400, 48, num_classes=6, seed=1).render(list(range(400)))
+        images, masks = out["image"], out["mask"]
+    else:
+        items = [SyntheticScenes(1200, 32, 6, max_objects=1, seed=1)[i] for i in range(1200)]
+        images = torch.stack([it["image"] for it in items])
+        masks = torch.stack([it["mask"] for it in items])
+    hist = orientation_histograms(images, masks, 6)
+    rotated = orientation_histograms(images.rot90(1, (2, 3)), masks.rot90(1, (1, 2)), 6)
+    tv = 0.5 * (hist - rotated).abs().sum(1)
+    assert (tv < 0.15).all(), tv
+
+
+def test_deterministic_and_batched_equals_single() -> None:
+    ds = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=5)
+    batch = ds.render(list(range(12)))
+    for i in (0, 7, 11):
+        item = ds[i]
+        assert torch.equal(item["image"], batch["image"][i])
+        assert torch.equal(item["mask"], batch["mask"][i])
+        assert item["label"] == int(batch["label"][i]) and item["domain"] == i % 3
+    again = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=5)[7]
+    assert torch.equal(again["image"], ds[7]["image"])
+    other = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=6)[7]
+    assert not torch.equal(other["image"], ds[7]["image"])
+
+
+def test_masks_labels_and_occlusion() -> None:
+    ds = TexturedScenes(64, 64, num_classes=6, min_objects=2, max_objects=5, seed=2)
+    out = ds.render(list(range(64)))
+    mask, label = out["mask"], out["label"]
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (64, 3, 64, 64)
+    assert int(mask.min()) >= 0 and int(mask.max()) <= 6
+    hist = torch.stack([torch.bincount(m.flatten(), minlength=7)[1:] for m in mask])
+    assert torch.equal(label, hist.argmax(1))
+    # several objects per scene, and every class occurs
+    assert (hist.gt(0).sum(1) >= 1).all() and hist.gt(0).sum(1).float().mean() > 1.5
+    assert hist.sum(0).gt(0).all()
+    # occlusion: the painted-last object wins, so masks equal the layer-by-layer composite
+    classes = [ds.object_classes(i) for i in range(64)]
+    assert all(ds.min_objects <= len(c) <= ds.max_objects for c in classes)
+
+
+def test_clutter_is_background_and_leaves_objects_alone() -> None:
+    plain = TexturedScenes(16, 64, seed=3).render(list(range(16)))
+    clutter = TexturedScenes(16, 64, clutter=4, seed=3).render(list(range(16)))
+    assert torch.equal(plain["mask"], clutter["mask"])  # distractors are labelled background
+    on_objects = plain["mask"] > 0
+    diff = (plain["image"].int() - clutter["image"].int()).abs().sum(1) > 0
+    assert not diff[on_objects].any()  # objects drawn on top, unchanged
+    assert diff[~on_objects].float().mean() > 0.1  # background changed by distractors
+
+
+def test_imbalance_follows_the_requested_ratio() -> None:
+    ds = TexturedScenes(3000, 16, num_classes=5, imbalance_ratio=10.0, seed=0)
+    probs = ds.class_probs
+    assert float(probs[0] / probs[-1]) == pytest.approx(10.0, rel=1e-5)
+    expected = 10.0 ** (-torch.arange(5) / 4)
+    assert torch.allclose(probs, expected / expected.sum(), atol=1e-6)
+    counts = torch.zeros(5)
+    for i in range(3000):
+        for c in ds.object_classes(i):
+            counts[c] += 1
+    n = counts.sum()
+    sigma = torch.sqrt(n * probs * (1 - probs))
+    assert ((counts - n * probs).abs() < 4 * sigma).all(), (counts / n, probs)
+    uniform = TexturedScenes(8, 16, num_classes=5, seed=0)
+    assert torch.allclose(uniform.class_probs, torch.full((5,), 0.2))
+
+
+def test_domains_change_appearance_not_content() -> None:
+    one = TexturedScenes(8, 48, seed=4).render(list(range(8)))
+    many = TexturedScenes(8, 48, num_domains=4, seed=4)
+    out = many.render(list(range(8)))
+    assert out["domain"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert torch.equal(out["mask"], one["mask"])
+    same = out["domain"] == 0
+    assert torch.equal(out["image"][same], one["image"][same])  # domain 0 is the clean regime
+    for i in (1, 2, 3):
+        assert (out["image"][i].float() - one["image"][i].float()).abs().mean() > 2
+    fixed = TexturedScenes(8, 48, num_domains=4, domain=2, seed=4).render([0, 1])
+    assert fixed["domain"].tolist() == [2, 2]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"num_classes": 9}, "num_classes in"),
+        ({"min_objects": 4, "max_objects": 2}, "min_objects <= max_objects"),
+        ({"imbalance_ratio": 0.5}, "imbalance_ratio >= 1"),
+        ({"num_domains": 2, "domain": 2}, "domain in"),
+        ({"period": 1.0}, "period >= 3"),
+        ({"image_size": 8}, "image_size >= 16"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict, expected: str) -> None:
+    with pytest.raises(ValueError, match=expected):
+        TexturedScenes(4, **{"image_size": 32, **kwargs})
+
+
+def test_index_out_of_range() -> None:
+    with pytest.raises(IndexError, match="out of range"):
+        TexturedScenes(4, 32)[4]
+
+
+def test_segmentation_module_batches(tmp_path) -> None:
+    dm = TexturedSegmentationDataModule(
+        num_train=40, num_val=6, image_size=48, label_fraction=4, batch_size=2, num_workers=0,
+        split_dir=str(tmp_path), imbalance_ratio=5.0,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert dm.num_classes == 7 and dm.classes[0] == "background" and len(dm.labeled_names()) == 4
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (2, 3, 48, 48) and batch["mask"].shape == (2, 48, 48)
+    val = next(iter(dm.val_dataloader()))
+    assert val["domain"].tolist() == [0, 0]
+    # balanced validation: the val generator ignores the training imbalance
+    assert dm.scenes("val", 4).imbalance_ratio == 1.0
+    assert dm.scenes("train", 4).imbalance_ratio == 5.0
+    with pytest.raises(ValueError, match="num_classes in"):
+        TexturedSegmentationDataModule(num_object_classes=12)
+
+
+def test_pretrain_module_views_and_labels() -> None:
+    dm = TexturedScenesDataModule(
+        num_train=8, num_val=4, image_size=48, batch_size=4, num_workers=0,
+        augment=ViewAugmentation(size=32), knn_bank_size=4,
+    )  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch["views"]) == 2 and batch["views"][0].shape == (4, 3, 32, 32)
+    assert dm.probe_classes == 6 and batch["label"].min() >= 0
