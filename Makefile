@@ -25,7 +25,8 @@ install: $(STAMP)
 
 quickstart: install
 	$(PY) experiments/reproduce.py quickstart --scale quick --seeds 1 \
-	    --rows "random init [DeepLabV3+]" "SimCLR (encoder)"
+	    --rows "random init [DeepLabV3+]" "SimCLR (encoder)" \
+	    "Zhao et al., cross-image (encoder + decoder)"
 
 lint: install
 	$(VENV)/bin/ruff check .
