@@ -59,11 +59,19 @@ class SyntheticDataModule(PretrainDataModule):
         )
 
 
-class _NamedSubset(Dataset):
-    """Items of ``SyntheticScenes`` selected by name (the zero-padded index), with names."""
+class NamedScenes(Dataset):
+    """Items of a generated scene set selected by name (the zero-padded index), with names.
 
-    def __init__(self, scenes: SyntheticScenes, names: list[str]) -> None:
-        self.scenes, self.names = scenes, names
+    Args:
+        scenes: Any data set indexed by int (``SyntheticScenes``, ``TexturedScenes``).
+        names: Zero-padded indices of the selected items.
+        keys: Item entries kept (besides ``name``).
+    """
+
+    def __init__(
+        self, scenes: Dataset, names: list[str], keys: Sequence[str] = ("image", "mask")
+    ) -> None:
+        self.scenes, self.names, self.keys = scenes, names, tuple(keys)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -71,7 +79,7 @@ class _NamedSubset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
         name = self.names[index]
         item = self.scenes[int(name)]
-        return {"image": item["image"], "mask": item["mask"], "name": name}
+        return {**{k: item[k] for k in self.keys}, "name": name}
 
 
 class SyntheticSegmentationDataModule(SegmentationDataModule):
@@ -127,4 +135,4 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
     def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
         scenes = self._scenes(split)
         all_names = [f"{i:06d}" for i in range(len(scenes))]
-        return _NamedSubset(scenes, list(names) if names is not None else all_names)
+        return NamedScenes(scenes, list(names) if names is not None else all_names)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from datamodules.base import PretrainDataModule
 from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
+from datamodules.synthetic import NamedScenes
 
 
 class _SceneArgs:
@@ -92,22 +93,6 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         return self.scenes("train", self.num_train), self.scenes("val", self.num_val)
 
 
-class _Named(Dataset):
-    """Scenes selected by name (the zero-padded index), with their names."""
-
-    def __init__(self, scenes: TexturedScenes, names: list[str]) -> None:
-        self.scenes, self.names = scenes, names
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
-        name = self.names[index]
-        item = self.scenes[int(name)]
-        return {"image": item["image"], "mask": item["mask"], "domain": item["domain"],
-                "name": name}  # fmt: skip
-
-
 class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
     """Segmentation of :class:`TexturedScenes`: background + one class per texture family.
 
@@ -173,4 +158,5 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
     def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
         scenes = self.scenes(split, self.num_train if split == "train" else self.num_val)
         all_names = [f"{i:06d}" for i in range(len(scenes))]
-        return _Named(scenes, list(names) if names is not None else all_names)
+        selected = list(names) if names is not None else all_names
+        return NamedScenes(scenes, selected, keys=("image", "mask", "domain"))
