@@ -2,18 +2,13 @@
 
 A task declares only its own constructor arguments and forwards the rest with
 ``**kwargs``; jsonargparse follows the ``super().__init__(**kwargs)`` chain, so the CLI
-and ``--print_config`` show every argument.  :class:`BaseTask` then
-
-1. stores all arguments of the whole chain as ``self.hparams`` (plain numbers, so
-   checkpoints load with ``torch.load(weights_only=True)``);
-2. calls :meth:`configure_models` (build ``self.encoder`` and whatever else),
-   :meth:`configure_losses` and :meth:`configure_metrics`, in that order;
-3. initialises the encoder from ``init_checkpoint`` and freezes it (``freeze_encoder``);
-4. owns the optimiser with per-step warmup + cosine schedule, the logging of the loss
-   dictionary and the embedding export of ``predict``;
-5. reseeds torch's RNG at every training batch from ``(run seed, epoch, batch index)``,
-   so the step's own randomness (random pixel samples, dropout) is restored exactly by a
-   resume (the data side: :mod:`datamodules.sampling`).
+and ``--print_config`` show every argument.  :class:`BaseTask` stores the whole chain's
+arguments as ``self.hparams`` (plain numbers), calls :meth:`configure_models`,
+:meth:`configure_losses` and :meth:`configure_metrics` in that order, initialises and
+freezes the encoder (``init_checkpoint``, ``freeze_encoder``), owns the optimiser with
+per-step warmup + cosine, logs the loss dictionary, exports embeddings in ``predict``, and
+reseeds torch's RNG at every training batch from ``(run seed, epoch, batch index)`` so a
+resume restores the step's own randomness (the data side: :mod:`datamodules.sampling`).
 
 **State beyond weights** (queues, prototypes, EMA encoders, counters) must survive a
 restart.  A method declares it in one of two ways: tensors as *persistent buffers*
@@ -29,7 +24,6 @@ model lives under ``.model`` for every task (``components.checkpoint_init``).
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -43,6 +37,7 @@ from lightning_modules.components.checkpoint_init import (
     load_encoder_from_checkpoint,
     summarize,
 )
+from lightning_modules.components.hparams import check_ranges, plain_numbers
 from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
 
 __all__ = ["BaseTask", "TaskLoss"]
@@ -102,8 +97,8 @@ class BaseTask(L.LightningModule):
         if optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         self.save_hyperparameters()
-        self.validate_hparams()
-        self._plain_hparams()
+        check_ranges(self.hparams, self.POSITIVE, self.NON_NEGATIVE, self.UNIT)
+        plain_numbers(self.hparams, getattr(self, "_hparams_initial", {}))
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
@@ -120,26 +115,10 @@ class BaseTask(L.LightningModule):
         """Build ``self.encoder`` and the task's other modules (from ``self.hparams``)."""
         raise NotImplementedError
 
-    # checked by ``validate_hparams``: positive, non-negative and [0, 1] hyper-parameters
+    # checked at construction (``check_ranges``); a task extends them (e.g. ``queue_size``)
     POSITIVE: tuple[str, ...] = ("lr", "probe_lr", "temperature", "knn_temperature")
     NON_NEGATIVE: tuple[str, ...] = ("weight_decay", "warmup_epochs", "momentum")
     UNIT: tuple[str, ...] = ("min_lr_ratio", "momentum")
-
-    def validate_hparams(self) -> None:
-        """Reject out-of-range hyper-parameters at configuration time, naming the key.
-
-        Every name of ``POSITIVE`` / ``NON_NEGATIVE`` / ``UNIT`` present in ``hparams``
-        is checked (a task extends the tuples with its own, e.g. ``queue_size``).
-        """
-        hp = self.hparams
-        checks = [(self.POSITIVE, lambda v: v > 0, "> 0"),
-                  (self.NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
-                  (self.UNIT, lambda v: 0 <= v <= 1, "in [0, 1]")]  # fmt: skip
-        for names, ok, rule in checks:
-            for name in names:
-                value = hp.get(name)
-                if isinstance(value, int | float) and not (ok(value) and math.isfinite(value)):
-                    raise ValueError(f"model.{name} must be {rule}, got {value}")
 
     def configure_losses(self) -> None:
         """Validate and store loss settings (temperatures, ...); nothing by default."""
@@ -242,15 +221,6 @@ class BaseTask(L.LightningModule):
             groups, self.trainer, hp.warmup_epochs, hp.min_lr_ratio, name=hp.optimizer,
             lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
         )  # fmt: skip
-
-    def _plain_hparams(self) -> None:
-        """Store validated numbers (``PositiveFloat`` ...) as plain ``int``/``float``."""
-        for store in (self.hparams, getattr(self, "_hparams_initial", {})):
-            for key, value in list(store.items()):
-                if isinstance(value, float) and type(value) is not float:
-                    store[key] = float(value)
-                elif isinstance(value, int) and type(value) not in (int, bool):
-                    store[key] = int(value)
 
     @staticmethod
     def stack(views: list[Tensor]) -> Tensor:
