@@ -48,7 +48,10 @@ class TransformedDataset(Dataset):
         return self._item(index)
 
     def _item(self, index: int) -> dict[str, Any]:
-        return self.transform(self.dataset[index])
+        item = self.transform(self.dataset[index])
+        if isinstance(item, dict):  # the dataset index (queues and prototypes key on it)
+            item.setdefault("sample_index", index)
+        return item
 
 
 class PretrainDataModule(L.LightningDataModule):

@@ -6,6 +6,8 @@ from lightning_modules.directclr import DirectCLR
 from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.glcnet import GLCNet
 from lightning_modules.local_contrast import SupervisedLocalContrast
+from lightning_modules.moco import MoCoV2
+from lightning_modules.momentum_task import MomentumTask
 from lightning_modules.pixel_contrast import PixelContrast
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.simclr import SimCLR
@@ -18,6 +20,8 @@ __all__ = [
     "DirectCLR",
     "EmbeddingTask",
     "GLCNet",
+    "MoCoV2",
+    "MomentumTask",
     "PixelContrast",
     "SegmentationFineTune",
     "SimCLR",

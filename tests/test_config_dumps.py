@@ -142,7 +142,8 @@ def load(tree: dict[str, Any]) -> dict[str, Any]:
 # configs added after the dumps were taken (no "before" to compare)
 NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textured",
        "pixelcontrast_textured", "attention_textured", "localcontrast_textured",
-       "finetune_textured"}  # fmt: skip
+       "finetune_textured", "moco_v2_imagenet", "moco_v2_cifar10",
+       "moco_v2_quickstart"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

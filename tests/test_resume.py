@@ -1,6 +1,7 @@
 """Kill (SIGKILL) and resume equals the uninterrupted run, bitwise, on CPU.
 
-For SimCLR (``quickstart.yaml``) and a dense method (``pixelcontrast_quickstart.yaml``),
+For SimCLR (``quickstart.yaml``), MoCo v2 (its key queue: 20 keys, so it wraps around
+several times) and a dense method (``pixelcontrast_quickstart.yaml``),
 tiny runs of 3 epochs x 4 steps: an uninterrupted reference, then runs killed
 
 * inside epoch 1 with only the epoch-0 ``last.ckpt`` on disk (an epoch-boundary resume), and
@@ -33,6 +34,10 @@ METHODS = {
     "simclr": ("quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
                               "16", "--data.init_args.batch_size", "8",
                               "--data.init_args.knn_bank_size", "16"]),
+    "moco": ("moco_v2_quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
+                                     "16", "--data.init_args.batch_size", "8",
+                                     "--data.init_args.knn_bank_size", "16",
+                                     "--model.init_args.queue_size", "20"]),
     "pixel_contrast": ("pixelcontrast_quickstart",
                        ["--data.init_args.num_train", "64", "--data.init_args.num_val", "4",
                         "--data.init_args.label_fraction", "16",
@@ -98,6 +103,9 @@ def test_killed_and_resumed_run_equals_uninterrupted(reference, case: str, worke
                for k, v in out["state"].items() if v.is_floating_point())  # fmt: skip
     RESULTS[f"{method}/{name}"] = {"max_abs_weight_diff": diff, **out["metrics"]}
     assert diff == 0.0
+    for key, value in out["state"].items():  # integer state too (queue pointer, indices)
+        if not value.is_floating_point():
+            assert torch.equal(value, ref["state"][key]), key
     for key, value in ref["metrics"].items():
         if key.startswith("val/"):
             assert out["metrics"][key] == value, key

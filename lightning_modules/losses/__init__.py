@@ -13,6 +13,7 @@ from lightning_modules.losses.glcnet import (
     sample_corresponding_patches,
     style_features,
 )
+from lightning_modules.losses.moco import queue_info_nce_loss
 from lightning_modules.losses.pixel_contrast import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
@@ -35,6 +36,7 @@ __all__ = [
     "nt_xent_loss",
     "pixel_contrastive_loss",
     "pixel_supcon_loss",
+    "queue_info_nce_loss",
     "sample_corresponding_patches",
     "style_features",
     "tiled_pixel_contrastive_loss",

@@ -1,0 +1,142 @@
+"""Base of momentum-encoder methods (MoCo v2, HCSC): key encoder, key queue, shuffle-BN.
+
+:class:`MomentumTask` adds to :class:`~lightning_modules.embedding_task.EmbeddingTask`
+an MLP projector, a momentum copy of encoder + projector (no gradient, EMA-updated at
+the start of every training step, before the keys are computed, as in MoCo's
+``forward``) and a :class:`~lightning_modules.components.momentum.KeyQueue` of past keys
+with their dataset indices.  All of it lives in the state dict (persistent buffers and
+submodules), so ``--ckpt_path last`` restores the queue and the key encoder exactly.
+
+Training batches carry ``views`` (view 0: queries, view 1: keys) and ``sample_index``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jsonargparse.typing import PositiveFloat
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_modules.components import MLPHead
+from lightning_modules.components import distributed as dist_utils
+from lightning_modules.components.momentum import (
+    KeyQueue,
+    ema_momentum,
+    ema_update,
+    shuffle_across_ranks,
+    unshuffle_across_ranks,
+)
+from lightning_modules.embedding_task import EmbeddingTask
+from lightning_modules.losses import check_temperature
+
+__all__ = ["MomentumTask"]
+
+
+class MomentumTask(EmbeddingTask):
+    """Encoder + projector, their momentum copy and a queue of keys.
+
+    Args:
+        temperature: InfoNCE temperature (0.2 in MoCo v2 and HCSC).
+        queue_size: Keys in the queue (65,536 in MoCo v2, 16,384 in HCSC); any length.
+        ema_momentum: Momentum ``m`` of the key encoder (0.999).
+        ema_schedule: ``constant`` or ``cosine`` (``m`` rising to 1 at the last step).
+        projector_hidden_dims: Hidden widths of the projector (MoCo v2: ``[2048]``).
+        projector_out_dim: Key / query dimension (128).
+        projector_batch_norm: BN in the projector (MoCo v2: none).
+        shuffle_bn: MoCo's shuffle-BN of the key batch across DDP ranks (a no-op on one
+            process: use the SyncBN preset or several ranks).
+        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+    """
+
+    POSITIVE = (*EmbeddingTask.POSITIVE, "queue_size", "projector_out_dim")
+    UNIT = (*EmbeddingTask.UNIT, "ema_momentum")
+
+    def __init__(
+        self,
+        temperature: PositiveFloat = 0.2,
+        queue_size: int = 65536,
+        ema_momentum: float = 0.999,
+        ema_schedule: str = "constant",
+        projector_hidden_dims: Sequence[int] = (2048,),
+        projector_out_dim: int = 128,
+        projector_batch_norm: bool = False,
+        shuffle_bn: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("optimizer", "sgd")
+        kwargs.setdefault("lr", 0.03)
+        kwargs.setdefault("warmup_epochs", 0.0)
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:
+        """Encoder and probe (parent), projector, then the momentum copies and the queue."""
+        super().configure_models()
+        hp = self.hparams
+        ema_momentum(hp.ema_momentum, 0, 1, hp.ema_schedule)  # validates the schedule name
+        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
+                                 hp.projector_out_dim, hp.projector_batch_norm)  # fmt: skip
+        self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.queue = KeyQueue(hp.queue_size, hp.projector_out_dim)
+
+    def configure_losses(self) -> None:  # noqa: D102
+        self.temperature = check_temperature(self.hparams.temperature)
+
+    def load_checkpoint(self, path: str) -> dict[str, list[str]]:
+        """Initialise the encoder from ``path``, then copy it into the key encoder."""
+        report = super().load_checkpoint(path)
+        self.key_encoder.load_state_dict(self.encoder.state_dict())
+        return report
+
+    def current_ema_momentum(self) -> float:
+        """The key encoder's momentum at this optimiser step."""
+        hp = self.hparams
+        if hp.ema_schedule == "constant":
+            return float(hp.ema_momentum)
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
+        return ema_momentum(hp.ema_momentum, self.global_step, total, hp.ema_schedule)
+
+    @torch.no_grad()
+    def update_key_encoder(self) -> float:
+        """EMA step of the key encoder and projector; returns the momentum used."""
+        m = self.current_ema_momentum()
+        ema_update(self.encoder, self.key_encoder, m)
+        ema_update(self.projector, self.key_projector, m)
+        return m
+
+    def query(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``(encoder features, normalised float32 queries)`` of ``images``."""
+        features = self.encoder(images)
+        return features, F.normalize(self.projector(features).float(), dim=1)
+
+    @torch.no_grad()
+    def keys(self, images: Tensor) -> Tensor:
+        """Normalised float32 keys of the momentum encoder (shuffle-BN if configured)."""
+        shuffle = self.hparams.shuffle_bn and dist_utils.is_distributed()
+        if self.hparams.shuffle_bn and not shuffle and not getattr(self, "_warned_bn", False):
+            rank_zero_warn("shuffle_bn has no effect on one process (use several DDP ranks)")
+            self._warned_bn = True
+        if shuffle:
+            images, unshuffle = shuffle_across_ranks(images)
+        keys = self.key_projector(self.key_encoder(images))
+        if shuffle:
+            keys = unshuffle_across_ranks(keys, unshuffle)
+        return F.normalize(keys.float(), dim=1)
+
+    @torch.no_grad()
+    def prototype_features(self, images: Tensor) -> Tensor:
+        """Momentum-encoder embeddings for clustering (HCSC): key projector, normalised."""
+        return F.normalize(self.key_projector(self.key_encoder(images)).float(), dim=1)
+
+    @staticmethod
+    def sample_indices(batch: dict[str, Any], n: int, device: torch.device) -> Tensor:
+        """Dataset index of each sample (``-1`` when the data module gives none)."""
+        index = batch.get("sample_index")
+        if index is None:
+            return torch.full((n,), -1, dtype=torch.long, device=device)
+        return torch.as_tensor(index, device=device).long()

@@ -1,0 +1,271 @@
+"""MoCo v2: queue InfoNCE against references, the key queue, EMA, shuffle-BN, the module."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_modules import MoCoV2
+from lightning_modules.components.momentum import (
+    KeyQueue,
+    ema_momentum,
+    ema_update,
+    shuffle_across_ranks,
+    unshuffle_across_ranks,
+)
+from lightning_modules.losses.moco import queue_info_nce_loss
+
+
+def _reference(q: Tensor, k: Tensor, queue: Tensor, tau: float, keep=None, masked="drop"):
+    """Float64 loop over queries: -log e^{pos} / (e^{pos} + sum_j kept e^{neg_j})."""
+    q, k, queue = (F.normalize(t.double(), dim=1) for t in (q, k, queue))
+    total = 0.0
+    for i in range(q.shape[0]):
+        pos = float(q[i] @ k[i]) / tau
+        terms = [pos]
+        for j in range(queue.shape[0]):
+            kept = True if keep is None else bool(keep[i, j])
+            if kept:
+                terms.append(float(q[i] @ queue[j]) / tau)
+            elif masked == "zero":
+                terms.append(0.0)
+        top = max(terms)
+        total += top + math.log(sum(math.exp(t - top) for t in terms)) - pos
+    return total / q.shape[0]
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.07, 0.01])
+@pytest.mark.parametrize("mode", ["none", "drop", "zero"])
+def test_queue_loss_matches_float64_reference(tau: float, mode: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k, queue = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g), torch.randn(
+        13, 8, generator=g)  # fmt: skip
+    keep = None if mode == "none" else torch.rand(6, 13, generator=g) > 0.4
+    loss = queue_info_nce_loss(q, k, queue, tau, keep, "drop" if mode == "none" else mode)
+    assert torch.isfinite(loss)
+    assert loss.item() == pytest.approx(_reference(q, k, queue, tau, keep, mode), rel=1e-5)
+
+
+def test_fast_path_equals_mask_path_and_gradients_only_reach_queries() -> None:
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(5, 4, generator=g, requires_grad=True)
+    k = torch.randn(5, 4, generator=g, requires_grad=True)
+    queue = torch.randn(7, 4, generator=g)
+    fast = queue_info_nce_loss(q, k, queue, 0.1)
+    (grad_fast,) = torch.autograd.grad(fast, q)
+    full = queue_info_nce_loss(q, k, queue, 0.1, keep=torch.ones(5, 7, dtype=torch.bool))
+    (grad_full,) = torch.autograd.grad(full, q)
+    assert fast.item() == pytest.approx(full.item(), rel=1e-6)
+    torch.testing.assert_close(grad_fast, grad_full, rtol=1e-5, atol=1e-6)
+    queue_info_nce_loss(q, k, queue, 0.1).backward()
+    assert k.grad is None
+
+
+def test_closed_form_identical_keys() -> None:
+    """q = k = every queue key: each of the K + 1 logits equals 1/tau -> log(K + 1)."""
+    v = F.normalize(torch.randn(1, 8), dim=1)
+    loss = queue_info_nce_loss(v.repeat(3, 1), v.repeat(3, 1), v.repeat(9, 1), 0.01)
+    assert loss.item() == pytest.approx(math.log(10), abs=1e-4)  # fp32 logits of 100
+
+
+def test_fp32_under_autocast_and_matches_lightly() -> None:
+    lightly_loss = pytest.importorskip("lightly.loss")
+    g = torch.Generator().manual_seed(2)
+    q, k, queue = torch.randn(8, 16, generator=g), torch.randn(8, 16, generator=g), torch.randn(
+        32, 16, generator=g)  # fmt: skip
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        amp = queue_info_nce_loss(q.bfloat16(), k.bfloat16(), queue.bfloat16(), 0.2)
+    assert amp.dtype == torch.float32
+    ours = queue_info_nce_loss(q, k, queue, 0.2)
+    ref = lightly_loss.NTXentLoss(temperature=0.2, memory_bank_size=(32, 16))
+    ref.memory_bank.bank = F.normalize(queue, dim=1).clone()
+    theirs = ref(q.requires_grad_(), k)
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-5)
+    assert amp.item() == pytest.approx(ours.item(), rel=2e-2)
+
+
+def test_bad_arguments_are_named() -> None:
+    q = torch.randn(2, 4)
+    with pytest.raises(ValueError, match="temperature"):
+        queue_info_nce_loss(q, q, torch.randn(3, 4), 0.0)
+    with pytest.raises(ValueError, match="queue must be"):
+        queue_info_nce_loss(q, q, torch.randn(3, 5), 0.2)
+    with pytest.raises(ValueError, match="masked must be"):
+        queue_info_nce_loss(q, q, torch.randn(3, 4), 0.2, torch.ones(2, 3, dtype=bool), "nan")
+
+
+def test_queue_wraps_around_and_keeps_indices() -> None:
+    queue = KeyQueue(size=10, dim=3)
+    assert int(queue.filled) == 0 and (queue.indices == -1).all()
+    written = []
+    for step in range(4):  # 4 keys per step into 10 slots: 0-3, 4-7, 8 9 0 1, 2-5
+        keys = F.normalize(torch.randn(4, 3), dim=1)
+        queue.enqueue(keys, torch.arange(4) + 4 * step, gather=False)
+        written.append(keys)
+    keys = torch.cat(written)
+    expected_index = torch.tensor([10, 11, 12, 13, 14, 15, 6, 7, 8, 9])
+    assert torch.equal(queue.indices, expected_index)
+    torch.testing.assert_close(queue.keys, keys[expected_index])
+    assert int(queue.ptr) == 6 and int(queue.filled) == 10
+    # more keys than slots: the last 10 survive and end at the pointer
+    big = F.normalize(torch.randn(13, 3), dim=1)
+    queue.enqueue(big, torch.arange(100, 113), gather=False)
+    assert int(queue.ptr) == (6 + 13) % 10
+    slots = (9 + torch.arange(10)) % 10
+    torch.testing.assert_close(queue.keys[slots], big[3:])
+    assert torch.equal(queue.indices[slots], torch.arange(103, 113))
+
+
+def test_queue_state_round_trip() -> None:
+    a = KeyQueue(7, 4, seed=0)
+    a.enqueue(torch.randn(5, 4), torch.arange(5), gather=False)
+    b = KeyQueue(7, 4, seed=1)
+    assert set(b.state_dict()) == {"keys", "indices", "ptr", "filled"}
+    b.load_state_dict(a.state_dict())
+    for name in ("keys", "indices", "ptr", "filled"):
+        assert torch.equal(getattr(a, name), getattr(b, name))
+
+
+def test_ema_update_and_schedule() -> None:
+    online, target = nn.Linear(3, 2), nn.Linear(3, 2)
+    before = [p.detach().clone() for p in target.parameters()]
+    ema_update(online, target, 0.9)
+    for b, o, t in zip(before, online.parameters(), target.parameters(), strict=True):
+        torch.testing.assert_close(t, 0.9 * b + 0.1 * o.detach())
+    assert ema_momentum(0.99, 0, 100, "cosine") == pytest.approx(0.99)
+    assert ema_momentum(0.99, 50, 100, "cosine") == pytest.approx(0.995)
+    assert ema_momentum(0.99, 100, 100, "cosine") == pytest.approx(1.0)
+    assert ema_momentum(0.99, 50, 100) == 0.99
+    with pytest.raises(ValueError, match="schedule"):
+        ema_momentum(0.99, 0, 1, "linear")
+    with pytest.raises(ValueError, match="differ"):
+        ema_update(nn.Linear(3, 2), nn.Linear(2, 2), 0.5)
+
+
+def _module(**kw) -> MoCoV2:
+    args = dict(encoder="resnet18", queue_size=12, projector_hidden_dims=[32],
+                projector_out_dim=8, probe_classes=3, ema_momentum=0.9)  # fmt: skip
+    return MoCoV2(**{**args, **kw})
+
+
+def test_module_step_matches_pure_loss_and_fills_queue() -> None:
+    torch.manual_seed(0)
+    model = _module()
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    batch = {"views": views, "label": torch.tensor([0, 1, 2, -1]),
+             "sample_index": torch.tensor([5, 6, 7, 8])}  # fmt: skip
+    online = [p.detach().clone() for p in model.encoder.parameters()]
+    key_before = [p.detach().clone() for p in model.key_encoder.parameters()]
+    queue_before = model.queue.keys.clone()
+    out = model.training_loss(batch)
+    for o, kb, k in zip(online, key_before, model.key_encoder.parameters(), strict=True):
+        torch.testing.assert_close(k, 0.9 * kb + 0.1 * o)  # EMA before the keys
+    with torch.no_grad():
+        q = F.normalize(model.projector(model.encoder(views[0])), dim=1)
+        k = F.normalize(model.key_projector(model.key_encoder(views[1])), dim=1)
+    expected = _reference(q, k, queue_before, 0.2)
+    assert out.loss.item() == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(model.queue.keys[:4], k, rtol=1e-4, atol=1e-5)
+    assert torch.equal(model.queue.indices[:4], torch.tensor([5, 6, 7, 8]))
+    assert not any(p.requires_grad for p in model.key_encoder.parameters())
+    trainable = {id(p) for g in model.parameter_groups() for p in g["params"]}
+    assert not trainable & {id(p) for p in model.key_encoder.parameters()}
+    fresh = _module()
+    fresh.load_state_dict(model.state_dict())
+    assert torch.equal(fresh.queue.indices, model.queue.indices)
+    assert torch.equal(fresh.queue.keys, model.queue.keys)
+
+
+def test_init_checkpoint_reaches_the_key_encoder(tmp_path: Path) -> None:
+    source = _module()
+    torch.save({"state_dict": source.state_dict()}, tmp_path / "src.ckpt")
+    model = _module(init_checkpoint=str(tmp_path / "src.ckpt"))
+    for a, b in zip(source.encoder.parameters(), model.key_encoder.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_hparams_are_checked() -> None:
+    with pytest.raises(ValueError, match="model.ema_momentum"):
+        _module(ema_momentum=1.5)
+    with pytest.raises(ValueError, match="model.queue_size"):
+        _module(queue_size=0)
+
+
+# --------------------------------------------------------------- 2 processes (gloo)
+def _ddp_worker(rank: int, store: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(8, 5, generator=g)  # global batch: rank r holds rows 4r..4r+3
+        local = images[4 * rank : 4 * rank + 4]
+        torch.manual_seed(123)  # the step RNG is equal on all ranks (BaseTask reseeds it)
+        shuffled, unshuffle = shuffle_across_ranks(local)
+        restored = unshuffle_across_ranks(shuffled * 2.0, unshuffle)
+        queue = KeyQueue(6, 5)
+        queue.enqueue(local, torch.arange(4) + 4 * rank)  # 8 global keys into 6 slots
+        linear = nn.Linear(5, 5)
+        torch.manual_seed(0)
+        nn.init.normal_(linear.weight)
+        ddp = nn.parallel.DistributedDataParallel(linear)
+        keys = F.normalize(torch.randn(8, 5, generator=g), dim=1)
+        negatives = F.normalize(torch.randn(10, 5, generator=g), dim=1)
+        loss = queue_info_nce_loss(ddp(local), keys[4 * rank : 4 * rank + 4], negatives, 0.2)
+        loss.backward()
+        torch.save({"shuffled": shuffled, "restored": restored, "keys": queue.keys,
+                    "indices": queue.indices, "ptr": queue.ptr, "loss": loss.detach(),
+                    "grad": linear.weight.grad, "images": images, "key_set": keys,
+                    "negatives": negatives, "weight": linear.weight.detach(),
+                    "bias": linear.bias.detach()},
+                   Path(out_dir) / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_out(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("moco_ddp")
+    mp.spawn(_ddp_worker, args=(str(tmp / "store"), str(tmp)), nprocs=2)
+    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+
+
+@pytest.mark.ddp
+def test_ddp_shuffle_bn_partitions_and_restores(ddp_out: list[dict]) -> None:
+    images = ddp_out[0]["images"]
+    both = torch.cat([r["shuffled"] for r in ddp_out])
+    assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, images.tolist()))
+    assert not torch.equal(both, images)  # a real permutation of the global batch
+    for rank, r in enumerate(ddp_out):
+        torch.testing.assert_close(r["restored"], 2.0 * images[4 * rank : 4 * rank + 4])
+
+
+@pytest.mark.ddp
+def test_ddp_enqueue_is_rank_major_and_equal_on_ranks(ddp_out: list[dict]) -> None:
+    single = KeyQueue(6, 5)
+    single.enqueue(ddp_out[0]["images"], torch.arange(8), gather=False)
+    for r in ddp_out:
+        torch.testing.assert_close(r["keys"], single.keys)
+        assert torch.equal(r["indices"], single.indices) and int(r["ptr"]) == 2
+    assert torch.equal(single.indices, torch.tensor([6, 7, 2, 3, 4, 5]))
+
+
+@pytest.mark.ddp
+def test_ddp_loss_gradient_equals_one_process(ddp_out: list[dict]) -> None:
+    r0 = ddp_out[0]
+    ref = nn.Linear(5, 5)
+    with torch.no_grad():
+        ref.weight.copy_(r0["weight"])
+        ref.bias.copy_(r0["bias"])
+    loss = queue_info_nce_loss(ref(r0["images"]), r0["key_set"], r0["negatives"], 0.2)
+    loss.backward()
+    mean_loss = (ddp_out[0]["loss"] + ddp_out[1]["loss"]) / 2
+    assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    for r in ddp_out:
+        torch.testing.assert_close(r["grad"], ref.weight.grad, rtol=1e-5, atol=1e-6)
