@@ -3,6 +3,7 @@
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.loggers import WandbLogger
 from callbacks.nan_guard import NaNGuard
+from callbacks.prototypes import PrototypeUpdate
 from callbacks.rank_monitor import EmbeddingRankMonitor
 from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverlays
 
@@ -10,6 +11,7 @@ __all__ = [
     "ColourPredictionWriter",
     "EmbeddingRankMonitor",
     "NaNGuard",
+    "PrototypeUpdate",
     "RunCheckpoint",
     "SegmentationOverlays",
     "WandbLogger",

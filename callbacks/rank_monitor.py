@@ -34,18 +34,13 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
-from tqdm.auto import tqdm
+from torch.utils.data import Dataset, Subset
 
+from callbacks.extraction import extract_features
 from callbacks.figures import image_loggers, save_and_log_figure
 from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
 
 __all__ = ["EmbeddingRankMonitor"]
-
-
-def _stack_images(items: list[dict]) -> Tensor:
-    """Collate only the images of evaluation items (labels, names are not needed)."""
-    return torch.stack([torch.as_tensor(item["image"]) for item in items])
 
 
 class _Embedder(Protocol):
@@ -269,72 +264,16 @@ class EmbeddingRankMonitor(pl.Callback):
             ``(n, D)`` float32 CPU embeddings of the whole subset, in subset order and
             identical on every rank.
         """
-        if world_size is None or rank is None:
-            initialized = torch.distributed.is_available() and torch.distributed.is_initialized()
-            if world_size is None:
-                world_size = torch.distributed.get_world_size() if initialized else 1
-            if rank is None:
-                rank = torch.distributed.get_rank() if initialized else 0
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-
         indices = self._subset_indices(len(dataset))  # type: ignore[arg-type]
-        subset = Subset(dataset, indices.tolist())
-        sampler = DistributedSampler(subset, num_replicas=world_size, rank=rank, shuffle=False)
-        # a private generator: the monitor never draws from the global RNG (training unchanged)
-        loader = DataLoader(subset, batch_size=self.batch_size, sampler=sampler,
-                            collate_fn=_stack_images, num_workers=self.num_workers,
-                            generator=torch.Generator().manual_seed(self.seed))  # fmt: skip
-        local_z = self._embed(pl_module, loader, progress, convert_input)
-
-        if world_size == 1:
-            return local_z.cpu()
-        gathered = pl_module.all_gather(local_z)
-        expected = (world_size, *local_z.shape)
-        if tuple(gathered.shape) != expected:
-            raise RuntimeError(
-                f"all_gather returned shape {tuple(gathered.shape)}, expected {expected}"
-            )
-        padded = gathered.detach().cpu().transpose(0, 1).flatten(0, 1)
-        return padded[: len(indices)]  # the sampler's padding repeats the first items: dropped
-
-    def _embed(
-        self,
-        pl_module: _Embedder,
-        loader: DataLoader,
-        progress: bool,
-        convert_input: Callable[[Tensor], Tensor] | None,
-    ) -> Tensor:
-        """Embed every image batch of ``loader`` in eval mode, without gradients.
-
-        Returns:
-            ``(N, D)`` float32 embeddings on ``pl_module.device``.
-        """
         module = pl_module if isinstance(pl_module, nn.Module) else None
-        was_training = module.training if module is not None else False
-        device = pl_module.device
-        chunks: list[Tensor] = []
-        try:
-            if module is not None:
-                module.eval()
-            with torch.no_grad():
-                for images in tqdm(loader, desc=f"Embedding rank monitor ({self.split})",
-                                   disable=not progress, leave=False, dynamic_ncols=True,
-                                   unit="batch"):  # fmt: skip
-                    images = images.to(device, non_blocking=True)
-                    if convert_input is not None:
-                        images = convert_input(images)
-                    out = pl_module.embed(images)
-                    if out.ndim != 2 or out.shape[0] != images.shape[0]:
-                        raise ValueError(
-                            f"embed() must return a (B, D) tensor with B={images.shape[0]}, "
-                            f"got shape {tuple(out.shape)}"
-                        )
-                    chunks.append(out.detach().float())
-        finally:
-            if module is not None:
-                module.train(was_training)
-        return torch.cat(chunks)
+        z, _ = extract_features(
+            pl_module.embed, Subset(dataset, indices.tolist()), pl_module.device,
+            self.batch_size, self.num_workers, rank, world_size,
+            all_gather=pl_module.all_gather, module=module, convert_input=convert_input,
+            progress=progress, desc=f"Embedding rank monitor ({self.split})", seed=self.seed,
+            with_labels=False,
+        )  # fmt: skip
+        return z
 
     def _plot_and_log(
         self, trainer: pl.Trainer, spectrum: Tensor, erank: float, collapsed: int

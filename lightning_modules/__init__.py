@@ -5,6 +5,7 @@ from lightning_modules.dense_task import DenseTask
 from lightning_modules.directclr import DirectCLR
 from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.glcnet import GLCNet
+from lightning_modules.hcsc import HCSC
 from lightning_modules.local_contrast import SupervisedLocalContrast
 from lightning_modules.moco import MoCoV2
 from lightning_modules.momentum_task import MomentumTask
@@ -20,6 +21,7 @@ __all__ = [
     "DirectCLR",
     "EmbeddingTask",
     "GLCNet",
+    "HCSC",
     "MoCoV2",
     "MomentumTask",
     "PixelContrast",

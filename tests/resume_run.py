@@ -43,7 +43,8 @@ def run(out: str, kill_step: int, args: list[str]) -> None:
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
     state = {k: v.detach().cpu().clone() for k, v in cli.model.state_dict().items()}
     torch.save({"state": state, "metrics": metrics, "epoch": cli.trainer.current_epoch,
-                "step": cli.trainer.global_step}, out)  # fmt: skip
+                "step": cli.trainer.global_step, "task_state": cli.model.task_state()},
+               out)  # fmt: skip
 
 
 if __name__ == "__main__":

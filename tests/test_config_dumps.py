@@ -143,7 +143,7 @@ def load(tree: dict[str, Any]) -> dict[str, Any]:
 NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textured",
        "pixelcontrast_textured", "attention_textured", "localcontrast_textured",
        "finetune_textured", "moco_v2_imagenet", "moco_v2_cifar10",
-       "moco_v2_quickstart"}  # fmt: skip
+       "moco_v2_quickstart", "hcsc_quickstart", "hcsc_imagenet", "hcsc_cifar10"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

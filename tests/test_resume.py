@@ -38,6 +38,10 @@ METHODS = {
                                      "16", "--data.init_args.batch_size", "8",
                                      "--data.init_args.knn_bank_size", "16",
                                      "--model.init_args.queue_size", "20"]),
+    "hcsc": ("hcsc_quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
+                                  "16", "--data.init_args.batch_size", "8",
+                                  "--data.init_args.knn_bank_size", "16",
+                                  "--model.init_args.queue_size", "20"]),
     "pixel_contrast": ("pixelcontrast_quickstart",
                        ["--data.init_args.num_train", "64", "--data.init_args.num_val", "4",
                         "--data.init_args.label_fraction", "16",
@@ -45,15 +49,26 @@ METHODS = {
 }  # fmt: skip
 # case -> (kill before global step, last_every_n_steps): 4 steps per epoch
 CASES = {"epoch_boundary": (6, 0), "mid_epoch": (7, 3)}
+# worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
+WORKERS = {"moco": (0,), "hcsc": (0,)}
+# per-method callback settings: HCSC clusters from epoch 1 on, so the mid-epoch kill (epoch 1)
+# leaves prototypes in the checkpoint that the resumed run must reuse, not recompute
+CALLBACKS = {"hcsc": [{"class_path": "callbacks.PrototypeUpdate",
+                       "init_args": {"num_clusters": [8, 4], "warmup_epochs": 1}}]}
+COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))]
+_REFERENCES: dict[str, tuple] = {}
 RESULTS: dict[str, dict[str, float]] = {}
 
 
-def _config(tmp: Path, stem: str, every: int) -> Path:
+def _config(tmp: Path, stem: str, every: int, method: str) -> Path:
     """A config on top of ``stem`` with step checkpoints every ``every`` steps (0: none)."""
     over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
+    callbacks = list(CALLBACKS.get(method, []))
     if every:
-        over["trainer"] = {"callbacks": [{"class_path": "callbacks.RunCheckpoint",
-                                          "init_args": {"last_every_n_steps": every}}]}  # fmt: skip
+        callbacks.append({"class_path": "callbacks.RunCheckpoint",
+                          "init_args": {"last_every_n_steps": every}})  # fmt: skip
+    if callbacks:
+        over["trainer"] = {"callbacks": callbacks}
     path = tmp / f"{stem}_{every}.yaml"
     path.write_text(yaml.safe_dump(over))
     return path
@@ -65,29 +80,31 @@ def _run(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.Complete
     return subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module", params=sorted(METHODS))
-def reference(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    method = request.param
-    stem, extra = METHODS[method]
-    tmp = tmp_path_factory.mktemp(f"resume_{method}")
-    args = ["--config", str(_config(tmp, stem, 0)), *COMMON, *extra, "--run_name", "ref",
-            "--data.init_args.num_workers", "0"]  # fmt: skip
-    if "split_dir" in (CONFIGS / f"{stem}.yaml").read_text():
-        args += ["--data.init_args.split_dir", str(tmp / "splits")]
-    proc = _run(tmp, "ref.pt", 0, args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return method, tmp, args, torch.load(tmp / "ref.pt")
+def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
+    """The uninterrupted run of ``method`` (once per test process)."""
+    if method not in _REFERENCES:
+        stem, extra = METHODS[method]
+        tmp = factory.mktemp(f"resume_{method}")
+        args = ["--config", str(_config(tmp, stem, 0, method)), *COMMON, *extra,
+                "--run_name", "ref", "--data.init_args.num_workers", "0"]  # fmt: skip
+        if "split_dir" in (CONFIGS / f"{stem}.yaml").read_text():
+            args += ["--data.init_args.split_dir", str(tmp / "splits")]
+        proc = _run(tmp, "ref.pt", 0, args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _REFERENCES[method] = (tmp, args, torch.load(tmp / "ref.pt"))
+    return _REFERENCES[method]
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_killed_and_resumed_run_equals_uninterrupted(reference, case: str, workers: int) -> None:
-    method, tmp, ref_args, ref = reference
+@pytest.mark.parametrize(("method", "case", "workers"), COMBOS)
+def test_killed_and_resumed_run_equals_uninterrupted(
+    method: str, case: str, workers: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tmp, ref_args, ref = _reference(method, tmp_path_factory)
     kill, every = CASES[case]
     stem = METHODS[method][0]
     name = f"{case}_w{workers}"
     args = [a if a != "ref" else name for a in ref_args]
-    args[args.index("--config") + 1] = str(_config(tmp, stem, every))
+    args[args.index("--config") + 1] = str(_config(tmp, stem, every, method))
     args[args.index("--data.init_args.num_workers") + 1] = str(workers)
     killed = _run(tmp, f"{name}_killed.pt", kill, args)
     assert killed.returncode == -9, f"rc {killed.returncode}\n{killed.stderr[-2000:]}"
@@ -106,6 +123,12 @@ def test_killed_and_resumed_run_equals_uninterrupted(reference, case: str, worke
     for key, value in out["state"].items():  # integer state too (queue pointer, indices)
         if not value.is_floating_point():
             assert torch.equal(value, ref["state"][key]), key
+    assert out["task_state"].keys() == ref["task_state"].keys()
+    if method == "hcsc":  # the prototypes of epoch 2 (computed at its start) were compared
+        assert ref["task_state"]["prototypes_epoch"] == out["task_state"]["prototypes_epoch"] == 2
+    for key, value in ref["task_state"].get("prototypes", {}).items():  # HCSC's hierarchy
+        for a, b in zip(value, out["task_state"]["prototypes"][key], strict=True):
+            assert torch.equal(torch.as_tensor(a), torch.as_tensor(b)), key
     for key, value in ref["metrics"].items():
         if key.startswith("val/"):
             assert out["metrics"][key] == value, key

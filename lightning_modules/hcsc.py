@@ -1,0 +1,150 @@
+"""HCSC (Guo et al., CVPR 2022): MoCo v2 with hierarchical prototypes and selected negatives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_modules.components.prototypes import Prototypes
+from lightning_modules.losses.hcsc import (
+    bernoulli_keep,
+    instance_keep_probability,
+    prototype_keep_probability,
+    prototype_nce_loss,
+    prototype_negatives,
+)
+from lightning_modules.losses.moco import MASKED_MODES, queue_info_nce_loss
+from lightning_modules.momentum_task import MomentumTask
+from lightning_modules.task import TaskLoss
+
+__all__ = ["HCSC"]
+
+
+class HCSC(MomentumTask):
+    """Hierarchical contrastive selective coding over a MoCo v2 network.
+
+    The prototypes come from :class:`callbacks.PrototypeUpdate` (k-means of the momentum
+    features of the training set at every epoch start after its warm-up); until then the
+    loss is MoCo v2's.  Afterwards (equations in :mod:`lightning_modules.losses.hcsc`):
+    instance InfoNCE per level with selected queue negatives (summed over levels), plus
+    ProtoNCE per level with selected negative prototypes (averaged over levels).  Views
+    beyond the first two are multi-crop queries against the key and the queue (official
+    ``compute_local_logits`` / ``compute_local_proto_logits``).  The prototypes are part
+    of the checkpoint (``task_state``), so a resumed run continues with the same ones.
+
+    Args:
+        instance_selection: Select queue negatives by prototype (off: one plain InfoNCE).
+        prototype_selection: Select negative prototypes below the top level.
+        masked_negatives: ``zero`` (official: a dropped logit becomes 0 and ``exp(0)`` stays
+            in the denominator) or ``drop`` (removed).
+        selection_on_local: Multi-crop queries use the instance selection masks too.
+        **kwargs: :class:`~lightning_modules.momentum_task.MomentumTask` arguments.
+    """
+
+    def __init__(
+        self,
+        instance_selection: bool = True,
+        prototype_selection: bool = True,
+        masked_negatives: str = "zero",
+        selection_on_local: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if masked_negatives not in MASKED_MODES:
+            raise ValueError(f"model.masked_negatives must be one of {MASKED_MODES}, "
+                             f"got {masked_negatives!r}")  # fmt: skip
+        kwargs.setdefault("queue_size", 16384)
+        super().__init__(**kwargs)
+        self.prototypes: Prototypes | None = None
+        self.prototypes_epoch = -1
+
+    # ------------------------------------------------------------- prototype state
+    def set_prototypes(self, prototypes: Prototypes, epoch: int) -> None:
+        """Install the hierarchy computed at the start of ``epoch`` (by the callback)."""
+        self.prototypes = prototypes.to(self.device)
+        self.prototypes_epoch = int(epoch)
+
+    def task_state(self) -> dict[str, Any]:  # noqa: D102
+        if self.prototypes is None:
+            return {}
+        cpu = self.prototypes.to(torch.device("cpu"))
+        return {"prototypes": cpu.state(), "prototypes_epoch": self.prototypes_epoch}
+
+    def load_task_state(self, state: dict[str, Any]) -> None:  # noqa: D102
+        if "prototypes" in state:
+            self.prototypes = Prototypes.from_state(state["prototypes"], self.device)
+            self.prototypes_epoch = int(state["prototypes_epoch"])
+
+    def on_fit_start(self) -> None:
+        """Without a prototype callback HCSC would silently train as MoCo v2: refuse."""
+        if not any(getattr(cb, "updates_prototypes", False) for cb in self.trainer.callbacks):
+            raise ValueError("HCSC needs the callbacks.PrototypeUpdate callback in "
+                             "trainer.callbacks (it computes the prototypes)")  # fmt: skip
+        if self.prototypes is not None:
+            self.prototypes = self.prototypes.to(self.device)
+
+    # ------------------------------------------------------------------- the loss
+    def _instance_terms(self, queries: list[Tensor], k: Tensor, masks: list[Tensor] | None,
+                        local_masks: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """(global instance loss, multi-crop instance loss)."""
+        queue, tau, masked = self.queue.keys, self.temperature, self.hparams.masked_negatives
+        if masks is None:
+            terms = [queue_info_nce_loss(q, k, queue, tau) for q in queries]
+            return terms[0], sum(terms[1:], k.new_zeros(()))
+        glob = sum(queue_info_nce_loss(queries[0], k, queue, tau, m, masked) for m in masks)
+        local = k.new_zeros(())
+        for q in queries[1:]:
+            for m in masks if local_masks else [None]:
+                local = local + queue_info_nce_loss(q, k, queue, tau, m, masked)
+        return glob, local
+
+    def _prototype_term(self, q: Tensor, clusters: list[Tensor]) -> Tensor:
+        """Mean over levels of the ProtoNCE of ``q`` (fresh selection draws per call)."""
+        protos, hp = self.prototypes, self.hparams
+        assert protos is not None
+        total = q.new_zeros(())
+        for level in range(protos.num_levels):
+            centroids, phi, positives = protos.centroids[level], protos.phi[level], clusters[level]
+            negatives = prototype_negatives(centroids.shape[0], positives)
+            keep = None
+            if hp.prototype_selection and level < protos.num_levels - 1:
+                parents = protos.parents[level][positives]
+                keep = bernoulli_keep(prototype_keep_probability(
+                    centroids, protos.centroids[level + 1], protos.phi[level + 1], parents,
+                    negatives))  # fmt: skip
+            total = total + prototype_nce_loss(q, centroids, phi, positives, negatives, keep,
+                                               hp.masked_negatives)  # fmt: skip
+        return total / protos.num_levels
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
+        """Instance (+ multi-crop) and prototype terms; MoCo v2 before the first prototypes."""
+        views, hp = batch["views"], self.hparams
+        momentum = self.update_key_encoder()
+        features, q = self.query(views[0])
+        queries = [q, *(self.query(v)[1] for v in views[2:])]
+        k = self.keys(views[1])
+        index = self.sample_indices(batch, k.shape[0], k.device)
+        logs: dict[str, Tensor] = {"ema_momentum": q.new_tensor(momentum)}
+        protos = self.prototypes
+        if protos is None:
+            inst, local = self._instance_terms(queries, k, None, False)
+            proto = q.new_zeros(())
+        else:
+            if bool((index < 0).any()):
+                raise ValueError("HCSC needs batch['sample_index'] (the dataset index of each "
+                                 "image) to look up its prototypes")  # fmt: skip
+            clusters = [a[index] for a in protos.assignments]
+            masks = None
+            if hp.instance_selection:
+                masks = [bernoulli_keep(instance_keep_probability(self.queue.keys, c, phi, cl))
+                         for c, phi, cl in zip(protos.centroids, protos.phi, clusters,
+                                               strict=True)]  # fmt: skip
+                logs["instance_keep"] = torch.stack([m.float().mean() for m in masks]).mean()
+            inst, local = self._instance_terms(queries, k, masks, hp.selection_on_local)
+            proto = sum((self._prototype_term(x, clusters) for x in queries), q.new_zeros(()))
+        logs.update(instance_loss=inst.detach(), prototype_loss=proto.detach())
+        if len(queries) > 1:
+            logs["local_instance_loss"] = local.detach()
+        self.queue.enqueue(k, index)
+        return TaskLoss(inst + local + proto, logs, embedding=features)
