@@ -1,6 +1,7 @@
 """Callbacks and loggers for cross-cutting behaviour."""
 
 from callbacks.checkpoint import RunCheckpoint
+from callbacks.cluster_eval import ClusterEvaluation
 from callbacks.loggers import WandbLogger
 from callbacks.nan_guard import NaNGuard
 from callbacks.prototypes import PrototypeUpdate
@@ -8,6 +9,7 @@ from callbacks.rank_monitor import EmbeddingRankMonitor
 from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverlays
 
 __all__ = [
+    "ClusterEvaluation",
     "ColourPredictionWriter",
     "EmbeddingRankMonitor",
     "NaNGuard",

@@ -22,11 +22,13 @@ from tqdm.auto import tqdm
 __all__ = ["extract_features"]
 
 
-def _collate(items: list[dict[str, Any]]) -> tuple[Tensor, Tensor]:
-    """Images and image labels (``-1`` where an item has none) of evaluation items."""
-    images = torch.stack([torch.as_tensor(item["image"]) for item in items])
-    labels = torch.tensor([int(item.get("label", -1)) for item in items], dtype=torch.long)
-    return images, labels
+def _collate(items: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Images, image labels (``-1`` where an item has none) and masks (if all have one)."""
+    batch = {"image": torch.stack([torch.as_tensor(item["image"]) for item in items]),
+             "label": torch.tensor([int(item.get("label", -1)) for item in items])}  # fmt: skip
+    if all("mask" in item for item in items):
+        batch["mask"] = torch.stack([torch.as_tensor(item["mask"]) for item in items])
+    return batch
 
 
 def _world(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -63,6 +65,7 @@ def extract_features(
     desc: str = "Extracting features",
     seed: int = 0,
     with_labels: bool = True,
+    inputs: Callable[[dict[str, Tensor]], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Embed every item of ``dataset`` (module docstring), identical result on every rank.
 
@@ -82,6 +85,8 @@ def extract_features(
         desc: Label of the bar.
         seed: Seed of the loader's private generator (the global RNG is not touched).
         with_labels: Also gather the items' labels.
+        inputs: Batch (``image``, ``label``, ``mask``) -> encoder input (default: the
+            images), e.g. a task's ``eval_inputs`` that applies an attention mask.
 
     Returns:
         ``(features (n, D) float32 CPU, labels (n,) long CPU or None)`` in dataset order.
@@ -101,9 +106,11 @@ def extract_features(
     try:
         if module is not None:
             module.eval()
-        for images, labels in tqdm(loader, desc=desc, disable=not progress, leave=False,
-                                   dynamic_ncols=True, unit="batch"):  # fmt: skip
-            images = images.to(device, non_blocking=True)
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False,
+                          dynamic_ncols=True, unit="batch"):  # fmt: skip
+            labels = batch["label"]
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            images = batch["image"] if inputs is None else inputs(batch)
             if convert_input is not None:
                 images = convert_input(images)
             out = embed(images)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
 from datamodules.sampling import SampleKey, seeded_call, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
@@ -69,6 +70,9 @@ class PretrainDataModule(L.LightningDataModule):
         knn_bank_size: Training images in the kNN bank (``None``: all, 0: no kNN).
         index_maps: Also produce pixel-index maps for dense methods.
         seed: Seed of the kNN bank subset.
+        attention_mask: Compute a foreground ``mask`` for every training image (``exg``:
+            excess green + Otsu, :mod:`datamodules.attention`), carried through the views
+            as ``masks`` (CLAWS's hard attention); ``None``: items keep their own masks.
     """
 
     num_classes: int = 0
@@ -84,8 +88,13 @@ class PretrainDataModule(L.LightningDataModule):
         knn_bank_size: int | None = None,
         index_maps: bool = False,
         seed: int = 0,
+        attention_mask: str | None = None,
     ) -> None:
         super().__init__()
+        if attention_mask is not None and attention_mask not in ATTENTION_SOURCES:
+            raise ValueError(f"data.attention_mask must be one of {ATTENTION_SOURCES} or null, "
+                             f"got {attention_mask!r}")  # fmt: skip
+        self.attention_mask = attention_mask
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
         if n_views < 1:
@@ -147,14 +156,20 @@ class PretrainDataModule(L.LightningDataModule):
         views = MultiViewTransform(
             self.view_augments or self.augment, self.n_views, index_maps=self.index_maps
         )
-        return TransformedDataset(self._raw_datasets()[0], views)
+        raw = self._raw_datasets()[0]
+        if self.attention_mask is not None:
+            raw = AttentionMaskDataset(raw, self.attention_mask)
+        return TransformedDataset(raw, views)
 
     def eval_dataset(self, split: str = "val") -> Dataset:
         """Evaluation-transformed ``"train"`` or ``"val"`` split (used by callbacks)."""
         train, val = self._raw_datasets()
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        return TransformedDataset(train if split == "train" else val, self.eval_transform)
+        raw = train if split == "train" else val
+        if self.attention_mask is not None:
+            raw = AttentionMaskDataset(raw, self.attention_mask)
+        return TransformedDataset(raw, self.eval_transform)
 
     def knn_bank(self) -> Dataset | None:
         """Seeded subset of the training set under the eval transform, or ``None``."""

@@ -50,6 +50,7 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         max_objects: Most objects per scene.
         period: Mean texture period (px).
         clutter: Distractors per scene.
+        clutter_textured: Distractors painted with class textures (still background).
         imbalance_ratio: Most / least frequent class in training.
         num_domains: Rendering regimes.
         domain: Restrict every scene to this domain.
@@ -73,6 +74,7 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         domain: int | None = None,
         balanced_val: bool = True,
         data_seed: int = 0,
+        clutter_textured: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -80,7 +82,8 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         self._set_scene_args(
             image_size=image_size, num_classes=num_classes, min_objects=min_objects,
             max_objects=max_objects, period=period, clutter=clutter,
-            imbalance_ratio=imbalance_ratio, num_domains=num_domains, domain=domain,
+            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
+            num_domains=num_domains, domain=domain,
             balanced_val=balanced_val, data_seed=data_seed,
         )  # fmt: skip
 
@@ -105,6 +108,7 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         max_objects: Most objects per scene.
         period: Mean texture period (px).
         clutter: Distractors per scene (labelled background).
+        clutter_textured: Distractors painted with class textures (still background).
         imbalance_ratio: Most / least frequent class in training.
         num_domains: Rendering regimes (items carry ``"domain"``).
         domain: Restrict every scene to this domain.
@@ -136,6 +140,7 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         domain: int | None = None,
         balanced_val: bool = True,
         data_seed: int = 0,
+        clutter_textured: bool = False,
         **kwargs: Any,
     ) -> None:
         for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
@@ -148,7 +153,8 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         self._set_scene_args(
             image_size=image_size, num_classes=num_object_classes, min_objects=min_objects,
             max_objects=max_objects, period=period, clutter=clutter,
-            imbalance_ratio=imbalance_ratio, num_domains=num_domains, domain=domain,
+            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
+            num_domains=num_domains, domain=domain,
             balanced_val=balanced_val, data_seed=data_seed,
         )  # fmt: skip
 

@@ -3,7 +3,8 @@
 A table file ``experiments/tables/<table>.yaml``::
 
     name: quickstart
-    metrics: [val/miou, val/kappa]            # columns (the last logged value of each)
+    metrics: [val/miou, val/kappa]            # columns (the last logged value of each; of the
+                                              # last step, or of chain step k: "val/knn_acc@0")
     scales:                                   # presets: extra CLI arguments per config stem
       smoke: {all: [--trainer.max_epochs, "1"], quickstart: [--data.init_args.num_train, "64"]}
       small: {}
@@ -320,13 +321,17 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
                                 "status": "failed", "metrics": {}, "log": str(err)})  # fmt: skip
                 continue
             result: dict[str, Any] = {}
-            for step in chain:
+            by_step: dict[str, float] = {}
+            for position, step in enumerate(chain):
                 result = done.get(step.key) or run_step(step, root, dry_run)
                 done[step.key] = result
+                by_step.update({f"{k}@{position}": v for k, v in result["metrics"].items()})
                 if result["status"] == "failed":
                     break
             record = {"row": row["name"], "index": index, "seed": seed, **result}
-            missing = [m for m in table.metrics if m not in result.get("metrics", {})]
+            record["metrics"] = {**by_step, **result.get("metrics", {})}
+            # a step metric ("name@k") may be absent by design (e.g. no pretraining step)
+            missing = [m for m in table.metrics if m not in record["metrics"] and "@" not in m]
             if record["status"] in ("done", "skipped") and missing:
                 record["status"] = "failed"  # finished, but the table's metrics were not logged
                 record["log"] = f"{result.get('log')} (not logged: {missing})"

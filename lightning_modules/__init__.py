@@ -1,6 +1,7 @@
 """Contrastive and self-supervised objectives as LightningModules over one task base."""
 
 from lightning_modules.attention_contrast import AttentionGuidedContrast
+from lightning_modules.claws import CLAWS
 from lightning_modules.dense_task import DenseTask
 from lightning_modules.directclr import DirectCLR
 from lightning_modules.embedding_task import EmbeddingTask
@@ -17,6 +18,7 @@ from lightning_modules.task import BaseTask, TaskLoss
 __all__ = [
     "AttentionGuidedContrast",
     "BaseTask",
+    "CLAWS",
     "DenseTask",
     "DirectCLR",
     "EmbeddingTask",

@@ -99,10 +99,22 @@ class EmbeddingTask(BaseTask):
         """Same evaluation as :meth:`validation_step`, logged under ``test/``."""
         self._evaluate(batch, "test")
 
+    @torch.no_grad()
+    def project(self, images: Tensor) -> Tensor:
+        """Unit-norm projector embeddings (the encoder's if the task has no ``projector``)."""
+        z = self.encoder(images)
+        projector = getattr(self, "projector", None)
+        return torch.nn.functional.normalize((z if projector is None else projector(z)).float(),
+                                             dim=1)  # fmt: skip
+
+    def eval_inputs(self, batch: dict[str, Any]) -> Tensor:
+        """The encoder input of an evaluation batch (a task may mask it, as CLAWS does)."""
+        return batch["image"]
+
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         if self.probe is None:
             return
-        features = self.embed(batch["image"])
+        features = self.embed(self.eval_inputs(batch))
         self.probe.loss(features, batch["label"], train=False)
         self.log(f"{stage}/probe_acc", self.probe.val_acc, on_epoch=True, prog_bar=True)
         if self.knn is not None:
@@ -140,8 +152,9 @@ class EmbeddingTask(BaseTask):
             return
         with trainer.precision_plugin.val_step_context():
             for batch in loader:
-                images = batch["image"].to(self.device, non_blocking=True)
-                self.knn.update(self.embed(images), batch["label"].to(self.device), bank=True)
+                batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v
+                         for k, v in batch.items()}  # fmt: skip
+                self.knn.update(self.embed(self.eval_inputs(batch)), batch["label"], bank=True)
 
     def _log_knn(self, stage: str) -> None:
         if self.knn is None:

@@ -59,6 +59,7 @@ ADDED: list[str] = [
     M + "(loss|attention_channel)",
     r"data\.init_args\.(augment|pretrain_views)(\.\d+)?\."
     r"(band_brightness|band_contrast|pixel_noise_prob|gamma|noise_std)",
+    r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
 ]
 
 
@@ -143,7 +144,8 @@ def load(tree: dict[str, Any]) -> dict[str, Any]:
 NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textured",
        "pixelcontrast_textured", "attention_textured", "localcontrast_textured",
        "finetune_textured", "moco_v2_imagenet", "moco_v2_cifar10",
-       "moco_v2_quickstart", "hcsc_quickstart", "hcsc_imagenet", "hcsc_cifar10"}  # fmt: skip
+       "moco_v2_quickstart", "hcsc_quickstart", "hcsc_imagenet", "hcsc_cifar10",
+       "claws_quickstart", "claws_textured", "claws_folder"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

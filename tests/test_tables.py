@@ -21,7 +21,7 @@ SEG = ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
 TABLE = {
     "name": "tiny",
     "description": "two fine-tuning rows and a broken one",
-    "metrics": ["val/miou", "val/overall_accuracy"],
+    "metrics": ["val/miou", "val/overall_accuracy", "val/knn_acc@0"],
     "scales": {
         "smoke": {"all": ["--trainer.enable_progress_bar", "false",
                           "--data.init_args.num_workers", "0"],
@@ -82,7 +82,7 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     assert "0.5 (unverified)" in md  # the paper column with its status
     assert (out / "tiny" / "smoke.png").stat().st_size > 0
     rows = (out / "tiny" / "smoke.csv").read_text().splitlines()
-    assert rows[0] == "row,network,metric,mean,std,n,paper,failed" and len(rows) == 1 + 3 * 2
+    assert rows[0] == "row,network,metric,mean,std,n,paper,failed" and len(rows) == 1 + 3 * 3
     # the mean/std in the csv are those of the per-seed results on disk
     table = load_table(str(tiny))
     seeds = [json.loads((out / "tiny" / "smoke" / "steps" / s[-1].key / "result.json").read_text())
@@ -92,6 +92,14 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     std = math.sqrt(sum((v - mean) ** 2 for v in values))  # n - 1 = 1
     simclr = next(r.split(",") for r in rows if r.startswith("SimCLR,DeepLabV3+,val/miou"))
     assert float(simclr[3]) == pytest.approx(mean) and float(simclr[4]) == pytest.approx(std)
+    # a metric of chain step 0: the pretraining's kNN accuracy; absent for the random row
+    pre = json.loads((out / "tiny" / "smoke" / "steps" /
+                      resolve_row(table, table.rows[1], "smoke", 0)[0].key / "result.json"
+                      ).read_text())  # fmt: skip
+    knn = next(r.split(",") for r in rows if r.startswith("SimCLR,DeepLabV3+,val/knn_acc@0"))
+    assert float(knn[3]) == pytest.approx(pre["metrics"]["val/knn_acc"]) and knn[5] == "2"
+    random_knn = next(r.split(",") for r in rows if r.startswith("random init,DeepLabV3+,val/knn"))
+    assert random_knn[5] == "0"
     # a W&B Table of the aggregate (offline here)
     assert list((out / "tiny" / "wandb").glob("offline-run-*/files"))
     # the SimCLR pretraining step is shared by both seeds: one folder

@@ -15,7 +15,10 @@ The background has its own family (low-frequency colour field, a faint coarse gr
 pixel noise: rich per-image nuisance, separable from every class by frequency).  Variants:
 
 * ``clutter``: that many class-irrelevant distractors per scene (untextured, colour-gradient
-  shapes of any size, labelled background), drawn under the objects;
+  shapes of any size, labelled background), drawn under the objects; with
+  ``clutter_textured`` they are small patches of the *class* textures instead (a random
+  family each, different per image, still background), clutter that only a foreground
+  mask tells from the objects (CLAWS's hard attention);
 * ``imbalance_ratio``: object classes drawn long-tailed, ``p_c ∝ ratio^(-c/(C-1))`` (class 0
   ``ratio`` times as frequent as the last);
 * ``num_domains``: domain ``d`` (``index % num_domains`` unless ``domain`` fixes it) renders the
@@ -80,6 +83,9 @@ class TexturedScenes(Dataset):
         max_objects: Most objects per scene.
         period: Mean texture period in pixels.
         clutter: Distractor shapes per scene (labelled background).
+        clutter_textured: Paint the distractors with the class textures (a uniform random
+            family each, smaller than objects; still labelled background): class-irrelevant
+            texture clutter that only a foreground mask separates from the objects.
         imbalance_ratio: Frequency ratio of the most to the least common class (1: uniform).
         num_domains: Number of rendering regimes; items carry their domain id.
         domain: Render every scene in this domain instead of ``index % num_domains``.
@@ -102,6 +108,7 @@ class TexturedScenes(Dataset):
         num_domains: int = 1,
         domain: int | None = None,
         seed: int = 0,
+        clutter_textured: bool = False,
     ) -> None:
         checks = (
             (2 <= num_classes <= len(TEXTURES), f"num_classes in [2, {len(TEXTURES)}]"),
@@ -126,7 +133,7 @@ class TexturedScenes(Dataset):
         self.num_samples, self.size, self.num_classes = num_samples, image_size, num_classes
         self.min_objects, self.max_objects, self.period = min_objects, max_objects, period
         self.clutter, self.num_domains, self.domain, self.seed = clutter, num_domains, domain, seed
-        self.imbalance_ratio = imbalance_ratio
+        self.imbalance_ratio, self.clutter_textured = imbalance_ratio, clutter_textured
         self.classes = list(TEXTURES[:num_classes])
         exponents = torch.arange(num_classes, dtype=torch.float64) / (num_classes - 1)
         probs = imbalance_ratio ** (-exponents)
@@ -217,7 +224,10 @@ class TexturedScenes(Dataset):
     def _paint(self, p: Tensor, regimes: list[dict[str, float]], distractor: bool) -> tuple:
         """Masks ``(N, K, H, W)``, colours ``(N, K, 3, H, W)`` and classes ``(N, K)``."""
         cols = {name: i for i, name in enumerate(_OBJ_FIELDS)}
-        if distractor:
+        textured = not distractor or self.clutter_textured
+        if distractor and textured:  # texture clutter: small patches of any class's texture
+            radius = (0.04 + 0.08 * p[..., cols["radius"]]) * self.size
+        elif distractor:
             radius = (0.06 + 0.22 * p[..., cols["radius"]]) * self.size
         else:
             radius = (0.1 + 0.12 * p[..., cols["radius"]]) * self.size
@@ -229,11 +239,15 @@ class TexturedScenes(Dataset):
         dark = 0.05 + 0.4 * p[..., [cols[f"dark{i}"] for i in range(3)]]
         swap = (p[..., cols["swap"]] > 0.5)[..., None]
         c1, c2 = torch.where(swap, dark, light), torch.where(swap, light, dark)
-        if distractor:  # untextured: a linear colour gradient across the shape
+        if not textured:  # untextured: a linear colour gradient across the shape
             t = (0.5 + 0.5 * tu / radius[..., None, None]).clamp(0, 1)
             classes = torch.full(p.shape[:2], -1, dtype=torch.long)
         else:
-            classes = torch.searchsorted(self._cdf, p[..., cols["cls"]].contiguous(), right=True)
+            if distractor:  # uniform families, whatever the objects' imbalance
+                classes = (p[..., cols["cls"]] * self.num_classes).long()
+            else:
+                classes = torch.searchsorted(self._cdf, p[..., cols["cls"]].contiguous(),
+                                             right=True)  # fmt: skip
             classes = classes.clamp(max=self.num_classes - 1)
             patterns = self._textures(tu, tv, period, p[..., cols["tex_phase"]])
             t = patterns.gather(0, classes[None, ..., None, None].expand(1, *patterns.shape[1:]))[0]
