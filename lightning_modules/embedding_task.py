@@ -17,6 +17,7 @@ from jsonargparse.typing import PositiveFloat
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
+from lightning_modules.components.heads import MLPHead
 from lightning_modules.components.networks import TimmEncoder
 from lightning_modules.components.optim import split_decay_groups
 from lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
@@ -69,6 +70,12 @@ class EmbeddingTask(BaseTask):
         self.feature_dim = self.encoder.num_features
         n = hp.probe_classes
         self.probe = OnlineLinearProbe(self.feature_dim, n) if n > 1 else None
+
+    def build_projector(self) -> MLPHead:
+        """The MLP projector from ``projector_hidden_dims`` / ``_out_dim`` / ``_batch_norm``."""
+        hp = self.hparams
+        return MLPHead(self.feature_dim, list(hp.projector_hidden_dims), hp.projector_out_dim,
+                       hp.projector_batch_norm)  # fmt: skip
 
     def configure_metrics(self) -> None:
         """The weighted kNN evaluator (queries: loader 0, bank: loader 1)."""

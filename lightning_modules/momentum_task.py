@@ -22,7 +22,6 @@ from jsonargparse.typing import PositiveFloat
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_modules.components import MLPHead
 from lightning_modules.components import distributed as dist_utils
 from lightning_modules.components.momentum import (
     KeyQueue,
@@ -78,8 +77,7 @@ class MomentumTask(EmbeddingTask):
         super().configure_models()
         hp = self.hparams
         ema_momentum(hp.ema_momentum, 0, 1, hp.ema_schedule)  # validates the schedule name
-        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
-                                 hp.projector_out_dim, hp.projector_batch_norm)  # fmt: skip
+        self.projector = self.build_projector()
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.queue = KeyQueue(hp.queue_size, hp.projector_out_dim)

@@ -7,7 +7,6 @@ from typing import Any
 
 from jsonargparse.typing import PositiveFloat
 
-from lightning_modules.components import MLPHead
 from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.losses import check_temperature, nt_xent_loss
 from lightning_modules.task import TaskLoss
@@ -41,9 +40,7 @@ class SimCLR(EmbeddingTask):
 
     def configure_models(self) -> None:  # noqa: D102
         super().configure_models()
-        hp = self.hparams
-        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
-                                 hp.projector_out_dim, hp.projector_batch_norm)  # fmt: skip
+        self.projector = self.build_projector()
 
     def configure_losses(self) -> None:  # noqa: D102
         self.temperature = check_temperature(self.hparams.temperature)
