@@ -145,7 +145,8 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "pixelcontrast_textured", "attention_textured", "localcontrast_textured",
        "finetune_textured", "moco_v2_imagenet", "moco_v2_cifar10",
        "moco_v2_quickstart", "hcsc_quickstart", "hcsc_imagenet", "hcsc_cifar10",
-       "claws_quickstart", "claws_textured", "claws_folder"}  # fmt: skip
+       "claws_quickstart", "claws_textured", "claws_folder",
+       "hcsc_imagenet_multicrop"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

@@ -11,6 +11,7 @@ import yaml
 
 from datamodules import SegmentationDataModule
 from experiments.cli import main
+from experiments.compose import compose_file
 
 
 def import_class(path: str) -> type:
@@ -25,7 +26,7 @@ PRESETS = sorted((REPO / "experiments" / "configs" / "presets").glob("*.yaml"))
 
 def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list[str]:
     """Generic tiny run: each data module and task contributes its own ``tiny_test_args``."""
-    cfg = yaml.safe_load(config.read_text())
+    cfg = compose_file(config)  # with its defaults (a config may extend another)
     args = [
         "--trainer.fast_dev_run", "2",
         "--trainer.accelerator", "cpu",
