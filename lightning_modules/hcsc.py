@@ -85,17 +85,25 @@ class HCSC(MomentumTask):
             self.prototypes = self.prototypes.to(self.device)
 
     # ------------------------------------------------------------------- the loss
-    def _instance_terms(self, queries: list[Tensor], k: Tensor, masks: list[Tensor] | None,
-                        local_masks: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
-        """(global instance loss, multi-crop instance loss)."""
+    def _instance_terms(
+        self, queries: list[Tensor], k: Tensor, masks: list[Tensor] | None, local_masks: bool,
+        own: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """(global, multi-crop) instance losses.
+
+        ``own`` is ``negative_keys``; with selection, an excluded own key is masked as
+        ``masked_negatives`` says, like a dropped key.
+        """
         queue, tau, masked = self.queue.keys, self.temperature, self.hparams.masked_negatives
         if masks is None:
-            terms = [queue_info_nce_loss(q, k, queue, tau) for q in queries]
+            terms = [queue_info_nce_loss(q, k, queue, tau, own, "drop") for q in queries]
             return terms[0], sum(terms[1:], k.new_zeros(()))
+        if own is not None:  # the own keys are removed whatever the selection drew
+            masks = [m & own for m in masks]
         glob = sum(queue_info_nce_loss(queries[0], k, queue, tau, m, masked) for m in masks)
         local = k.new_zeros(())
         for q in queries[1:]:
-            for m in masks if local_masks else [None]:
+            for m in masks if local_masks else [own]:
                 local = local + queue_info_nce_loss(q, k, queue, tau, m, masked)
         return glob, local
 
@@ -125,10 +133,11 @@ class HCSC(MomentumTask):
         queries = [q, *(self.query(v)[1] for v in views[2:])]
         k = self.keys(views[1])
         index = self.sample_indices(batch, k.shape[0], k.device)
+        own = self.negative_keys(index)
         logs: dict[str, Tensor] = {"ema_momentum": q.new_tensor(momentum)}
         protos = self.prototypes
         if protos is None:
-            inst, local = self._instance_terms(queries, k, None, False)
+            inst, local = self._instance_terms(queries, k, None, False, own)
             proto = q.new_zeros(())
         else:
             if bool((index < 0).any()):
@@ -141,7 +150,7 @@ class HCSC(MomentumTask):
                          for c, phi, cl in zip(protos.centroids, protos.phi, clusters,
                                                strict=True)]  # fmt: skip
                 logs["instance_keep"] = torch.stack([m.float().mean() for m in masks]).mean()
-            inst, local = self._instance_terms(queries, k, masks, hp.selection_on_local)
+            inst, local = self._instance_terms(queries, k, masks, hp.selection_on_local, own)
             proto = sum((self._prototype_term(x, clusters) for x in queries), q.new_zeros(()))
         logs.update(instance_loss=inst.detach(), prototype_loss=proto.detach())
         if len(queries) > 1:

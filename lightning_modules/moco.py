@@ -32,9 +32,11 @@ class MoCoV2(MomentumTask):
         momentum = self.update_key_encoder()
         features, q = self.query(views[0])
         k = self.keys(views[1])
-        loss = queue_info_nce_loss(q, k, self.queue.keys, self.temperature)
+        index = self.sample_indices(batch, k.shape[0], k.device)
+        keep = self.negative_keys(index)
+        loss = queue_info_nce_loss(q, k, self.queue.keys, self.temperature, keep)
         with_queue = (q.detach() @ self.queue.keys.T).max(dim=1).values
         accuracy = ((q.detach() * k).sum(dim=1) > with_queue).float().mean()
-        self.queue.enqueue(k, self.sample_indices(batch, k.shape[0], k.device))
+        self.queue.enqueue(k, index)
         logs = {"ema_momentum": q.new_tensor(momentum), "instance_acc": accuracy}
         return TaskLoss(loss, logs, embedding=features)

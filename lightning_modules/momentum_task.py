@@ -49,6 +49,9 @@ class MomentumTask(EmbeddingTask):
         projector_batch_norm: BN in the projector (MoCo v2: none).
         shuffle_bn: MoCo's shuffle-BN of the key batch across DDP ranks (a no-op on one
             process: use the SyncBN preset or several ranks).
+        exclude_own_keys: Queue keys of a query's own image (same dataset index, written in an
+            earlier epoch) are not its negatives.  A queue longer than an epoch holds such
+            keys for every query; the official code keeps them (off by default).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
@@ -65,6 +68,7 @@ class MomentumTask(EmbeddingTask):
         projector_out_dim: int = 128,
         projector_batch_norm: bool = False,
         shuffle_bn: bool = False,
+        exclude_own_keys: bool = False,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("optimizer", "sgd")
@@ -130,6 +134,15 @@ class MomentumTask(EmbeddingTask):
     def prototype_features(self, images: Tensor) -> Tensor:
         """Momentum-encoder embeddings for clustering (HCSC): key projector, normalised."""
         return F.normalize(self.key_projector(self.key_encoder(images)).float(), dim=1)
+
+    def negative_keys(self, index: Tensor) -> Tensor | None:
+        """``(n, K)`` bool: queue key ``j`` may be a negative of query ``i`` (``None``: all).
+
+        With ``exclude_own_keys``, keys carrying the query's own dataset index are not.
+        """
+        if not self.hparams.exclude_own_keys:
+            return None
+        return (self.queue.indices[None, :] != index[:, None]) | (index[:, None] < 0)
 
     @staticmethod
     def sample_indices(batch: dict[str, Any], n: int, device: torch.device) -> Tensor:

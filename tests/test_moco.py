@@ -183,6 +183,24 @@ def test_module_step_matches_pure_loss_and_fills_queue() -> None:
     assert torch.equal(fresh.queue.keys, model.queue.keys)
 
 
+def test_exclude_own_keys_removes_the_query_images_older_keys() -> None:
+    torch.manual_seed(0)
+    model = _module(exclude_own_keys=True)
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    index = torch.tensor([5, 6, 7, 8])
+    batch = {"views": views, "label": torch.tensor([0, 1, 2, -1]), "sample_index": index}
+    model.queue.indices[:4] = torch.tensor([6, 1, 8, 8])  # own keys of queries 1 and 3
+    queue = model.queue.keys.clone()
+    out = model.training_loss(batch)
+    with torch.no_grad():
+        q = F.normalize(model.projector(model.encoder(views[0])), dim=1)
+        k = F.normalize(model.key_projector(model.key_encoder(views[1])), dim=1)
+    keep = torch.ones(4, 12, dtype=torch.bool)
+    keep[1, 0] = keep[3, 2] = keep[3, 3] = False
+    assert out.loss.item() == pytest.approx(_reference(q, k, queue, 0.2, keep, "drop"), rel=1e-4)
+    assert out.loss.item() != pytest.approx(_reference(q, k, queue, 0.2), rel=1e-4)
+
+
 def test_init_checkpoint_reaches_the_key_encoder(tmp_path: Path) -> None:
     source = _module()
     torch.save({"state_dict": source.state_dict()}, tmp_path / "src.ckpt")
