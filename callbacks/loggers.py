@@ -45,5 +45,9 @@ class WandbLogger(_LightningWandbLogger):
         if offline is None:
             mode = os.environ.get("WANDB_MODE", "").lower()
             offline = mode in ("offline", "disabled", "dryrun") or not wandb_credentials_available()
+        # absolute: W&B's service process resolves relative paths against its own working
+        # directory (the first run's), so in-process runs in other folders (the table runner's
+        # steps) would write into the first one's
+        save_dir = str(Path(save_dir).resolve())
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(project=project, offline=offline, save_dir=save_dir, **kwargs)

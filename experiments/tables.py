@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import shlex
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -265,6 +266,7 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
                 print(f"step failed: {type(err).__name__}: {err}", file=stream)
                 metrics, status = {}, "failed"
     finally:
+        _finish_wandb()  # else the next in-process step's WandbLogger reuses this run
         os.chdir(cwd)
         if handler is not None:
             lightning_log.removeHandler(handler)
@@ -279,6 +281,13 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, result_file)
     return result
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run a step opened (one W&B run per step)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bool = False,

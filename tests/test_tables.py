@@ -102,6 +102,11 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     assert random_knn[5] == "0"
     # a W&B Table of the aggregate (offline here)
     assert list((out / "tiny" / "wandb").glob("offline-run-*/files"))
+    # every step logged into its own W&B run (in-process steps do not reuse the first one)
+    for folder in (out / "tiny" / "smoke" / "steps").iterdir():
+        if (folder / "result.json").exists():
+            runs = list((folder / "outputs").glob("*/wandb/offline-run-*"))
+            assert runs and all(r.parts[-3] == folder.name for r in runs), folder.name
     # the SimCLR pretraining step is shared by both seeds: one folder
     assert len(list((out / "tiny" / "smoke" / "steps").glob("quickstart-*"))) == 1
 
