@@ -1,4 +1,4 @@
-"""Speed and peak memory of NT-Xent implementations (forward + backward).
+"""Speed and peak memory of NT-Xent and SupCon implementations (forward + backward).
 
 Four implementations of the SimCLR NT-Xent loss of ``2B`` stacked embeddings
 (two views of ``B`` images, view-major) are compared for every batch size ``B``:
@@ -11,6 +11,17 @@ Four implementations of the SimCLR NT-Xent loss of ``2B`` stacked embeddings
   ``2B x 2B`` similarity, ``exp``, diagonal removed by multiplying with a mask,
   row sums, ``-log(pos / denominator)``; no log-sum-exp);
 * ``lightly``: ``lightly.loss.NTXentLoss`` if the package is importable.
+
+With ``--loss supcon`` the loss is supervised contrast (Khosla et al. 2020, L_out) over
+the same ``2B`` embeddings with ``--classes`` image classes (both views of an image share
+its class), and the implementations are:
+
+* ``fused``: :func:`lightning_modules.losses.nt_xent_loss` with class labels (the
+  mask-free fused path of :mod:`lightning_modules.losses.supcon`);
+* ``generic``: :func:`lightning_modules.losses.contrastive_loss` (the masked autograd
+  path it replaced);
+* ``naive``: the textbook masked formula without log-sum-exp;
+* ``pml``: ``pytorch_metric_learning.losses.SupConLoss`` if importable.
 
 **Correctness.**  Before timing, every implementation's loss and gradient with
 respect to the embeddings are compared with a float64 evaluation of the naive
@@ -38,6 +49,7 @@ everything the autograd graph saves for backward.
 Run (defaults: B in 256 512 1024 2048, D=128, tau=0.2, CPU)::
 
     python benchmarks/losses.py
+    python benchmarks/losses.py --loss supcon --batch-sizes 512 1024 2048 --classes 10
     python benchmarks/losses.py --batch-sizes 256 512 --repeats 5 --threads 2
     python benchmarks/losses.py --device cuda --batch-sizes 1024 4096 8192
 """
@@ -59,20 +71,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_modules.losses import instance_labels, nt_xent_loss
+from lightning_modules.losses import contrastive_loss, instance_labels, nt_xent_loss
 
 METHODS = ("fused", "generic", "naive", "lightly")
+SUPCON_METHODS = ("fused", "generic", "naive", "pml")
 LossFn = Callable[[Tensor], Tensor]
 
 
-def _lightly_version() -> str | None:
-    """Version of lightly if its NT-Xent loss can be imported, else ``None``."""
+def _peer_version(loss: str) -> str | None:
+    """Version of the peer library (lightly for NT-Xent, pml for SupCon), else ``None``."""
     try:
-        import lightly
-        from lightly.loss import NTXentLoss  # noqa: F401
+        if loss == "ntxent":
+            import lightly as peer
+            from lightly.loss import NTXentLoss  # noqa: F401
+        else:
+            import pytorch_metric_learning as peer
+            from pytorch_metric_learning.losses import SupConLoss  # noqa: F401
     except ImportError:
         return None
-    return str(lightly.__version__)
+    return str(peer.__version__)
 
 
 def naive_nt_xent(z: Tensor, temperature: float) -> Tensor:
@@ -86,30 +103,64 @@ def naive_nt_xent(z: Tensor, temperature: float) -> Tensor:
         Mean loss over the ``2B`` anchors.
     """
     n = z.shape[0]
-    zn = z / z.norm(dim=1, keepdim=True)
-    sim = zn @ zn.T
-    e = torch.exp(sim / temperature)
-    mask = 1.0 - torch.eye(n, dtype=z.dtype, device=z.device)
-    denominator = (e * mask).sum(dim=1)
     rows = torch.arange(n, device=z.device)
-    positive = e[rows, (rows + n // 2) % n]
-    return -torch.log(positive / denominator).mean()
+    return naive_supcon(z, torch.cat([rows[: n // 2], rows[: n // 2]]), temperature)
 
 
-def _make_loss(method: str, batch_size: int, temperature: float, device: torch.device) -> LossFn:
-    """Closure ``z -> scalar loss`` for one implementation."""
+def naive_supcon(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Textbook SupCon L_out (Khosla et al. 2020, eq. 2) with masks, no log-sum-exp.
+
+    Args:
+        z: ``(N, D)`` embeddings.
+        labels: ``(N,)`` labels.
+        temperature: Softmax temperature.
+
+    Returns:
+        Mean over the anchors with at least one positive.
+    """
+    n = z.shape[0]
+    zn = z / z.norm(dim=1, keepdim=True)
+    e = torch.exp(zn @ zn.T / temperature)
+    not_self = 1.0 - torch.eye(n, dtype=z.dtype, device=z.device)
+    pos = (labels[:, None] == labels[None, :]).to(z.dtype) * not_self
+    log_prob = torch.log(e / (e * not_self).sum(dim=1, keepdim=True))
+    n_pos = pos.sum(dim=1)
+    keep = n_pos > 0
+    return (-(log_prob * pos).sum(dim=1)[keep] / n_pos[keep]).mean()
+
+
+def _labels(loss: str, batch_size: int, classes: int, device: torch.device) -> Tensor:
+    """Labels of the ``2B`` rows: instance ids (NT-Xent) or seeded image classes (SupCon)."""
+    if loss == "ntxent":
+        return instance_labels(batch_size, 2, device)
+    g = torch.Generator().manual_seed(batch_size)
+    return torch.randint(0, classes, (batch_size,), generator=g).repeat(2).to(device)
+
+
+def _make_loss(method: str, batch_size: int, args: argparse.Namespace,
+               device: torch.device) -> LossFn:  # fmt: skip
+    """Closure ``z -> scalar loss`` for one implementation (labels built outside timing)."""
+    tau, supcon = args.temperature, args.loss == "supcon"
+    labels = _labels(args.loss, batch_size, args.classes, device)
+    rows = torch.arange(2 * batch_size, device=device)
     if method == "fused":
-        return lambda z: nt_xent_loss(z, temperature=temperature)
+        if supcon:
+            return lambda z: nt_xent_loss(z, labels=labels, temperature=tau)
+        return lambda z: nt_xent_loss(z, temperature=tau)
     if method == "generic":
-        labels = instance_labels(batch_size, 2, device)
-        return lambda z: nt_xent_loss(z, labels=labels, temperature=temperature)
+        return lambda z: contrastive_loss(z, labels, z, labels, rows, tau)
     if method == "naive":
-        return lambda z: naive_nt_xent(z, temperature)
+        return lambda z: naive_supcon(z, labels, tau)
     if method == "lightly":
         from lightly.loss import NTXentLoss
 
-        criterion = NTXentLoss(temperature=temperature)
+        criterion = NTXentLoss(temperature=tau)
         return lambda z: criterion(z[:batch_size], z[batch_size:])
+    if method == "pml":
+        from pytorch_metric_learning.losses import SupConLoss
+
+        pml_loss = SupConLoss(temperature=tau)
+        return lambda z: pml_loss(z, labels)
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -160,7 +211,7 @@ def _worker(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     batch_size = args.batch_sizes[0]
     z = _embeddings(batch_size, args.dim, device)
-    fn = _make_loss(args.worker, batch_size, args.temperature, device)
+    fn = _make_loss(args.worker, batch_size, args, device)
     for _ in range(args.warmup):
         _step(fn, z)
     times = []
@@ -187,6 +238,10 @@ def _measure(method: str, batch_size: int, args: argparse.Namespace) -> dict[str
         str(args.dim),
         "--temperature",
         str(args.temperature),
+        "--loss",
+        args.loss,
+        "--classes",
+        str(args.classes),
         "--repeats",
         str(args.repeats),
         "--warmup",
@@ -203,28 +258,28 @@ def _measure(method: str, batch_size: int, args: argparse.Namespace) -> dict[str
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _check(batch_sizes: list[int], dim: int, temperature: float, methods: list[str]) -> list[str]:
-    """Compare losses and gradients with a float64 reference (and with lightly).
+def _check(args: argparse.Namespace, methods: list[str], peer: str | None) -> list[str]:
+    """Compare losses and gradients with a float64 reference (and with the peer library).
 
     Args:
-        batch_sizes: Values of ``B`` to check.
-        dim: Embedding dimension.
-        temperature: Softmax temperature.
+        args: Benchmark arguments (batch sizes, dim, temperature, loss, classes).
         methods: Implementations to check.
+        peer: ``lightly`` / ``pml`` if installed, else ``None``.
 
     Returns:
         Markdown table rows, one per ``B``.
     """
     rows = []
-    for b in batch_sizes:
-        z = _embeddings(b, dim, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    for b in args.batch_sizes:
+        z = _embeddings(b, args.dim, cpu)
         z64 = z.detach().double().requires_grad_(True)
-        ref = naive_nt_xent(z64, temperature)
+        ref = naive_supcon(z64, _labels(args.loss, b, args.classes, cpu), args.temperature)
         ref.backward()
         results = {}
         for method in methods:
             z.grad = None
-            loss = _make_loss(method, b, temperature, z.device)(z)
+            loss = _make_loss(method, b, args, cpu)(z)
             loss.backward()
             results[method] = (loss.detach().double(), z.grad.detach().double().clone())
         cells = [str(b), f"{ref.item():.6f}"]
@@ -233,8 +288,8 @@ def _check(batch_sizes: list[int], dim: int, temperature: float, methods: list[s
             d_loss = (loss - ref.detach()).abs().item()
             d_grad = (grad - z64.grad).abs().max().item()
             cells.append(f"{d_loss:.1e} / {d_grad:.1e}")
-        if "lightly" in results:
-            loss_l, grad_l = results["lightly"]
+        if peer is not None:
+            loss_l, grad_l = results[peer]
             loss_f, grad_f = results["fused"]
             d_loss = (loss_f - loss_l).abs().item()
             d_grad = (grad_f - grad_l).abs().max().item()
@@ -252,7 +307,10 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--worker", choices=METHODS, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--loss", choices=("ntxent", "supcon"), default="ntxent")
+    parser.add_argument("--classes", type=int, default=10, help="SupCon image classes")
+    parser.add_argument("--worker", choices=sorted({*METHODS, *SUPCON_METHODS}), default=None,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be >= 1 and --warmup >= 0")
@@ -276,41 +334,46 @@ def main() -> None:
         _worker(args)
         return
     start = time.perf_counter()
-    lightly_version = _lightly_version()
-    methods = [m for m in METHODS if m != "lightly" or lightly_version is not None]
+    all_methods = METHODS if args.loss == "ntxent" else SUPCON_METHODS
+    peer_name = all_methods[-1]
+    peer_version = _peer_version(args.loss)
+    peer = peer_name if peer_version is not None else None
+    methods = [m for m in all_methods if m != peer_name or peer is not None]
     device_name = (
         torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
     )
     print(f"torch {torch.__version__} | threads {torch.get_num_threads()} | device {args.device}")
-    print(f"device name: {device_name} | lightly {lightly_version or 'not installed'}")
+    print(f"device name: {device_name} | {peer_name} {peer_version or 'not installed'}")
+    classes = f" classes={args.classes}" if args.loss == "supcon" else ""
     print(
-        f"D={args.dim} tau={args.temperature} repeats={args.repeats} warmup={args.warmup}; "
+        f"loss={args.loss}{classes} N=2B D={args.dim} tau={args.temperature} "
+        f"repeats={args.repeats} warmup={args.warmup}; "
         "time = median forward+backward, peak = extra memory of one forward+backward\n"
     )
 
     print("Agreement (float32 CPU; |loss diff| / max |grad diff|):\n")
     header = ["B", "ref loss (f64)"] + [f"{m} vs f64" for m in methods]
-    if lightly_version is not None:
-        header.append("fused vs lightly")
+    if peer is not None:
+        header.append(f"fused vs {peer}")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    print("\n".join(_check(args.batch_sizes, args.dim, args.temperature, methods)) + "\n")
+    print("\n".join(_check(args, methods, peer)) + "\n")
 
     print(f"Speed and peak memory ({args.device}):\n")
     print(
-        "| B | ours fused ms | ours generic ms | naive ms | lightly ms | speed-up vs lightly "
-        "| fused peak MB | generic peak MB | naive peak MB | lightly peak MB |"
+        f"| B | ours fused ms | ours generic ms | naive ms | {peer_name} ms | speed-up vs "
+        f"{peer_name} | fused peak MB | generic peak MB | naive peak MB | {peer_name} peak MB |"
     )
     print("|" + "---|" * 10)
     for b in args.batch_sizes:
-        r: dict[str, dict[str, float] | None] = {m: None for m in METHODS}
+        r: dict[str, dict[str, float] | None] = {m: None for m in all_methods}
         for method in methods:
             r[method] = _measure(method, b, args)
         ms = {m: None if v is None else v["ms"] for m, v in r.items()}
         mb = {m: None if v is None else v["peak_mb"] for m, v in r.items()}
-        speedup = "n/a" if ms["lightly"] is None else f"{ms['lightly'] / ms['fused']:.2f}x"
-        cells = [str(b)] + [_fmt(ms[m], ".2f") for m in METHODS] + [speedup]
-        cells += [_fmt(mb[m], ".1f") for m in METHODS]
+        speedup = "n/a" if ms[peer_name] is None else f"{ms[peer_name] / ms['fused']:.2f}x"
+        cells = [str(b)] + [_fmt(ms[m], ".2f") for m in all_methods] + [speedup]
+        cells += [_fmt(mb[m], ".1f") for m in all_methods]
         print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\ntotal runtime: {time.perf_counter() - start:.1f} s")
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_modules.components import distributed as dist_utils
+from lightning_modules.losses.supcon import fused_supcon_loss
 
 
 def check_temperature(temperature: float) -> float:
@@ -282,6 +283,9 @@ def nt_xent_loss(
         normalizer = _global_valid_count(labels, candidate_labels, self_index, decoupled)
     else:
         candidate_labels, normalizer = labels, None
+    if not decoupled:  # one softmax buffer, analytic backward (losses/supcon.py)
+        return fused_supcon_loss(embeddings, labels, candidates, candidate_labels, self_index,
+                                 temperature, normalizer)  # fmt: skip
     return contrastive_loss(
         embeddings,
         labels,
