@@ -7,6 +7,13 @@ from datamodules.classification import (
     ImageFolderDataModule,
     SVHNDataModule,
 )
+from datamodules.medical import (
+    BTCVDataModule,
+    HippocampusDataModule,
+    MMWHSDataModule,
+    NiftiFolderDataModule,
+    SyntheticMedicalDataModule,
+)
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.segmentation_sets import (
     CityscapesDataModule,
@@ -22,6 +29,11 @@ from datamodules.synthetic import (
 from datamodules.textured import TexturedScenesDataModule, TexturedSegmentationDataModule
 
 __all__ = [
+    "BTCVDataModule",
+    "HippocampusDataModule",
+    "MMWHSDataModule",
+    "NiftiFolderDataModule",
+    "SyntheticMedicalDataModule",
     "CityscapesDataModule",
     "PotsdamDataModule",
     "PotsdamTilesDataModule",

@@ -24,6 +24,7 @@ from lightning_modules.components.checkpoint_init import init_from_checkpoint
 from lightning_modules.components.sliding_window import sliding_window_inference
 from lightning_modules.dense_task import DenseTask
 from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
+from lightning_modules.evaluators.volume_metrics import VolumeMetrics
 from lightning_modules.task import TaskLoss
 
 __all__ = ["SegmentationFineTune"]
@@ -127,6 +128,8 @@ class SegmentationFineTune(DenseTask):
         self.class_names = hp.class_names or [f"class_{i}" for i in range(hp.num_classes)]
         self.val_metrics = SegmentationMetrics(hp.num_classes, hp.ignore_index)
         self.test_metrics = SegmentationMetrics(hp.num_classes, hp.ignore_index)
+        self.val_volumes = VolumeMetrics(hp.num_classes)  # medical data: whole-volume batches
+        self.test_volumes = VolumeMetrics(hp.num_classes)
 
     def load_checkpoint(self, path: str) -> dict[str, list[str]]:
         """Encoder and, with ``init_decoder``, decoder parts by name (head stays random)."""
@@ -169,13 +172,51 @@ class SegmentationFineTune(DenseTask):
         """Class-index predictions ``(B, H, W)`` with image names (see ``callbacks``)."""
         return {"pred": self._infer(batch["image"]).argmax(1), "name": batch.get("name")}
 
+    VOLUME_CHUNK = 16  # slices per forward when a volume is predicted slice by slice
+
+    def infer_volume(self, volume: Tensor) -> Tensor:
+        """Logits ``(D, K, H, W)`` of a ``(C, D, H, W)`` volume, slice by slice.
+
+        With ``sliding_window`` each slice goes through MONAI's ``sliding_window_inference``
+        (window ``sliding_window``, overlap from ``sliding_stride``); otherwise whole slices.
+        """
+        from monai.inferers import sliding_window_inference as monai_sliding_window
+
+        slices = volume.permute(1, 0, 2, 3)
+        window = self.hparams.sliding_window
+        outs = []
+        for chunk in slices.split(self.VOLUME_CHUNK):
+            if window is None:
+                outs.append(self._infer(chunk))
+            else:
+                stride = self.hparams.sliding_stride or max(1, window // 2)
+                outs.append(monai_sliding_window(chunk, (window, window), self.VOLUME_CHUNK,
+                                                 self, overlap=1 - stride / window))  # fmt: skip
+        return torch.cat(outs)
+
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> dict[str, Tensor]:
+        stage = "val" if metrics is self.val_metrics else "test"
+        if batch["image"].ndim == 5:  # one whole volume (datamodules.medical)
+            return self._eval_volume(batch, metrics, stage)
         logits = self._infer(batch["image"])
         loss = self.segmentation_loss(logits, batch["mask"])
         preds = logits.argmax(1)
         metrics.update(preds, batch["mask"])
-        stage = "val" if metrics is self.val_metrics else "test"
         self.log(f"{stage}/loss", loss, batch_size=logits.shape[0], sync_dist=True)
+        return {"pred": preds}
+
+    def _eval_volume(self, batch: dict[str, Any], metrics: SegmentationMetrics,
+                     stage: str) -> dict[str, Tensor]:  # fmt: skip
+        if batch["image"].shape[0] != 1:
+            raise ValueError("volume evaluation takes one volume per batch (val batch size 1)")
+        logits = self.infer_volume(batch["image"][0])
+        mask = batch["mask"][0]
+        loss = self.segmentation_loss(logits, mask)
+        preds = logits.argmax(1)
+        metrics.update(preds, mask)
+        spacing = tuple(float(s) for s in batch["spacing"][0])
+        (self.val_volumes if stage == "val" else self.test_volumes).update(preds, mask, spacing)
+        self.log(f"{stage}/loss", loss, batch_size=1, sync_dist=True)
         return {"pred": preds}
 
     def _log_metrics(self, metrics: SegmentationMetrics, stage: str) -> None:
@@ -186,6 +227,18 @@ class SegmentationFineTune(DenseTask):
             if not torch.isnan(iou):
                 self.log(f"{stage}/iou/{name}", iou)
         metrics.reset()
+        volumes = self.val_volumes if stage == "val" else self.test_volumes
+        if volumes.update_count:
+            scores = volumes.compute()
+            self.log(f"{stage}/dice", scores["mean_dice"].float(), prog_bar=True)
+            self.log(f"{stage}/hd95", scores["mean_hd95"].float())
+            for name, d, h in zip(self.class_names[1:], scores["dice_per_class"],
+                                  scores["hd95_per_class"]):  # fmt: skip
+                if not torch.isnan(d):
+                    self.log(f"{stage}/dice/{name}", d.float())
+                if not torch.isnan(h):
+                    self.log(f"{stage}/hd95/{name}", h.float())
+            volumes.reset()
 
     def on_validation_epoch_end(self) -> None:  # noqa: D102
         self._log_metrics(self.val_metrics, "val")

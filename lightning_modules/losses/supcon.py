@@ -138,6 +138,9 @@ def fused_supcon_loss(
         a = F.normalize(anchors.float(), dim=1)
         c = None if candidates is anchors else F.normalize(candidates.float(), dim=1)
         ya, yc, k = _class_index(anchor_labels, candidate_labels)
-        count = None if normalizer is None else normalizer.float().clamp(
-            min=torch.finfo(torch.float32).tiny)
+        count = (
+            None
+            if normalizer is None
+            else normalizer.float().clamp(min=torch.finfo(torch.float32).tiny)
+        )
         return _FusedSupCon.apply(a, c, ya, yc, k, self_index, float(temperature), count)
