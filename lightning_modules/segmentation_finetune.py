@@ -84,6 +84,8 @@ class SegmentationFineTune(DenseTask):
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
         args = super().tiny_test_args(init_args)
+        if init_args.get("init_decoder"):  # the checkpoint is dropped by the base
+            args += ["--model.init_args.init_decoder", "null"]
         if init_args.get("sliding_window"):
             args += ["--model.init_args.sliding_window", "32",
                      "--model.init_args.sliding_stride", "16"]  # fmt: skip

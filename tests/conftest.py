@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -201,6 +203,59 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 6, size: i
     return root
 
 
+# ------------------------------------------------------------------ medical volumes (NIfTI)
+AFFINE = np.diag([-0.8, 0.8, 2.5, 1.0])  # LAS: x flipped, so canonicalisation must flip it back
+
+
+def _subject(rng: np.random.Generator, shape=(12, 10, 6), values=(0, 1, 2), dtype=np.int16):
+    """A random image volume and a label volume with two box structures."""
+    image = rng.integers(-300, 400, size=shape).astype(dtype)
+    label = np.zeros(shape, dtype=np.uint8 if max(values) < 256 else np.int16)
+    label[2:6, 3:7, 1:4] = values[1]
+    label[7:10, 2:5, 2:5] = values[2]
+    return image, label
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def write_btcv(root: Path, ids=("0001", "0002", "0005", "0006", "0008")) -> Path:
+    rng = np.random.default_rng(0)
+    base = root / "RawData" / "Training"
+    for i in ids:
+        image, label = _subject(rng, values=(0, 8, 5))  # aorta, esophagus
+        _save(base / "img" / f"img{i}.nii.gz", image)
+        _save(base / "label" / f"label{i}.nii.gz", label)
+    return root
+
+
+def write_mmwhs(root: Path, n: int = 4) -> Path:
+    rng = np.random.default_rng(1)
+    for k in range(n):
+        image, label = _subject(rng, values=(0, 205, 850))
+        _save(root / f"ct_train_{1001 + k}_image.nii.gz", image)
+        _save(root / f"ct_train_{1001 + k}_label.nii.gz", label.astype(np.int16))
+    return root
+
+
+def write_hippocampus(root: Path, n: int = 4) -> Path:
+    rng = np.random.default_rng(2)
+    training = []
+    for k in range(n):
+        image, label = _subject(rng, dtype=np.float32)
+        name = f"hippocampus_{k:03d}.nii.gz"
+        _save(root / "imagesTr" / name, image)
+        _save(root / "labelsTr" / name, label)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "imagesTr" / "._hippocampus_000.nii.gz").write_bytes(b"\x00\x05\x16\x07")
+    (root / "dataset.json").write_text(json.dumps({"name": "Hippocampus", "training": training}))
+    return root
+
+
+
 @pytest.fixture(scope="session")
 def data_roots(
     seg_roots: dict[str, Path], cifar10_root: Path, tmp_path_factory: pytest.TempPathFactory
@@ -213,6 +268,9 @@ def data_roots(
         "PotsdamTilesDataModule": seg_roots["potsdam_tiles"],
         "CIFAR10DataModule": cifar10_root,
         "ImageFolderDataModule": write_image_folder(tmp_path_factory.mktemp("imagenet") / "train"),
+        "BTCVDataModule": write_btcv(tmp_path_factory.mktemp("btcv")),
+        "MMWHSDataModule": write_mmwhs(tmp_path_factory.mktemp("mmwhs")),
+        "HippocampusDataModule": write_hippocampus(tmp_path_factory.mktemp("hippocampus")),
         "SegmentationFolderDataModule": write_segmentation_folder(
             tmp_path_factory.mktemp("folder") / "my_data"),  # fmt: skip
     }
