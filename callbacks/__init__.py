@@ -2,6 +2,7 @@
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.cluster_eval import ClusterEvaluation
+from callbacks.confusion import ConfusionMatrixPlot
 from callbacks.loggers import WandbLogger
 from callbacks.nan_guard import NaNGuard
 from callbacks.prototypes import PrototypeUpdate
@@ -11,6 +12,7 @@ from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverl
 __all__ = [
     "ClusterEvaluation",
     "ColourPredictionWriter",
+    "ConfusionMatrixPlot",
     "EmbeddingRankMonitor",
     "NaNGuard",
     "PrototypeUpdate",

@@ -13,7 +13,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm.auto import tqdm
 
 from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
 from datamodules.sampling import SampleKey, seeded_call, train_loader
@@ -55,6 +57,21 @@ class TransformedDataset(Dataset):
         return item
 
 
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """Integer image labels of a raw data set: its ``labels`` / ``targets``, else each item's.
+
+    Reading items (rendered synthetic scenes, image folders without a label list) shows a
+    progress bar.
+    """
+    for attr in ("labels", "targets"):
+        values = getattr(dataset, attr, None)
+        if values is not None and not callable(values):
+            return torch.as_tensor(list(values) if isinstance(values, list) else values).long()
+    n = len(dataset)  # type: ignore[arg-type]
+    items = tqdm(range(n), desc="reading labels", disable=n < 2000, leave=False)
+    return torch.tensor([int(dataset[i]["label"]) for i in items], dtype=torch.long)
+
+
 class PretrainDataModule(L.LightningDataModule):
     """Multi-view pretraining data with evaluation splits.
 
@@ -73,6 +90,8 @@ class PretrainDataModule(L.LightningDataModule):
         attention_mask: Compute a foreground ``mask`` for every training image (``exg``:
             excess green + Otsu, :mod:`datamodules.attention`), carried through the views
             as ``masks`` (CLAWS's hard attention); ``None``: items keep their own masks.
+        class_balanced: Draw training images with probability ``1 / n_class`` (each epoch
+            ``len(train)`` draws with replacement, seeded): the imbalanced-data sampler.
     """
 
     num_classes: int = 0
@@ -89,8 +108,10 @@ class PretrainDataModule(L.LightningDataModule):
         index_maps: bool = False,
         seed: int = 0,
         attention_mask: str | None = None,
+        class_balanced: bool = False,
     ) -> None:
         super().__init__()
+        self.class_balanced = class_balanced
         if attention_mask is not None and attention_mask not in ATTENTION_SOURCES:
             raise ValueError(f"data.attention_mask must be one of {ATTENTION_SOURCES} or null, "
                              f"got {attention_mask!r}")  # fmt: skip
@@ -139,8 +160,26 @@ class PretrainDataModule(L.LightningDataModule):
             self._raw = self.build_datasets()
         return self._raw
 
-    def setup(self, stage: str | None = None) -> None:  # noqa: D102
+    def setup(self, stage: str | None = None) -> None:
+        """Build the raw splits; log class counts and the imbalance ratio of labelled data."""
         self._raw_datasets()
+        if self.num_classes > 1 and (self.class_balanced or getattr(self, "log_counts", False)):
+            counts = self.class_counts()
+            seen = counts[counts > 0]
+            ratio = float(seen.max() / seen.min()) if len(seen) else float("nan")
+            rank_zero_info(f"{type(self).__name__} train class counts {counts.tolist()}, "
+                           f"imbalance ratio {ratio:.1f}")  # fmt: skip
+
+    def train_labels(self) -> torch.Tensor:
+        """Image labels of the raw training split (``labels`` / ``targets``, else read)."""
+        if getattr(self, "_train_labels", None) is None:
+            self._train_labels = dataset_labels(self._raw_datasets()[0])
+        return self._train_labels
+
+    def class_counts(self) -> torch.Tensor:
+        """Training images per class (labels ``< 0`` are unlabelled and not counted)."""
+        labels = self.train_labels()
+        return torch.bincount(labels[labels >= 0], minlength=self.num_classes)
 
     @property
     def eval_transform(self) -> ImageMaskTransform:
@@ -194,7 +233,14 @@ class PretrainDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Seeded order and augmentations (:mod:`datamodules.sampling`), resumable exactly."""
-        return train_loader(self.train_dataset(), self.batch_size, self.num_workers)
+        weights = None
+        if self.class_balanced:
+            labels, counts = self.train_labels(), self.class_counts().float()
+            if (labels < 0).any():
+                raise ValueError("data.class_balanced needs a label for every training image")
+            weights = (1.0 / counts.clamp(min=1))[labels]
+        return train_loader(self.train_dataset(), self.batch_size, self.num_workers,
+                            weights=weights)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         """The held-out split (probe and kNN queries; the bank is :meth:`knn_bank_loader`)."""

@@ -94,17 +94,27 @@ class SeededSampler(DistributedSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, seed: int, shuffle: bool = True, epoch: int = 0, skip: int = 0
-    ) -> None:
+        self, dataset: Dataset, seed: int, shuffle: bool = True, epoch: int = 0, skip: int = 0,
+        weights: torch.Tensor | None = None,
+    ) -> None:  # fmt: skip
         ddp = dist.is_available() and dist.is_initialized()
         world, rank = (dist.get_world_size(), dist.get_rank()) if ddp else (1, 0)
         super().__init__(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+        if weights is not None and weights.shape != (len(dataset),):  # type: ignore[arg-type]
+            raise ValueError(f"sampling weights {tuple(weights.shape)} for {len(dataset)} items")  # type: ignore[arg-type]
+        self.weights = weights
         self.set_epoch(epoch)
         self.skip = skip
         self.iter_epoch, self.iter_skip = -1, -1  # what the latest iterator was made with
 
+    def _weighted_indices(self) -> list[int]:
+        """``total_size`` draws with replacement from ``weights`` (seeded by seed and epoch)."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, 7))
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=g)
+        return draws[self.rank : self.total_size : self.num_replicas].tolist()
+
     def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
-        indices = list(super().__iter__())
+        indices = self._weighted_indices() if self.weights is not None else list(super().__iter__())
         skip, self.skip = self.skip, 0
         epoch = self.epoch
         self.iter_epoch, self.iter_skip = epoch, skip
@@ -148,6 +158,7 @@ def train_loader(
     num_workers: int,
     drop_last: bool = True,
     shuffle: bool = True,
+    weights: torch.Tensor | None = None,
 ) -> DataLoader:
     """The training DataLoader of every contraseg DataModule (see the module docstring).
 
@@ -157,8 +168,10 @@ def train_loader(
         num_workers: Worker processes (results do not depend on it).
         drop_last: Drop the incomplete last batch.
         shuffle: Shuffle every epoch.
+        weights: Per-item sampling weights: each epoch draws ``len(dataset)`` items with
+            replacement (class-balanced sampling), still a function of ``(seed, epoch)``.
     """
-    sampler = SeededSampler(dataset, run_seed(), shuffle=shuffle)
+    sampler = SeededSampler(dataset, run_seed(), shuffle=shuffle, weights=weights)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -1,6 +1,7 @@
 """Contrastive and self-supervised objectives as LightningModules over one task base."""
 
 from lightning_modules.attention_contrast import AttentionGuidedContrast
+from lightning_modules.classifier import ImageClassifier
 from lightning_modules.claws import CLAWS
 from lightning_modules.dense_task import DenseTask
 from lightning_modules.directclr import DirectCLR
@@ -13,6 +14,7 @@ from lightning_modules.momentum_task import MomentumTask
 from lightning_modules.pixel_contrast import PixelContrast
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.simclr import SimCLR
+from lightning_modules.supcon import SupCon
 from lightning_modules.task import BaseTask, TaskLoss
 
 __all__ = [
@@ -24,11 +26,13 @@ __all__ = [
     "EmbeddingTask",
     "GLCNet",
     "HCSC",
+    "ImageClassifier",
     "MoCoV2",
     "MomentumTask",
     "PixelContrast",
     "SegmentationFineTune",
     "SimCLR",
+    "SupCon",
     "SupervisedLocalContrast",
     "TaskLoss",
 ]

@@ -1,0 +1,76 @@
+r"""Supervised contrastive pretraining (Khosla et al., NeurIPS 2020): SupCon stage 1 of SuperCon.
+
+Every view of a labelled image is an anchor whose positives are all other views of its class
+in the (DDP-gathered, with gradients) batch, :math:`\mathcal{L}^{sup}_{out}` (eq. 2):
+
+.. math::
+
+    \mathcal{L} = \frac{1}{|V|}\sum_{a \in V} \frac{-1}{|P(a)|} \sum_{p \in P(a)}
+        \log \frac{\exp(z_a^\top z_p / \tau)}{\sum_{b \ne a} \exp(z_a^\top z_b / \tau)}
+
+computed by the fused, mask-free :func:`~lightning_modules.losses.nt_xent_loss` path
+(:mod:`lightning_modules.losses.supcon`).  Images without a label (``-1``) fall back to
+instance discrimination (their positives are their own other views), so the module also
+trains on partly labelled data.  SuperCon's stage 2 is
+:class:`~lightning_modules.classifier.ImageClassifier` initialised from this checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jsonargparse.typing import PositiveFloat
+
+from lightning_modules.embedding_task import EmbeddingTask
+from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.task import TaskLoss
+
+__all__ = ["SupCon"]
+
+
+class SupCon(EmbeddingTask):
+    """Encoder -> MLP projector -> SupCon over every view of the batch.
+
+    Args:
+        temperature: SupCon temperature (0.1 in Khosla et al.).
+        projector_hidden_dims: Hidden widths of the projector.
+        projector_out_dim: Projection dimension (128 in the paper).
+        projector_batch_norm: Batch norm in the projector's hidden layers.
+        gather_distributed: Contrast against every DDP rank's views (with gradients).
+        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+    """
+
+    def __init__(
+        self,
+        temperature: PositiveFloat = 0.1,
+        projector_hidden_dims: Sequence[int] = (2048,),
+        projector_out_dim: int = 128,
+        projector_batch_norm: bool = True,
+        gather_distributed: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def configure_models(self) -> None:  # noqa: D102
+        super().configure_models()
+        self.projector = self.build_projector()
+
+    def configure_losses(self) -> None:  # noqa: D102
+        self.temperature = check_temperature(self.hparams.temperature)
+
+    def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
+        """SupCon of the projected views; unlabelled images contrast as instances."""
+        views = batch["views"]
+        n = views[0].shape[0]
+        features = self.encoder(self.stack(views))
+        labels = torch.as_tensor(batch["label"], device=features.device).long()
+        index = batch.get("sample_index")
+        index = (torch.arange(n, device=features.device) if index is None
+                 else torch.as_tensor(index, device=features.device).long())  # fmt: skip
+        ids = torch.where(labels >= 0, labels, -(index + 1))  # instance ids never meet classes
+        loss = nt_xent_loss(self.projector(features), labels=ids.repeat(len(views)),
+                            temperature=self.temperature,
+                            gather_distributed=self.hparams.gather_distributed)  # fmt: skip
+        return TaskLoss(loss, {"labelled": (labels >= 0).float().mean()}, embedding=features[:n])
