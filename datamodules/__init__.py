@@ -14,6 +14,7 @@ from datamodules.medical import (
     NiftiFolderDataModule,
     SyntheticMedicalDataModule,
 )
+from datamodules.multidomain import MultiDomainDataModule
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.segmentation_sets import (
     CityscapesDataModule,
@@ -32,6 +33,7 @@ __all__ = [
     "BTCVDataModule",
     "HippocampusDataModule",
     "MMWHSDataModule",
+    "MultiDomainDataModule",
     "NiftiFolderDataModule",
     "SyntheticMedicalDataModule",
     "CityscapesDataModule",

@@ -11,6 +11,7 @@ from lightning_modules.hcsc import HCSC
 from lightning_modules.local_contrast import SupervisedLocalContrast
 from lightning_modules.moco import MoCoV2
 from lightning_modules.momentum_task import MomentumTask
+from lightning_modules.multidomain import MultiDomainSegmentation
 from lightning_modules.pixel_contrast import PixelContrast
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.simclr import SimCLR
@@ -29,6 +30,7 @@ __all__ = [
     "ImageClassifier",
     "MoCoV2",
     "MomentumTask",
+    "MultiDomainSegmentation",
     "PixelContrast",
     "SegmentationFineTune",
     "SimCLR",
