@@ -5,6 +5,7 @@ from datamodules.classification import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     ImageFolderDataModule,
+    ISICDataModule,
     SVHNDataModule,
 )
 from datamodules.medical import (
@@ -18,6 +19,7 @@ from datamodules.multidomain import MultiDomainDataModule
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.segmentation_sets import (
     CityscapesDataModule,
+    ISICSegmentationDataModule,
     PotsdamDataModule,
     PotsdamTilesDataModule,
     SegmentationFolderDataModule,
@@ -43,6 +45,8 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "ImageFolderDataModule",
+    "ISICDataModule",
+    "ISICSegmentationDataModule",
     "PretrainDataModule",
     "SVHNDataModule",
     "SegmentationFolderDataModule",

@@ -12,6 +12,12 @@ from datamodules.base import PretrainDataModule
 from datamodules.datasets.cifar import CIFARDataset
 from datamodules.datasets.image_folder import ImageFolderDataset
 from datamodules.datasets.io import require_dir
+from datamodules.datasets.isic import (
+    ISIC2018_CLASSES,
+    ISIC2019_CLASSES,
+    ISICClassification,
+    lesion_split,
+)
 from datamodules.datasets.svhn import SVHNDataset
 from datamodules.transforms import ViewAugmentation
 
@@ -141,3 +147,36 @@ class ImageFolderDataModule(PretrainDataModule):
         return Subset(self.train_set, sorted(order[n_val:])), Subset(
             self.train_set, sorted(order[:n_val])
         )
+
+
+class ISICDataModule(PretrainDataModule):
+    """ISIC 2018 task 3 (HAM10000, 7 diagnoses) or ISIC 2019 (9) for SupCon / SuperCon.
+
+    The validation split is drawn **by lesion** (``lesion_split``); class counts and the
+    imbalance ratio of the training split are logged at setup.
+
+    Args:
+        root: Folder holding the year's image folder and CSVs.
+        year: 2018 or 2019.
+        val_fraction: Share of images held out (whole lesions).
+        split_seed: Seed of the lesion split.
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
+
+    log_counts = True
+
+    def __init__(self, root: str, year: int = 2018, val_fraction: float = 0.2,
+                 split_seed: int = 0, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(**kwargs)
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        self.root, self.year = root, year
+        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.class_names = ISIC2018_CLASSES if year == 2018 else ISIC2019_CLASSES
+        self.num_classes = len(self.class_names)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
+        full = ISICClassification(self.root, self.year)
+        train, val = lesion_split(full.names, full.lesions, self.val_fraction, self.split_seed)
+        return (ISICClassification(self.root, self.year, train),
+                ISICClassification(self.root, self.year, val))  # fmt: skip

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import torch
 from torch.utils.data import Dataset
 
 from datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.io import require_dir
+from datamodules.datasets.isic import ISIC_SEG, ISICSegmentation
 from datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES, PotsdamCrops, PotsdamTiles
 from datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
 from datamodules.datasets.voc import VOC, VOCSegmentation
@@ -252,3 +254,45 @@ class SegmentationFolderDataModule(SegmentationDataModule):
     def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
         return self._folder("train" if split == "train" else "val",
                             list(names) if names is not None else None)  # fmt: skip
+
+
+class ISICSegmentationDataModule(SegmentationDataModule):
+    """ISIC 2018 task 1 lesion segmentation (background / lesion, masks 0/255).
+
+    Validation is the official ``ISIC2018_Task1-2_Validation_Input`` split when it is under
+    ``root``; otherwise a seeded ``val_fraction`` of the training images.
+
+    Args:
+        root: Folder holding the task-1 input and ground-truth folders.
+        val_fraction: Held-out share when there is no official validation folder.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    info = ISIC_SEG
+    check_splits = True
+
+    def __init__(self, root: str, val_fraction: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = require_dir(root, "ISIC 2018 task 1 root")
+        self.val_fraction = val_fraction
+        self.official_val = (self.root / "ISIC2018_Task1-2_Validation_Input").is_dir()
+
+    def _split(self) -> tuple[list[str], list[str]]:
+        names = ISICSegmentation(self.root, "Training").names
+        if self.official_val:
+            return names, ISICSegmentation(self.root, "Validation").names
+        g = torch.Generator().manual_seed(self.seed + 1)
+        order = torch.randperm(len(names), generator=g).tolist()
+        n_val = max(1, int(round(self.val_fraction * len(names))))
+        held = {names[i] for i in order[:n_val]}
+        return [n for n in names if n not in held], sorted(held)
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return self._split()[0]
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        if split == "val" and self.official_val:
+            return ISICSegmentation(self.root, "Validation", names)
+        train, val = self._split()
+        chosen = names or (train if split == "train" else val)
+        return ISICSegmentation(self.root, "Training", chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import pickle
@@ -10,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -256,6 +258,55 @@ def write_hippocampus(root: Path, n: int = 4) -> Path:
 
 
 
+
+# ------------------------------------------------------------------ ISIC (jpg + CSV / png masks)
+def _jpg(path: Path, rng: np.random.Generator, size: tuple[int, int] = (30, 40)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def write_isic_diagnosis(root: Path, year: int = 2018, n: int = 24, seed: int = 0) -> Path:
+    """ISIC 2018 task 3 (HAM10000 metadata with lesion ids) or 2019 layout, one-hot CSV."""
+    rng = np.random.default_rng(seed)
+    classes = (["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"] if year == 2018
+               else ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"])  # fmt: skip
+    folder = "ISIC2018_Task3_Training_Input" if year == 2018 else "ISIC_2019_Training_Input"
+    rows, meta = [], []
+    for i in range(n):
+        image = f"ISIC_{24306 + i:07d}"
+        _jpg(root / folder / f"{image}.jpg", rng)
+        label = [0, 1, 1, 1, 2, 0][i % 6] if i % 7 else len(classes) - 2  # imbalanced, no UNK
+        rows.append([image] + ["1.0" if c == label else "0.0" for c in range(len(classes))])
+        meta.append((f"HAM_{i // 3:07d}", image))  # three images per lesion
+    gt = ("ISIC2018_Task3_Training_GroundTruth.csv" if year == 2018
+          else "ISIC_2019_Training_GroundTruth.csv")  # fmt: skip
+    with (root / gt).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", *classes])
+        w.writerows(rows)
+    if year == 2018:
+        with (root / "HAM10000_metadata.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"])
+            w.writerows([[les, img, "nv", "histo", "45.0", "male", "back"] for les, img in meta])
+    return root
+
+
+def write_isic_segmentation(root: Path, n: int = 6, val: int = 2, seed: int = 0) -> Path:
+    """ISIC 2018 task 1: jpg inputs and 0/255 ``_segmentation.png`` masks, train + val."""
+    rng = np.random.default_rng(seed)
+    for split, count in (("Training", n), ("Validation", val)):
+        for i in range(count):
+            name = f"ISIC_{(0 if split == 'Training' else 9000) + i:07d}"
+            _jpg(root / f"ISIC2018_Task1-2_{split}_Input" / f"{name}.jpg", rng, (36, 48))
+            mask = np.zeros((36, 48), np.uint8)
+            mask[8:28, 10 + i : 30 + i] = 255
+            out = root / f"ISIC2018_Task1_{split}_GroundTruth" / f"{name}_segmentation.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(mask).save(out)
+    return root
+
+
 @pytest.fixture(scope="session")
 def data_roots(
     seg_roots: dict[str, Path], cifar10_root: Path, tmp_path_factory: pytest.TempPathFactory
@@ -269,6 +320,8 @@ def data_roots(
         "CIFAR10DataModule": cifar10_root,
         "ImageFolderDataModule": write_image_folder(tmp_path_factory.mktemp("imagenet") / "train"),
         "BTCVDataModule": write_btcv(tmp_path_factory.mktemp("btcv")),
+        "ISICDataModule": write_isic_diagnosis(tmp_path_factory.mktemp("isic")),
+        "ISICSegmentationDataModule": write_isic_segmentation(tmp_path_factory.mktemp("isic1")),
         "MMWHSDataModule": write_mmwhs(tmp_path_factory.mktemp("mmwhs")),
         "HippocampusDataModule": write_hippocampus(tmp_path_factory.mktemp("hippocampus")),
         "SegmentationFolderDataModule": write_segmentation_folder(
