@@ -246,3 +246,22 @@ def test_synthetic_dense_tables_run_at_smoke_scale(tmp_path) -> None:
                       "--no-wandb", "--rows", "global only, SimCLR-like"]) == 0  # fmt: skip
     md = (out / "glcnet_synthetic" / "smoke.md").read_text()
     assert "| global only, SimCLR-like | " in md and "failed" not in md, md
+
+
+def test_medical_and_imbalance_tables_run_at_smoke_scale(data_roots, tmp_path) -> None:
+    """hu_mmwhs / lee_btcv on NIfTI fixtures; the synthetic medical and imbalance tables."""
+    out = tmp_path / "tables"
+    for table, root in (("hu_mmwhs", data_roots["MMWHSDataModule"]),
+                        ("lee_btcv", data_roots["BTCVDataModule"])):  # fmt: skip
+        assert reproduce([table, "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                          "--no-wandb", "--set", f"data.init_args.root={root}"]) == 0  # fmt: skip
+        md = (out / table / "smoke.md").read_text()
+        assert "failed" not in md and "| random init (" in md and "| U-Net | " in md, md
+    runs = {"hu_synthetic": "random init, 1 labelled subject",
+            "supercon_imbalanced": "cross-entropy, end to end (16 ep)",
+            "multidomain_synthetic": "shared BN (domain heads, contrast 0.1)"}  # fmt: skip
+    for table, row in runs.items():
+        assert reproduce([table, "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                          "--no-wandb", "--rows", row]) == 0  # fmt: skip
+        md = (out / table / "smoke.md").read_text()
+        assert f"| {row} | " in md and "failed" not in md, md
