@@ -46,11 +46,22 @@ METHODS = {
                        ["--data.init_args.num_train", "64", "--data.init_args.num_val", "4",
                         "--data.init_args.label_fraction", "16",
                         "--data.init_args.batch_size", "4"]),
+    # the class-balanced sampler (weighted draws per epoch) and the classifier's class counts
+    "classifier": ("classifier_imbalanced",
+                   ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
+                    "--data.init_args.batch_size", "8", "--data.init_args.image_size", "32",
+                    "--data.init_args.augment.size", "32", "--data.init_args.class_balanced",
+                    "true", "--model.init_args.init_checkpoint", "null",
+                    "--model.init_args.loss", "logit_adjusted",
+                    "--trainer.check_val_every_n_epoch", "1"]),
+    # domain-specific BN statistics and the balanced domain sampler (96 slices, 4 steps)
+    "multidomain": ("multidomain_medical", ["--data.init_args.batch_size", "24",
+                                            "--trainer.check_val_every_n_epoch", "1"]),
 }  # fmt: skip
 # case -> (kill before global step, last_every_n_steps): 4 steps per epoch
 CASES = {"epoch_boundary": (6, 0), "mid_epoch": (7, 3)}
 # worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
-WORKERS = {"moco": (0,), "hcsc": (0,)}
+WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,)}
 # per-method callback settings: HCSC clusters from epoch 1 on, so the mid-epoch kill (epoch 1)
 # leaves prototypes in the checkpoint that the resumed run must reuse, not recompute
 CALLBACKS = {"hcsc": [{"class_path": "callbacks.PrototypeUpdate",
@@ -87,7 +98,7 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
         tmp = factory.mktemp(f"resume_{method}")
         args = ["--config", str(_config(tmp, stem, 0, method)), *COMMON, *extra,
                 "--run_name", "ref", "--data.init_args.num_workers", "0"]  # fmt: skip
-        if "split_dir" in (CONFIGS / f"{stem}.yaml").read_text():
+        if "\n    split_dir:" in (CONFIGS / f"{stem}.yaml").read_text():  # a data.init_args key
             args += ["--data.init_args.split_dir", str(tmp / "splits")]
         proc = _run(tmp, "ref.pt", 0, args)
         assert proc.returncode == 0, proc.stderr[-3000:]
