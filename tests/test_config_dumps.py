@@ -60,6 +60,7 @@ ADDED: list[str] = [
     r"data\.init_args\.(augment|pretrain_views)(\.\d+)?\."
     r"(band_brightness|band_contrast|pixel_noise_prob|gamma|noise_std)",
     r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
+    r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
 ]
 
 
@@ -146,7 +147,13 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "finetune_textured", "moco_v2_imagenet", "moco_v2_cifar10",
        "moco_v2_quickstart", "hcsc_quickstart", "hcsc_imagenet", "hcsc_cifar10",
        "claws_quickstart", "claws_textured", "claws_folder",
-       "hcsc_imagenet_multicrop"}  # fmt: skip
+       "hcsc_imagenet_multicrop",
+       # issue 12: medical, supervised contrast, imbalance and multi-domain configs
+       "simclr_medical", "localcontrast_medical", "finetune_medical", "attention_medical",
+       "simclr_mmwhs", "localcontrast_mmwhs", "finetune_mmwhs", "simclr_hippocampus",
+       "localcontrast_hippocampus", "finetune_hippocampus", "attention_btcv", "finetune_btcv",
+       "supcon_imbalanced", "classifier_imbalanced", "supcon_isic", "classifier_isic",
+       "finetune_isic", "multidomain_medical"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:
