@@ -252,6 +252,7 @@ def test_medical_and_imbalance_tables_run_at_smoke_scale(data_roots, tmp_path) -
     """hu_mmwhs / lee_btcv on NIfTI fixtures; the synthetic medical and imbalance tables."""
     out = tmp_path / "tables"
     for table, root in (("hu_mmwhs", data_roots["MMWHSDataModule"]),
+                        ("hu_hippocampus", data_roots["HippocampusDataModule"]),
                         ("lee_btcv", data_roots["BTCVDataModule"])):  # fmt: skip
         assert reproduce([table, "--scale", "smoke", "--seeds", "1", "--out", str(out),
                           "--no-wandb", "--set", f"data.init_args.root={root}"]) == 0  # fmt: skip
