@@ -15,6 +15,7 @@ equality also shows that the worker count does not change the run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +104,7 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
         proc = _run(tmp, "ref.pt", 0, args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _REFERENCES[method] = (tmp, args, torch.load(tmp / "ref.pt"))
+        shutil.rmtree(tmp / "outputs" / "ref")  # its checkpoints are not needed again
     return _REFERENCES[method]
 
 
@@ -111,6 +113,17 @@ def test_killed_and_resumed_run_equals_uninterrupted(
     method: str, case: str, workers: int, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     tmp, ref_args, ref = _reference(method, tmp_path_factory)
+    name = f"{case}_w{workers}"
+    try:
+        _check_resume(method, case, workers, tmp, ref_args, ref)
+    finally:  # each case's checkpoints (~100 MB) go when it ends: the suite stays small on disk
+        shutil.rmtree(tmp / "outputs" / name, ignore_errors=True)
+        for path in tmp.glob(f"{name}*.pt"):
+            path.unlink()
+
+
+def _check_resume(method: str, case: str, workers: int, tmp: Path, ref_args: list[str],
+                  ref: dict) -> None:  # fmt: skip
     kill, every = CASES[case]
     stem = METHODS[method][0]
     name = f"{case}_w{workers}"
