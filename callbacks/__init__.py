@@ -2,6 +2,7 @@
 
 from callbacks.checkpoint import RunCheckpoint
 from callbacks.cluster_eval import ClusterEvaluation
+from callbacks.condensed_images import CondensedImages
 from callbacks.confusion import ConfusionMatrixPlot
 from callbacks.loggers import WandbLogger
 from callbacks.nan_guard import NaNGuard
@@ -12,6 +13,7 @@ from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverl
 __all__ = [
     "ClusterEvaluation",
     "ColourPredictionWriter",
+    "CondensedImages",
     "ConfusionMatrixPlot",
     "EmbeddingRankMonitor",
     "NaNGuard",

@@ -4,10 +4,12 @@ from datamodules.base import PretrainDataModule
 from datamodules.classification import (
     CIFAR10DataModule,
     CIFAR100DataModule,
+    DigitsDataModule,
     ImageFolderDataModule,
     ISICDataModule,
     SVHNDataModule,
 )
+from datamodules.condensation import ClassBank, CondensationDataModule
 from datamodules.medical import (
     BTCVDataModule,
     HippocampusDataModule,
@@ -32,6 +34,9 @@ from datamodules.synthetic import (
 from datamodules.textured import TexturedScenesDataModule, TexturedSegmentationDataModule
 
 __all__ = [
+    "ClassBank",
+    "CondensationDataModule",
+    "DigitsDataModule",
     "BTCVDataModule",
     "HippocampusDataModule",
     "MMWHSDataModule",

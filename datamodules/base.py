@@ -92,6 +92,8 @@ class PretrainDataModule(L.LightningDataModule):
             as ``masks`` (CLAWS's hard attention); ``None``: items keep their own masks.
         class_balanced: Draw training images with probability ``1 / n_class`` (each epoch
             ``len(train)`` draws with replacement, seeded): the imbalanced-data sampler.
+        train_set: A condensed-set file (``DatasetCondensation``'s ``condensed/*.pt``) that
+            replaces the training split; the held-out split stays the data set's own.
     """
 
     num_classes: int = 0
@@ -109,8 +111,10 @@ class PretrainDataModule(L.LightningDataModule):
         seed: int = 0,
         attention_mask: str | None = None,
         class_balanced: bool = False,
+        train_set: str | None = None,
     ) -> None:
         super().__init__()
+        self.train_set_file = train_set
         self.class_balanced = class_balanced
         if attention_mask is not None and attention_mask not in ATTENTION_SOURCES:
             raise ValueError(f"data.attention_mask must be one of {ATTENTION_SOURCES} or null, "
@@ -157,8 +161,28 @@ class PretrainDataModule(L.LightningDataModule):
 
     def _raw_datasets(self) -> tuple[Dataset, Dataset]:
         if self._raw is None:
-            self._raw = self.build_datasets()
+            train, val = self.build_datasets()
+            if self.train_set_file is not None:
+                train = self._condensed(train)
+            self._raw = (train, val)
         return self._raw
+
+    def _condensed(self, original: Dataset) -> Dataset:
+        """``data.train_set`` as the training split, checked against the data set."""
+        from datamodules.datasets.condensed import CondensedSet
+        from datamodules.datasets.io import DataFormatError
+
+        path = self.train_set_file
+        condensed = CondensedSet(path)  # type: ignore[arg-type]
+        channels = condensed.images.shape[1]
+        if self.num_classes and condensed.num_classes != self.num_classes:
+            name = type(self).__name__
+            raise DataFormatError(f"data.train_set {path}: {condensed.num_classes} "
+                                  f"classes, {name} has {self.num_classes}")  # fmt: skip
+        if channels != self.in_channels:
+            raise DataFormatError(f"data.train_set {path}: {channels} channels, "
+                                  f"{type(self).__name__} has {self.in_channels}")  # fmt: skip
+        return condensed
 
     def setup(self, stage: str | None = None) -> None:
         """Build the raw splits; log class counts and the imbalance ratio of labelled data."""

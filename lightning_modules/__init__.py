@@ -3,6 +3,7 @@
 from lightning_modules.attention_contrast import AttentionGuidedContrast
 from lightning_modules.classifier import ImageClassifier
 from lightning_modules.claws import CLAWS
+from lightning_modules.condensation import DatasetCondensation
 from lightning_modules.dense_task import DenseTask
 from lightning_modules.directclr import DirectCLR
 from lightning_modules.embedding_task import EmbeddingTask
@@ -22,6 +23,7 @@ __all__ = [
     "AttentionGuidedContrast",
     "BaseTask",
     "CLAWS",
+    "DatasetCondensation",
     "DenseTask",
     "DirectCLR",
     "EmbeddingTask",

@@ -61,6 +61,7 @@ ADDED: list[str] = [
     r"(band_brightness|band_contrast|pixel_noise_prob|gamma|noise_std)",
     r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
+    r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
 ]
 
 
@@ -153,7 +154,9 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "simclr_mmwhs", "localcontrast_mmwhs", "finetune_mmwhs", "simclr_hippocampus",
        "localcontrast_hippocampus", "finetune_hippocampus", "attention_btcv", "finetune_btcv",
        "supcon_imbalanced", "classifier_imbalanced", "supcon_isic", "classifier_isic",
-       "finetune_isic", "multidomain_medical"}  # fmt: skip
+       "finetune_isic", "multidomain_medical",
+       # issue 13: dataset condensation
+       "dcc_digits", "dcc_clutter", "dcc_cifar10"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

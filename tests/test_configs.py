@@ -43,6 +43,11 @@ def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list
     params = inspect.signature(data_cls.__init__).parameters
     if "root" in params:
         args += ["--data.init_args.root", str(data_roots[data_cls.__name__])]
+    source = data_args.get("source")
+    if "source" in params and isinstance(source, dict):  # a wrapped data module (condensation)
+        source_cls = import_class(source["class_path"])
+        if "root" in inspect.signature(source_cls.__init__).parameters:
+            args += ["--data.init_args.source.init_args.root", str(data_roots[source_cls.__name__])]
     if "split_dir" in params or issubclass(data_cls, SegmentationDataModule):
         args += ["--data.init_args.split_dir", str(out / "splits")]
     return args
