@@ -266,3 +266,24 @@ def test_medical_and_imbalance_tables_run_at_smoke_scale(data_roots, tmp_path) -
                           "--no-wandb", "--rows", row]) == 0  # fmt: skip
         md = (out / table / "smoke.md").read_text()
         assert f"| {row} | " in md and "failed" not in md, md
+
+
+@pytest.mark.slow
+def test_condensation_tables(tmp_path: Path, capsys) -> None:
+    """dcc_small runs at smoke scale (selection, DC, DCC, DSAC); the paper tables resolve."""
+    out = tmp_path / "tables"
+    rows = ["digits, ipc 1: random", "digits, ipc 1: DC",
+            "digits, ipc 1: DCC", "digits, ipc 1: DSAC"]  # fmt: skip
+    assert reproduce(["dcc_small", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "dcc_small" / "smoke.md").read_text()
+    assert "failed" not in md and all(f"| {r} | ConvNet-3 | " in md for r in rows), md
+    for name, n_rows in (("dcc_cifar10", 15), ("dcc_svhn", 15), ("dcc_cifar100", 10)):
+        table = load_table(name)
+        assert len(table.rows) == n_rows and table.requires
+        capsys.readouterr()
+        root = "data.init_args.source.init_args.root=/data/x"
+        assert reproduce([name, "--scale", "full", "--seeds", "1", "--out", str(out), "--dry-run",
+                          "--set", root]) == 0  # fmt: skip
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert len(lines) == n_rows and all("dcc_cifar10.yaml" in line for line in lines)
