@@ -326,3 +326,24 @@ def test_killed_condensation_resumes_to_the_uninterrupted_set(tmp_path: Path) ->
     assert len(final) == 10 and final.num_classes == 10
     grids = list(tmp_path.rglob("condensed_images/epoch_0000.png"))  # under the CSV log dir
     assert grids, "the initial image grid was not written"
+
+
+def test_evaluation_schedule_is_the_official_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """E + 1 epochs, lr / 10 (a new optimiser) after epoch E // 2 + 1, momentum .9, wd 5e-4."""
+    from lightning_modules.evaluators import synthetic_set
+
+    steps: list[tuple[float, float, float]] = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):  # noqa: ANN001, ANN202
+            g = self.param_groups[0]
+            steps.append((g["lr"], g["momentum"], g["weight_decay"]))
+            return super().step(closure)
+
+    monkeypatch.setattr(synthetic_set.torch.optim, "SGD", Recorder)
+    net = ConvNet(1, 2, 8, width=4, depth=1)
+    images, labels = torch.randn(6, 1, 8, 8), torch.tensor([0, 1] * 3)
+    out = synthetic_set.train_on_set(net, images, labels, epochs=4, batch_size=4)
+    assert [s[0] for s in steps] == pytest.approx([0.01] * 8 + [0.001] * 2)  # 2 batches / epoch
+    assert all(s[1:] == (0.9, 5e-4) for s in steps)
+    assert 0 <= out["train_acc"] <= 1 and out["velocity"] == []
