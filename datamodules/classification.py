@@ -98,23 +98,25 @@ class DigitsDataModule(PretrainDataModule):
         size: Image side (32: the condensation literature's input size).
         test_fraction: Stratified held-out fraction (the validation / test split).
         split_seed: Seed of the split.
+        background: Amplitude of class-irrelevant backgrounds (gratings + blobs; 0: none).
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
     num_classes = 10
 
     def __init__(self, size: int = 32, test_fraction: float = 0.3, split_seed: int = 0,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 background: float = 0.0, **kwargs: Any) -> None:  # fmt: skip
         kwargs.setdefault("augment", ViewAugmentation(
             size=size, crop_scale=(0.5, 1.0), brightness=0.4, contrast=0.4, saturation=0.0,
             hue=0.0, blur_prob=0.0, grayscale_prob=0.0, hflip_prob=0.0,
             mean=list(DIGITS_MEAN), std=list(DIGITS_STD)))  # fmt: skip
         super().__init__(**kwargs)
         self.size, self.test_fraction, self.split_seed = size, test_fraction, split_seed
+        self.background = background
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
-        return (DigitsDataset("train", self.size, self.test_fraction, self.split_seed),
-                DigitsDataset("test", self.size, self.test_fraction, self.split_seed))
+        args = (self.size, self.test_fraction, self.split_seed, self.background)
+        return DigitsDataset("train", *args), DigitsDataset("test", *args)
 
 
 class ImageFolderDataModule(PretrainDataModule):
