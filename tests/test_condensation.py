@@ -347,3 +347,22 @@ def test_evaluation_schedule_is_the_official_one(monkeypatch: pytest.MonkeyPatch
     assert [s[0] for s in steps] == pytest.approx([0.01] * 8 + [0.001] * 2)  # 2 batches / epoch
     assert all(s[1:] == (0.9, 5e-4) for s in steps)
     assert 0 <= out["train_acc"] <= 1 and out["velocity"] == []
+
+
+def test_digits_over_class_irrelevant_backgrounds() -> None:
+    from datamodules.datasets.digits import DigitsDataset
+
+    plain = DigitsDataset("train")
+    bg = DigitsDataset("train", background=0.8)
+    again = DigitsDataset("train", background=0.8)
+    test = DigitsDataset("test", background=0.8)
+    assert plain.targets == bg.targets and len(test) == 539 and len(plain) == 1258
+    assert torch.equal(bg.images, again.images)  # deterministic by seed
+    assert (bg.images >= plain.images).all()  # the digit is kept (pixel-wise maximum)
+    added = bg.images.float() - plain.images.float()
+    assert float(added.mean()) > 40  # most of the energy is background
+    # backgrounds do not depend on the class: their mean per class is the same within noise
+    means = torch.stack([added[torch.tensor(bg.targets) == c].mean() for c in range(10)])
+    assert float(means.std() / means.mean()) < 0.15
+    with pytest.raises(ValueError, match="background"):
+        DigitsDataset("train", background=-1)
