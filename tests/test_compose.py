@@ -79,4 +79,4 @@ def test_method_configs_hold_only_their_own_trainer_settings() -> None:
             assert all(p["defaults"] == ["base/trainer.yaml"] for p in parents), path.name
         trainer = cfg.get("trainer", {})
         assert not {"logger", "default_root_dir", "accelerator", "devices"} & set(trainer), path
-        assert "in_channels" not in cfg["model"].get("init_args", {}), path.name  # linked
+        assert "in_channels" not in cfg.get("model", {}).get("init_args", {}), path.name  # linked

@@ -326,6 +326,7 @@ def test_killed_condensation_resumes_to_the_uninterrupted_set(tmp_path: Path) ->
     assert len(final) == 10 and final.num_classes == 10
     grids = list(tmp_path.rglob("condensed_images/epoch_0000.png"))  # under the CSV log dir
     assert grids, "the initial image grid was not written"
+    assert list(tmp_path.rglob("kernel_velocity/epoch_*.png")), "no kernel-velocity curve"
 
 
 def test_evaluation_schedule_is_the_official_one(monkeypatch: pytest.MonkeyPatch) -> None:
