@@ -29,16 +29,21 @@ A step is a ``fit`` a user could type: ``--config <config>`` + the scale's argum
 ``all`` and for the config's stem + the step's ``args`` (+ ``--seed_everything <seed>`` for
 the seeded step, by default the last of the chain; ``seeded: true`` on a step seeds it
 too) + the init checkpoint of an earlier step of the chain.  Its outputs go to
-``<out>/<table>/<scale>/steps/<key>/`` where ``key`` hashes that command, so a step shared
-by rows runs once, a rerun skips finished steps (their ``result.json``) and an interrupted
-table resumes.  See :mod:`experiments.reproduce` for the command line.
+``<out>/<table>/<scale>/steps/<key>/`` where ``key`` hashes the step's resolved configuration
+(:func:`experiments.cli.resolve_config`: config files with their ``defaults``, overrides and
+class defaults, all filled in) and the keys of the steps it starts from.  So a step shared by
+rows runs once, a rerun skips finished steps (their ``result.json``), an interrupted table
+resumes, and a step whose config file, overrides or class defaults changed runs again.
+See :mod:`experiments.reproduce` for the command line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -79,6 +84,7 @@ class Step:
     seed: int | None = None
     key: str = ""
     depends: list[Step] = field(default_factory=list)
+    resolved: bool = False  # its arguments parse (the key hashes the resolved config)
 
     def command(self, root: Path) -> list[str]:
         """The CLI arguments of this step (``fit`` and everything after it)."""
@@ -192,9 +198,33 @@ def _scale_args(table: Table, scale: str, config: str) -> list[str]:
     return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
 
 
+@functools.lru_cache(maxsize=1024)
+def _resolved_text(args: tuple[str, ...]) -> str:
+    from experiments.cli import resolve_config
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        text = resolve_config(list(args))
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))  # version header
+
+
+def _resolved(config: str, args: list[str], seed: int | None) -> str | None:
+    """The resolved configuration of a step (its key's content), without its init checkpoint.
+
+    ``None`` when the command does not parse: such a step keys by its arguments and the config
+    file's text, runs, fails with the parser's message in its log and is reported as failed.
+    """
+    command = ["fit", "--config", str(CONFIGS / config), *args]
+    if seed is not None:
+        command += ["--seed_everything", str(seed)]
+    try:
+        return _resolved_text((*command, "--run_name", "step"))
+    except (SystemExit, Exception):  # any parse failure: the caller keys by the raw inputs
+        return None
+
+
 def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
                 extra: list[str] | None = None) -> list[Step]:  # fmt: skip
-    """The chain of ``row`` at ``scale`` for ``seed``, with keys that hash each command.
+    """The chain of ``row`` at ``scale`` for ``seed``, with keys that hash each resolved config.
 
     ``extra`` (e.g. ``["--data.init_args.root", "/data/potsdam"]``) ends every step's
     arguments, so it wins over the table's.
@@ -210,7 +240,11 @@ def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
         args = [*_scale_args(table, scale, config), *map(str, spec.get("args", [])), *(extra or [])]
         step = Step(config, args, init=spec.get("init"), seed=seed if seeded else None,
                     depends=list(steps))  # fmt: skip
-        identity = {"config": config, "args": step.args, "seed": step.seed,
+        resolved = _resolved(config, step.args, step.seed)
+        step.resolved = resolved is not None
+        if resolved is None:
+            resolved = json.dumps([step.args, (CONFIGS / config).read_text()])
+        identity = {"config": resolved, "seed": step.seed,
                     "init": [step.init, [s.key for s in steps]] if step.init else None}  # fmt: skip
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         step.key = f"{Path(config).stem}-{digest}"

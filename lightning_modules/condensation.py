@@ -314,13 +314,12 @@ class DatasetCondensation(BaseTask):
         images, labels = self.images.detach().clone(), self.syn_labels.clone()
         with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(mix_seed(run_seed(), 0xE7A1, iteration))
-            probe = None
+            probe, test = None, dm.test_dataloader()
             if self.hparams.velocity_every:
-                probe = next(iter(dm.test_dataloader()))["image"][: self.hparams.velocity_probe]
-                probe = probe.to(self.device)
+                probe = next(iter(test))["image"][: self.hparams.velocity_probe].to(self.device)
             with torch.enable_grad(), torch.inference_mode(False):
                 res = self.evaluator.evaluate(
-                    self.make_net, images, labels, dm.test_dataloader(), augment=self.eval_dsa,
+                    self.make_net, images, labels, test, augment=self.eval_dsa,
                     probe=probe, desc=f"evaluating outer iteration {iteration}")  # fmt: skip
         self.eval_history[iteration] = dict(res)
         metrics = {"val/accuracy": res["accuracy"], "val/accuracy_std": res["accuracy_std"],

@@ -133,6 +133,46 @@ def test_aggregate_mean_and_sample_std_by_hand(tiny: Path) -> None:
     assert summary["SimCLR"]["seeds"] == 0 and summary["SimCLR"]["failed"] == ["x.txt"]
 
 
+def test_step_keys_follow_the_resolved_config(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    """A step's key is its resolved config: equal runs share it, an edited config changes it."""
+    import shutil
+
+    configs = tmp_path / "configs"
+    shutil.copytree(tables.CONFIGS, configs)
+    monkeypatch.setattr(tables, "CONFIGS", configs)
+    table = load_table(str(tiny))
+
+    def key(row: int, *extra: str) -> str:
+        tables._resolved_text.cache_clear()
+        return resolve_row(table, table.rows[row], "smoke", 0, list(extra))[-1].key
+
+    base = key(0)
+    assert resolve_row(table, table.rows[0], "smoke", 0)[0].resolved
+    assert not resolve_row(table, table.rows[2], "smoke", 0)[0].resolved  # the broken row
+    # spelling out a value the config already has is the same run: the same key
+    assert key(0, "--model.init_args.architecture", "deeplabv3plus") == base
+    assert key(0, "--model.init_args.lr", "0.002") != base
+    # an edit of the config file, or of a file in its defaults, is a new step
+    path = configs / "finetune_quickstart.yaml"
+    text = path.read_text()
+    path.write_text(text.replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    assert key(0) == key(0, "--model.init_args.lr", "0.002") != base
+    path.write_text(text)
+    assert key(0) == base
+    trainer = configs / "base" / "trainer.yaml"
+    trainer.write_text(trainer.read_text() + "\n# a comment changes nothing\n")
+    assert key(0) == base
+    trainer.write_text(trainer.read_text().replace("precision: 32-true", "precision: bf16-mixed"))
+    assert key(0) != base
+    # the fine-tuning step keys its init source: another pretraining config, another key
+    simclr = resolve_row(table, table.rows[1], "smoke", 0)
+    (configs / "quickstart.yaml").write_text(
+        (configs / "quickstart.yaml").read_text().replace("temperature:", "temperature: 0.3 #"))
+    tables._resolved_text.cache_clear()
+    again = resolve_row(table, table.rows[1], "smoke", 0)
+    assert again[0].key != simclr[0].key and again[1].key != simclr[1].key
+
+
 def test_dry_run_prints_the_fit_commands(tiny: Path, tmp_path: Path, capsys) -> None:
     assert reproduce([str(tiny), "--scale", "smoke", "--seeds", "1", "--out",
                       str(tmp_path), "--dry-run"]) == 0  # fmt: skip
@@ -174,6 +214,8 @@ def test_shipped_tables_resolve_at_every_scale(path: Path) -> None:
         for row in table.rows:
             chain = resolve_row(table, row, scale, 0)
             assert chain[-1].seed == 0 and all(s.key for s in chain)
+            bad = [s.config for s in chain if not s.resolved]
+            assert not bad, f"{path.name} {scale} {row['name']}: arguments do not parse: {bad}"
 
 
 @pytest.mark.slow
