@@ -15,6 +15,14 @@ from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    # pytest -n N: N workers share the cores; one intra-op thread each (and in the runs they
+    # start) instead of N x cores contending threads.  Measured on the 2-core machine (A/B/A/B,
+    # golden runs + condensation tests, -n 2, loaded): 79-80 s with the default, 72-74 s with 1
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -14,6 +14,7 @@ equality also shows that the worker count does not change the run.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +32,10 @@ COMMON = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
           "--trainer.enable_progress_bar", "false",
           "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.save_dir", "csv", "--model.init_args.encoder", "resnet18"]  # fmt: skip
+SMALL_DOMAINS = [{"class_path": "datamodules.SyntheticMedicalDataModule",
+                  "init_args": {"num_subjects": 6, "shape": [24, 32, 32], "domain": d,
+                                "volume_seed": d, "labelled_subjects": 2, "split_dir": "splits",
+                                "batch_size": 8, "num_workers": 0}} for d in (0, 1)]  # fmt: skip
 METHODS = {
     "simclr": ("quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
                               "16", "--data.init_args.batch_size", "8",
@@ -56,8 +61,10 @@ METHODS = {
                     "--model.init_args.loss", "logit_adjusted",
                     "--trainer.check_val_every_n_epoch", "1"]),
     # domain-specific BN statistics and the balanced domain sampler (96 slices, 4 steps)
+    # (6 subjects of 24 x 32 x 32 per domain: a quarter of the config's pixels, same steps)
     "multidomain": ("multidomain_medical", ["--data.init_args.batch_size", "24",
-                                            "--trainer.check_val_every_n_epoch", "1"]),
+                                            "--trainer.check_val_every_n_epoch", "1",
+                                            "--data.init_args.domains", json.dumps(SMALL_DOMAINS)]),
 }  # fmt: skip
 # case -> (kill before global step, last_every_n_steps): 4 steps per epoch
 CASES = {"epoch_boundary": (6, 0), "mid_epoch": (7, 3)}
