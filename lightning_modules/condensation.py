@@ -188,6 +188,10 @@ class DatasetCondensation(BaseTask):
                 torch.manual_seed(mix_seed(run_seed(), 0x1A17))
                 self.images.data.copy_(self.initial_images())
             rank_zero_info(f"condensation: {hp.init} initialisation of {len(self.images)} images")
+        # a resumed run reports the evaluations made before the interruption too (as in order)
+        for iteration in sorted(self.eval_history):
+            metrics = self.eval_metrics(iteration, self.eval_history[iteration])
+            self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     def _rng_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
@@ -322,13 +326,7 @@ class DatasetCondensation(BaseTask):
                     self.make_net, images, labels, test, augment=self.eval_dsa,
                     probe=probe, desc=f"evaluating outer iteration {iteration}")  # fmt: skip
         self.eval_history[iteration] = dict(res)
-        metrics = {"val/accuracy": res["accuracy"], "val/accuracy_std": res["accuracy_std"],
-                   f"val/accuracy@{iteration}": res["accuracy"],
-                   "val/train_accuracy": res["train_acc"], "val/iteration": float(iteration)}
-        if res["velocity"]:
-            curve = [v for _, v in res["velocity"]]
-            # x 1e3: kernel distance per 1000 epochs (the per-epoch values are ~1e-4)
-            metrics["val/kernel_velocity_x1e3"] = 1e3 * sum(curve) / len(curve)
+        metrics = self.eval_metrics(iteration, res)
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
         self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
@@ -339,6 +337,18 @@ class DatasetCondensation(BaseTask):
         if res["velocity"]:
             self.plot_velocity(iteration, res["velocity"])
         return res
+
+    @staticmethod
+    def eval_metrics(iteration: int, res: dict[str, Any]) -> dict[str, float]:
+        """The logged metrics of the evaluation at outer iteration ``iteration``."""
+        metrics = {"val/accuracy": res["accuracy"], "val/accuracy_std": res["accuracy_std"],
+                   f"val/accuracy@{iteration}": res["accuracy"],
+                   "val/train_accuracy": res["train_acc"], "val/iteration": float(iteration)}
+        if res["velocity"]:
+            curve = [v for _, v in res["velocity"]]
+            # x 1e3: kernel distance per 1000 epochs (the per-epoch values are ~1e-4)
+            metrics["val/kernel_velocity_x1e3"] = 1e3 * sum(curve) / len(curve)
+        return metrics
 
     @rank_zero_only
     def plot_velocity(self, iteration: int, curve: list[tuple[int, float]]) -> None:
