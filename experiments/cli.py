@@ -103,6 +103,19 @@ class ContrasegCLI(LightningCLI):
             self.parser.error(f"invalid configuration: {err}")
 
 
+# the CLI's construction, shared by main() and the resolving parser (one source of truth)
+_CLI_KWARGS: dict[str, Any] = {
+    "model_class": LightningModule,
+    "datamodule_class": LightningDataModule,
+    "subclass_mode_model": True,
+    "subclass_mode_data": True,
+    "save_config_callback": LoggerSaveConfigCallback,
+    "save_config_kwargs": {"overwrite": True},
+    "seed_everything_default": 0,
+    "auto_configure_optimizers": False,
+}
+
+
 class _ResolvingCLI(ContrasegCLI):
     """Builds the ``fit`` parser only: no parsing, seeding, instantiating or running."""
 
@@ -119,16 +132,7 @@ class _ResolvingCLI(ContrasegCLI):
 @functools.lru_cache(maxsize=1)
 def _fit_parser() -> LightningArgumentParser:
     """The parser of ``fit`` (built once per process: building it costs ~0.3 s)."""
-    return _ResolvingCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        seed_everything_default=0,
-        run=False,
-        auto_configure_optimizers=False,
-    ).parser
+    return _ResolvingCLI(**{**_CLI_KWARGS, "save_config_callback": None}, run=False).parser
 
 
 def resolve_config(args: list[str]) -> str:
@@ -165,15 +169,4 @@ def main(args: list[str] | None = None, run: bool = True) -> ContrasegCLI:
     Returns:
         The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
     """
-    return ContrasegCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=LoggerSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        args=args,
-        run=run,
-        auto_configure_optimizers=False,
-    )
+    return ContrasegCLI(**_CLI_KWARGS, args=args, run=run)

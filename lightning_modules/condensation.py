@@ -190,8 +190,7 @@ class DatasetCondensation(BaseTask):
             rank_zero_info(f"condensation: {hp.init} initialisation of {len(self.images)} images")
         # a resumed run reports the evaluations made before the interruption too (as in order)
         for iteration in sorted(self.eval_history):
-            metrics = self.eval_metrics(iteration, self.eval_history[iteration])
-            self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+            self._publish(self.eval_metrics(iteration, self.eval_history[iteration]))
 
     def _rng_devices(self) -> list[int]:
         return [self.device.index or 0] if self.device.type == "cuda" else []
@@ -329,7 +328,7 @@ class DatasetCondensation(BaseTask):
         metrics = self.eval_metrics(iteration, res)
         for logger in self.trainer.loggers:
             logger.log_metrics(metrics, step=self.global_step)
-        self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        self._publish(metrics)
         rank_zero_info(f"condensation iteration {iteration}: test accuracy "
                        f"{100 * res['accuracy']:.2f} ± {100 * res['accuracy_std']:.2f} % "
                        f"({len(res['accuracies'])} nets, {res['epochs']} epochs)")  # fmt: skip
@@ -337,6 +336,10 @@ class DatasetCondensation(BaseTask):
         if res["velocity"]:
             self.plot_velocity(iteration, res["velocity"])
         return res
+
+    def _publish(self, metrics: dict[str, float]) -> None:
+        """Metrics into ``trainer.callback_metrics`` (what checkpoints and the tables read)."""
+        self.trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     @staticmethod
     def eval_metrics(iteration: int, res: dict[str, Any]) -> dict[str, float]:
