@@ -5,7 +5,8 @@ when a new best is saved, versions files of a rerun (``last-v1.ckpt``) next to t
 run's, writes in place, and saves ``last.ckpt`` even under ``fast_dev_run``.
 :class:`RunCheckpoint` instead
 
-* rewrites ``last.ckpt`` at the end of every epoch (after its validation) and, with
+* rewrites ``last.ckpt`` at the end of every epoch (after its validation; with
+  ``last_every_n_epochs`` every N epochs, and always at the end of training) and, with
   ``last_every_n_steps``, every N optimiser steps (mid-epoch resume points);
 * keeps ``best.ckpt`` by ``monitor`` (if given) and ``epoch=NNN.ckpt`` snapshots every
   ``every_n_epochs`` epochs, all separate files;
@@ -52,6 +53,11 @@ class RunCheckpoint(ModelCheckpoint):
         every_n_epochs: Also keep ``epoch=NNN.ckpt`` every N epochs (``None`` / 0: none).
         last_every_n_steps: Also rewrite ``last.ckpt`` every N optimiser steps, for long
             epochs (0: only at epoch ends).
+        last_every_n_epochs: Rewrite ``last.ckpt`` at every N-th epoch end only (and at the
+            end of training, whatever N), for runs of many tiny epochs: writing a 143 MB
+            DeepLabV3+ checkpoint takes 0.15-0.35 s on a 2-core CPU, a third of a 2-step
+            epoch of the quickstart's 300-epoch pretrainings.  A kill then loses at most
+            N - 1 epochs; the resumed run still equals the uninterrupted one.
         overwrite: Delete the folder's checkpoints at the start of a fresh run instead of
             refusing to start.
     """
@@ -64,15 +70,21 @@ class RunCheckpoint(ModelCheckpoint):
         every_n_epochs: int | None = None,
         last_every_n_steps: int = 0,
         overwrite: bool = False,
+        last_every_n_epochs: int = 1,
     ) -> None:
         every_n_epochs = every_n_epochs or 0
         if every_n_epochs < 0 or last_every_n_steps < 0:
             raise ValueError("RunCheckpoint: every_n_epochs and last_every_n_steps must be >= 0")
+        if last_every_n_epochs < 1:
+            raise ValueError(f"RunCheckpoint: last_every_n_epochs must be >= 1, got "
+                             f"{last_every_n_epochs}")  # fmt: skip
         super().__init__(dirpath=dirpath, filename="best", monitor=monitor, mode=mode,
                          save_last=True, save_top_k=1 if monitor else 0,
                          enable_version_counter=False)  # fmt: skip
         self.snapshot_every, self.last_every_n_steps = every_n_epochs, last_every_n_steps
         self.overwrite = overwrite
+        self.last_every_n_epochs = last_every_n_epochs
+        self._last_written_step = -1  # global step of the newest last.ckpt of this process
 
     # ------------------------------------------------------------------ run folder
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -118,7 +130,9 @@ class RunCheckpoint(ModelCheckpoint):
             self._epoch_end(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Nothing: every epoch end already wrote ``last.ckpt``."""
+        """Write ``last.ckpt`` if training stopped after the last write (``max_time``, ...)."""
+        if not self._skip(trainer) and self._last_written_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:  # fmt: skip
@@ -140,7 +154,18 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_checkpoint(
                 trainer, os.path.join(self.dirpath, f"epoch={epoch - 1:03d}.ckpt")
             )
-        self._save_last_checkpoint(trainer, candidates)
+        if epoch % self.last_every_n_epochs == 0 or self._final_epoch(trainer):
+            self._save_last_checkpoint(trainer, candidates)
+
+    @staticmethod
+    def _final_epoch(trainer: L.Trainer) -> bool:
+        """Whether training ends after this epoch (max_epochs, max_steps or a stop request)."""
+        max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+        return (bool(trainer.should_stop)
+                or (max_epochs is not None and max_epochs >= 0
+                    and trainer.current_epoch + 1 >= max_epochs)
+                or (max_steps is not None and max_steps >= 0
+                    and trainer.global_step >= max_steps))  # fmt: skip
 
     # ------------------------------------------------------------------ writing
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
@@ -158,6 +183,8 @@ class RunCheckpoint(ModelCheckpoint):
         trainer.strategy.barrier("RunCheckpoint.rename")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
+        if Path(filepath).stem == self.CHECKPOINT_NAME_LAST:
+            self._last_written_step = trainer.global_step
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)

@@ -107,22 +107,37 @@ class HCSC(MomentumTask):
                 local = local + queue_info_nce_loss(q, k, queue, tau, m, masked)
         return glob, local
 
-    def _prototype_term(self, q: Tensor, clusters: list[Tensor]) -> Tensor:
-        """Mean over levels of the ProtoNCE of ``q`` (fresh selection draws per call)."""
+    def _prototype_plan(self, clusters: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
+        """Per level: the negative prototype ids and their selection probabilities.
+
+        Both depend on the batch's clusters only, not on the query view, so they are built
+        once per step and shared by every view (each view still draws its own mask).
+        """
         protos, hp = self.prototypes, self.hparams
         assert protos is not None
-        total = q.new_zeros(())
+        plan: list[tuple[Tensor, Tensor | None]] = []
         for level in range(protos.num_levels):
-            centroids, phi, positives = protos.centroids[level], protos.phi[level], clusters[level]
-            negatives = prototype_negatives(centroids.shape[0], positives)
-            keep = None
+            positives = clusters[level]
+            negatives = prototype_negatives(protos.centroids[level].shape[0], positives)
+            probability = None
             if hp.prototype_selection and level < protos.num_levels - 1:
-                parents = protos.parents[level][positives]
-                keep = bernoulli_keep(prototype_keep_probability(
-                    centroids, protos.centroids[level + 1], protos.phi[level + 1], parents,
-                    negatives))  # fmt: skip
-            total = total + prototype_nce_loss(q, centroids, phi, positives, negatives, keep,
-                                               hp.masked_negatives)  # fmt: skip
+                probability = prototype_keep_probability(
+                    protos.centroids[level], protos.centroids[level + 1], protos.phi[level + 1],
+                    protos.parents[level][positives], negatives)  # fmt: skip
+            plan.append((negatives, probability))
+        return plan
+
+    def _prototype_term(self, q: Tensor, clusters: list[Tensor],
+                        plan: list[tuple[Tensor, Tensor | None]]) -> Tensor:  # fmt: skip
+        """Mean over levels of the ProtoNCE of ``q`` (fresh selection draws per call)."""
+        protos = self.prototypes
+        assert protos is not None
+        total = q.new_zeros(())
+        for level, (negatives, probability) in enumerate(plan):
+            keep = None if probability is None else bernoulli_keep(probability)
+            total = total + prototype_nce_loss(q, protos.centroids[level], protos.phi[level],
+                                               clusters[level], negatives, keep,
+                                               self.hparams.masked_negatives)  # fmt: skip
         return total / protos.num_levels
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
@@ -151,7 +166,9 @@ class HCSC(MomentumTask):
                                                strict=True)]  # fmt: skip
                 logs["instance_keep"] = torch.stack([m.float().mean() for m in masks]).mean()
             inst, local = self._instance_terms(queries, k, masks, hp.selection_on_local, own)
-            proto = sum((self._prototype_term(x, clusters) for x in queries), q.new_zeros(()))
+            plan = self._prototype_plan(clusters)
+            proto = sum((self._prototype_term(x, clusters, plan) for x in queries),
+                        q.new_zeros(()))  # fmt: skip
         logs.update(instance_loss=inst.detach(), prototype_loss=proto.detach())
         if len(queries) > 1:
             logs["local_instance_loss"] = local.detach()

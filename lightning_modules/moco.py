@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.losses.moco import queue_info_nce_loss
+from lightning_modules.losses.moco import queue_info_nce
 from lightning_modules.momentum_task import MomentumTask
 from lightning_modules.task import TaskLoss
 
@@ -34,9 +34,7 @@ class MoCoV2(MomentumTask):
         k = self.keys(views[1])
         index = self.sample_indices(batch, k.shape[0], k.device)
         keep = self.negative_keys(index)
-        loss = queue_info_nce_loss(q, k, self.queue.keys, self.temperature, keep)
-        with_queue = (q.detach() @ self.queue.keys.T).max(dim=1).values
-        accuracy = ((q.detach() * k).sum(dim=1) > with_queue).float().mean()
+        loss, accuracy = queue_info_nce(q, k, self.queue.keys, self.temperature, keep)
         self.queue.enqueue(k, index)
         logs = {"ema_momentum": q.new_tensor(momentum), "instance_acc": accuracy}
         return TaskLoss(loss, logs, embedding=features)

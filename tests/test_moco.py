@@ -20,7 +20,7 @@ from lightning_modules.components.momentum import (
     shuffle_across_ranks,
     unshuffle_across_ranks,
 )
-from lightning_modules.losses.moco import queue_info_nce_loss
+from lightning_modules.losses.moco import queue_info_nce, queue_info_nce_loss
 
 
 def _reference(q: Tensor, k: Tensor, queue: Tensor, tau: float, keep=None, masked="drop"):
@@ -66,6 +66,29 @@ def test_fast_path_equals_mask_path_and_gradients_only_reach_queries() -> None:
     torch.testing.assert_close(grad_fast, grad_full, rtol=1e-5, atol=1e-6)
     queue_info_nce_loss(q, k, queue, 0.1).backward()
     assert k.grad is None
+
+
+@pytest.mark.parametrize("mode", ["none", "drop", "zero"])
+def test_instance_accuracy_matches_a_loop_over_queries(mode: str) -> None:
+    """Top-1: the positive beats every negative the loss keeps (a zeroed one scores 0)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, queue = torch.randn(16, 4, generator=g), torch.randn(16, 4, generator=g), torch.randn(
+        5, 4, generator=g)  # fmt: skip
+    k[:8] = q[:8] + 0.05 * torch.randn(8, 4, generator=g)  # half the queries win
+    keep = None if mode == "none" else torch.rand(16, 5, generator=g) > 0.5
+    masked = "drop" if mode == "none" else mode
+    loss, accuracy = queue_info_nce(q, k, queue, 0.1, keep, masked)
+    assert loss.item() == pytest.approx(queue_info_nce_loss(q, k, queue, 0.1, keep, masked).item())
+    qn, kn, qu = (F.normalize(t, dim=1) for t in (q, k, queue))
+    wins = 0
+    for i in range(16):
+        pos = float(qn[i] @ kn[i])
+        negs = [float(qn[i] @ qu[j]) if keep is None or keep[i, j] else 0.0
+                for j in range(5) if keep is None or keep[i, j] or mode == "zero"]  # fmt: skip
+        wins += all(pos > n for n in negs)
+    assert 0 < wins < 16
+    assert accuracy.item() == pytest.approx(wins / 16)
+    assert not accuracy.requires_grad
 
 
 def test_closed_form_identical_keys() -> None:
@@ -172,6 +195,8 @@ def test_module_step_matches_pure_loss_and_fills_queue() -> None:
         k = F.normalize(model.key_projector(model.key_encoder(views[1])), dim=1)
     expected = _reference(q, k, queue_before, 0.2)
     assert out.loss.item() == pytest.approx(expected, rel=1e-4)
+    accuracy = ((q * k).sum(1) > (q @ F.normalize(queue_before, dim=1).T).max(1).values).float()
+    assert out.logs["instance_acc"].item() == pytest.approx(accuracy.mean().item())
     torch.testing.assert_close(model.queue.keys[:4], k, rtol=1e-4, atol=1e-5)
     assert torch.equal(model.queue.indices[:4], torch.tensor([5, 6, 7, 8]))
     assert not any(p.requires_grad for p in model.key_encoder.parameters())

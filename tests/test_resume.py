@@ -6,6 +6,8 @@ tiny runs of 3 epochs x 4 steps: an uninterrupted reference, then runs killed
 
 * inside epoch 1 with only the epoch-0 ``last.ckpt`` on disk (an epoch-boundary resume), and
 * at step 7 with a step checkpoint of step 6 (``last_every_n_steps: 3``, a mid-epoch resume),
+* (the dense method only) at step 11 with ``last_every_n_epochs: 2``: the newest
+  ``last.ckpt`` is that of epoch 1 (step 8), not of epoch 2,
 
 each with 0 and 2 DataLoader workers, resumed with ``--ckpt_path last``.  Final weights
 and metrics must equal the reference exactly.  The reference runs with 0 workers, so the
@@ -66,29 +68,33 @@ METHODS = {
                                             "--trainer.check_val_every_n_epoch", "1",
                                             "--data.init_args.domains", json.dumps(SMALL_DOMAINS)]),
 }  # fmt: skip
-# case -> (kill before global step, last_every_n_steps): 4 steps per epoch
-CASES = {"epoch_boundary": (6, 0), "mid_epoch": (7, 3)}
+# case -> (kill before global step, RunCheckpoint settings, step of the newest last.ckpt):
+# 4 steps per epoch
+CASES = {"epoch_boundary": (6, {}, 4), "mid_epoch": (7, {"last_every_n_steps": 3}, 6),
+         "every_2_epochs": (11, {"last_every_n_epochs": 2}, 8)}  # fmt: skip
+CASE_METHODS = {"every_2_epochs": ("pixel_contrast",)}
 # worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
 WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,)}
 # per-method callback settings: HCSC clusters from epoch 1 on, so the mid-epoch kill (epoch 1)
 # leaves prototypes in the checkpoint that the resumed run must reuse, not recompute
 CALLBACKS = {"hcsc": [{"class_path": "callbacks.PrototypeUpdate",
                        "init_args": {"num_clusters": [8, 4], "warmup_epochs": 1}}]}
-COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))]
+COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))
+          if m in CASE_METHODS.get(c, METHODS) and (w == 0 or c not in CASE_METHODS)]
 _REFERENCES: dict[str, tuple] = {}
 RESULTS: dict[str, dict[str, float]] = {}
 
 
-def _config(tmp: Path, stem: str, every: int, method: str) -> Path:
-    """A config on top of ``stem`` with step checkpoints every ``every`` steps (0: none)."""
+def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
+    """A config on top of ``stem`` with the ``RunCheckpoint`` settings of ``case``."""
     over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
     callbacks = list(CALLBACKS.get(method, []))
-    if every:
-        callbacks.append({"class_path": "callbacks.RunCheckpoint",
-                          "init_args": {"last_every_n_steps": every}})  # fmt: skip
+    settings = CASES[case][1] if case else {}
+    if settings:
+        callbacks.append({"class_path": "callbacks.RunCheckpoint", "init_args": settings})
     if callbacks:
         over["trainer"] = {"callbacks": callbacks}
-    path = tmp / f"{stem}_{every}.yaml"
+    path = tmp / f"{stem}_{case or 'reference'}.yaml"
     path.write_text(yaml.safe_dump(over))
     return path
 
@@ -104,7 +110,7 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
     if method not in _REFERENCES:
         stem, extra = METHODS[method]
         tmp = factory.mktemp(f"resume_{method}")
-        args = ["--config", str(_config(tmp, stem, 0, method)), *COMMON, *extra,
+        args = ["--config", str(_config(tmp, stem, None, method)), *COMMON, *extra,
                 "--run_name", "ref", "--data.init_args.num_workers", "0"]  # fmt: skip
         if "\n    split_dir:" in (CONFIGS / f"{stem}.yaml").read_text():  # a data.init_args key
             args += ["--data.init_args.split_dir", str(tmp / "splits")]
@@ -131,17 +137,17 @@ def test_killed_and_resumed_run_equals_uninterrupted(
 
 def _check_resume(method: str, case: str, workers: int, tmp: Path, ref_args: list[str],
                   ref: dict) -> None:  # fmt: skip
-    kill, every = CASES[case]
+    kill, _, saved_step = CASES[case]
     stem = METHODS[method][0]
     name = f"{case}_w{workers}"
     args = [a if a != "ref" else name for a in ref_args]
-    args[args.index("--config") + 1] = str(_config(tmp, stem, every, method))
+    args[args.index("--config") + 1] = str(_config(tmp, stem, case, method))
     args[args.index("--data.init_args.num_workers") + 1] = str(workers)
     killed = _run(tmp, f"{name}_killed.pt", kill, args)
     assert killed.returncode == -9, f"rc {killed.returncode}\n{killed.stderr[-2000:]}"
     ckpt = tmp / "outputs" / name / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["global_step"] == (4 if case == "epoch_boundary" else 6)
+    assert saved["global_step"] == saved_step
     assert not list(ckpt.parent.glob("*.tmp"))
     resumed = _run(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]

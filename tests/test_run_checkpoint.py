@@ -106,6 +106,82 @@ def test_a_kill_during_the_write_keeps_the_previous_file(tmp_path: Path, monkeyp
     torch.load(tmp_path / "last.ckpt", weights_only=True)  # still a whole checkpoint
 
 
+def _writes(monkeypatch, callback: RunCheckpoint) -> list[tuple[str, int, int]]:
+    """Record (file, epoch, global step) of every checkpoint the callback writes."""
+    log: list[tuple[str, int, int]] = []
+    write = callback._save_checkpoint
+
+    def recording(trainer: L.Trainer, filepath: str) -> None:
+        log.append((Path(filepath).name, trainer.current_epoch, trainer.global_step))
+        write(trainer, filepath)
+
+    monkeypatch.setattr(callback, "_save_checkpoint", recording)
+    return log
+
+
+def _tiny_trainer(tmp_path: Path, callback: RunCheckpoint, **kwargs) -> L.Trainer:  # noqa: ANN003
+    return L.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=str(tmp_path),
+                     **kwargs)  # fmt: skip
+
+
+def test_last_every_n_epochs_writes_every_nth_and_the_final_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    callback = RunCheckpoint(dirpath=str(tmp_path / "a"), last_every_n_epochs=3)
+    log = _writes(monkeypatch, callback)
+    trainer = _tiny_trainer(tmp_path, callback, max_epochs=7)
+    model = _Tiny()
+    trainer.fit(model)
+    assert log == [("last.ckpt", 2, 6), ("last.ckpt", 5, 12), ("last.ckpt", 6, 14)]
+    last = torch.load(tmp_path / "a" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 14
+    assert torch.equal(last["state_dict"]["layer.weight"], model.layer.weight.detach())
+    # max_steps ends training mid-epoch: the final state is written once, at the stop
+    callback = RunCheckpoint(dirpath=str(tmp_path / "b"), last_every_n_epochs=4)
+    log = _writes(monkeypatch, callback)
+    _tiny_trainer(tmp_path, callback, max_epochs=10, max_steps=5).fit(_Tiny())
+    assert [step for _, _, step in log][-1] == 5 and len({s for _, _, s in log}) == len(log)
+    with pytest.raises(ValueError, match="last_every_n_epochs must be >= 1"):
+        RunCheckpoint(last_every_n_epochs=0)
+
+
+def test_a_run_killed_between_every_n_epochs_checkpoints_resumes_the_remaining_steps(
+        tmp_path: Path) -> None:  # fmt: skip
+    """Killed after epoch 4 of 6 with N = 3: resumes from epoch 3 and redoes epochs 3-5.
+
+    Bitwise equality of a killed-and-resumed run (RNG, data order) with this setting is in
+    ``tests/test_resume.py`` (case ``every_2_epochs``); here the loop bookkeeping.
+    """
+
+    class Kill(L.Callback):
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if trainer.current_epoch == 4:
+                raise RuntimeError("killed")
+
+    reference = _Tiny()
+    start = {k: v.clone() for k, v in reference.state_dict().items()}
+    _tiny_trainer(tmp_path / "ref", RunCheckpoint(dirpath=str(tmp_path / "ref"),
+                                                  last_every_n_epochs=3),
+                  max_epochs=6).fit(reference)  # fmt: skip
+    killed = _Tiny()
+    killed.load_state_dict(start)
+    folder = tmp_path / "run"
+    trainer = _tiny_trainer(folder, RunCheckpoint(dirpath=str(folder), last_every_n_epochs=3),
+                            max_epochs=6)  # fmt: skip
+    trainer.callbacks.append(Kill())
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit(killed)
+    saved = torch.load(folder / "last.ckpt", weights_only=True)
+    assert (saved["epoch"], saved["global_step"]) == (2, 6)  # not epoch 4's state
+    resumed = _Tiny()
+    trainer = _tiny_trainer(folder, RunCheckpoint(dirpath=str(folder), last_every_n_epochs=3),
+                            max_epochs=6)  # fmt: skip
+    trainer.fit(resumed, ckpt_path=str(folder / "last.ckpt"))
+    assert trainer.global_step == 12
+    assert torch.equal(resumed.layer.weight, reference.layer.weight)
+    assert torch.equal(resumed.layer.bias, reference.layer.bias)
+
+
 def test_ckpt_path_of_another_model_class_is_an_error(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     _fit("--trainer.max_epochs", "1")

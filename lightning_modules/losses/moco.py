@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
 
-__all__ = ["MASKED_MODES", "masked_logits", "queue_info_nce_loss"]
+__all__ = ["MASKED_MODES", "masked_logits", "queue_info_nce", "queue_info_nce_loss"]
 
 MASKED_MODES = ("drop", "zero")
 
@@ -69,19 +69,22 @@ def masked_logits(logits: Tensor, keep: Tensor, masked: str) -> Tensor:
     return logits.masked_fill(~keep.bool(), fill)
 
 
-def queue_info_nce_loss(
+def queue_info_nce(
     queries: Tensor,
     keys: Tensor,
     queue: Tensor,
     temperature: float = 0.2,
     keep: Tensor | None = None,
     masked: str = "drop",
-) -> Tensor:
-    """MoCo's InfoNCE (module docstring), optionally with a negative keep-mask.
+) -> tuple[Tensor, Tensor]:
+    """MoCo's InfoNCE (module docstring) and its instance accuracy from the same logits.
 
-    Without ``keep`` it is one fused log-softmax cross-entropy over the ``n x (1 + K)``
-    logits (target column 0), as the two-view NT-Xent's one-positive path; with ``keep``
-    a masked log-sum-exp.  ``keys`` and ``queue`` get no gradient.
+    Without ``keep`` the loss is one fused log-softmax cross-entropy over the
+    ``n x (1 + K)`` logits (target column 0), as the two-view NT-Xent's one-positive path;
+    with ``keep`` a masked log-sum-exp.  ``keys`` and ``queue`` get no gradient.  The
+    accuracy is the share of queries whose positive logit beats every *kept* negative
+    (MoCo's top-1 "instance discrimination" accuracy), read off the logits the loss
+    already built, so logging it costs no second ``n x K`` product.
 
     Args:
         queries: ``(n, d)`` query embeddings (normalised here).
@@ -92,7 +95,8 @@ def queue_info_nce_loss(
         masked: How a dropped negative is removed, ``"drop"`` or ``"zero"``.
 
     Returns:
-        Scalar float32 loss (mean over queries).
+        ``(loss, accuracy)``: the scalar float32 loss (mean over queries) and the detached
+        scalar accuracy.
 
     Raises:
         ValueError: On shapes that do not match, a bad temperature or mask mode.
@@ -107,7 +111,31 @@ def queue_info_nce_loss(
             negatives = masked_logits(negatives, keep, masked)
         positive = (q * k).sum(dim=1, keepdim=True) / tau
         logits = torch.cat([positive, negatives], dim=1)
+        with torch.no_grad():
+            hardest = negatives.max(dim=1).values if negatives.shape[1] else positive[:, 0] - 1
+            accuracy = (positive[:, 0] > hardest).float().mean()
         if keep is None:  # one fused log-softmax (MoCo's cross-entropy with target 0)
             target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-            return F.cross_entropy(logits, target)
-        return (torch.logsumexp(logits, dim=1) - positive[:, 0]).mean()
+            return F.cross_entropy(logits, target), accuracy
+        return (torch.logsumexp(logits, dim=1) - positive[:, 0]).mean(), accuracy
+
+
+def queue_info_nce_loss(
+    queries: Tensor,
+    keys: Tensor,
+    queue: Tensor,
+    temperature: float = 0.2,
+    keep: Tensor | None = None,
+    masked: str = "drop",
+) -> Tensor:
+    """MoCo's InfoNCE (module docstring), optionally with a negative keep-mask.
+
+    The loss of :func:`queue_info_nce` without its accuracy; same arguments.
+
+    Returns:
+        Scalar float32 loss (mean over queries).
+
+    Raises:
+        ValueError: On shapes that do not match, a bad temperature or mask mode.
+    """
+    return queue_info_nce(queries, keys, queue, temperature, keep, masked)[0]
