@@ -89,11 +89,10 @@ def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
     """A config on top of ``stem`` with the ``RunCheckpoint`` settings of ``case``."""
     over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
     callbacks = list(CALLBACKS.get(method, []))
-    settings = CASES[case][1] if case else {}
-    if settings:
-        callbacks.append({"class_path": "callbacks.RunCheckpoint", "init_args": settings})
-    if callbacks:
-        over["trainer"] = {"callbacks": callbacks}
+    # every epoch end unless the case says otherwise (a config may thin them out)
+    settings = {"last_every_n_epochs": 1, **(CASES[case][1] if case else {})}
+    callbacks.append({"class_path": "callbacks.RunCheckpoint", "init_args": settings})
+    over["trainer"] = {"callbacks": callbacks}
     path = tmp / f"{stem}_{case or 'reference'}.yaml"
     path.write_text(yaml.safe_dump(over))
     return path

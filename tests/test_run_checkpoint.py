@@ -145,6 +145,26 @@ def test_last_every_n_epochs_writes_every_nth_and_the_final_epoch(
         RunCheckpoint(last_every_n_epochs=0)
 
 
+def test_last_is_the_final_state_when_the_last_epoch_has_no_validation(tmp_path: Path,
+                                                                         monkeypatch) -> None:  # noqa: ANN001  # fmt: skip
+    """check_val_every_n_epoch 2, 3 epochs: epoch-end writes follow validation (epoch 1),
+    and the end of training writes the final state (epoch 2 had no validation)."""
+
+    class Validated(_Tiny):
+        def validation_step(self, batch, batch_idx):  # noqa: ANN001, ANN201, D102
+            self.log("val/x", self.layer(batch[0]).sum())
+
+        def val_dataloader(self):  # noqa: ANN201, D102
+            return self.train_dataloader()
+
+    callback = RunCheckpoint(dirpath=str(tmp_path))
+    log = _writes(monkeypatch, callback)
+    _tiny_trainer(tmp_path, callback, max_epochs=3, check_val_every_n_epoch=2,
+                  num_sanity_val_steps=0).fit(Validated())  # fmt: skip
+    assert [step for _, _, step in log] == [4, 6]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
 def test_a_run_killed_between_every_n_epochs_checkpoints_resumes_the_remaining_steps(
         tmp_path: Path) -> None:  # fmt: skip
     """Killed after epoch 4 of 6 with N = 3: resumes from epoch 3 and redoes epochs 3-5.
