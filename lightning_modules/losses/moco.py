@@ -101,6 +101,15 @@ def queue_info_nce(
     Raises:
         ValueError: On shapes that do not match, a bad temperature or mask mode.
     """
+    loss, accuracy = _queue_info_nce(queries, keys, queue, temperature, keep, masked, True)
+    assert accuracy is not None
+    return loss, accuracy
+
+
+def _queue_info_nce(queries: Tensor, keys: Tensor, queue: Tensor, temperature: float,
+                    keep: Tensor | None, masked: str,
+                    with_accuracy: bool) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """The loss, and the accuracy only when asked (HCSC calls the loss many times a step)."""
     tau = check_temperature(temperature)
     _check(queries, keys, queue)
     with torch.autocast(device_type=queries.device.type, enabled=False):
@@ -111,9 +120,12 @@ def queue_info_nce(
             negatives = masked_logits(negatives, keep, masked)
         positive = (q * k).sum(dim=1, keepdim=True) / tau
         logits = torch.cat([positive, negatives], dim=1)
-        with torch.no_grad():
-            hardest = negatives.max(dim=1).values if negatives.shape[1] else positive[:, 0] - 1
-            accuracy = (positive[:, 0] > hardest).float().mean()
+        accuracy = None
+        if with_accuracy:
+            with torch.no_grad():
+                hardest = (negatives.max(dim=1).values if negatives.shape[1]
+                           else positive[:, 0] - 1)  # fmt: skip
+                accuracy = (positive[:, 0] > hardest).float().mean()
         if keep is None:  # one fused log-softmax (MoCo's cross-entropy with target 0)
             target = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
             return F.cross_entropy(logits, target), accuracy
@@ -138,4 +150,4 @@ def queue_info_nce_loss(
     Raises:
         ValueError: On shapes that do not match, a bad temperature or mask mode.
     """
-    return queue_info_nce(queries, keys, queue, temperature, keep, masked)[0]
+    return _queue_info_nce(queries, keys, queue, temperature, keep, masked, False)[0]
