@@ -170,7 +170,8 @@ def expand_fractions(table: Table, scale: str) -> Table:
             for k, entry in enumerate(row["chain"]):
                 spec = _spec(table, entry)
                 if spec.get("fraction", k == len(row["chain"]) - 1):
-                    args = [*map(str, spec.get("args", [])), FRACTION_ARG, str(f)]
+                    # the entry's own args: a shared step's are added by _spec
+                    args = [*map(str, entry.get("args", [])), FRACTION_ARG, str(f)]
                     entry = {**entry, "args": args}
                 chain.append(entry)
             label = f"{float(f) * 100:g}%" if float(f) <= 1 else f"{int(f)} images"
@@ -181,10 +182,18 @@ def expand_fractions(table: Table, scale: str) -> Table:
 
 
 def _spec(table: Table, step: dict[str, Any]) -> dict[str, Any]:
-    """A chain entry with a shared ``step`` reference expanded (local keys win)."""
-    if "step" in step:
-        return {**table.steps[step["step"]], **{k: v for k, v in step.items() if k != "step"}}
-    return step
+    """A chain entry with a shared ``step`` reference expanded.
+
+    The entry's ``args`` extend the shared step's (they come after, so an argument given in
+    both takes the row's value); every other local key replaces the step's.
+    """
+    if "step" not in step:
+        return step
+    shared = table.steps[step["step"]]
+    spec = {**shared, **{k: v for k, v in step.items() if k != "step"}}
+    if "args" in step and "args" in shared:
+        spec["args"] = [*shared["args"], *step["args"]]
+    return spec
 
 
 def _scale_args(table: Table, scale: str, config: str) -> list[str]:

@@ -4,9 +4,11 @@ The refactor of issue 8 (one task base, composable configs) must not change what
 method computes.  ``python tests/golden_runs.py --record`` ran these configs on the code
 *before* the refactor and stored their first ``STEPS`` per-step training losses (the
 value ``training_step`` returns, probe loss included) in ``tests/data/golden_losses.json``;
-``tests/test_golden_runs.py`` reruns them and compares to 1e-6.  Issue 9 changed the
-random streams on purpose (sample order and augmentations from ``(seed, epoch, index)``,
-the step's RNG from ``(seed, epoch, batch)``, for exact resume) and re-recorded them once.
+``tests/test_golden_runs.py`` reruns them and compares (the first steps to 1e-5 relative,
+the rest loosely: see its docstring for the rounding drift between CPU kernel sets).
+Issue 9 changed the random streams on purpose (sample order and augmentations from
+``(seed, epoch, index)``, the step's RNG from ``(seed, epoch, batch)``, for exact resume)
+and re-recorded them once.
 Issue 10 changed the computation on purpose and re-recorded them again: the 32 px scenes'
 stripe angle is random (it was the class, so rot90 mapped class c onto c + 3), every
 DeepLabV3+ uses ASPP rates 6/12/18, GLCNet uses the official local tap, heads without BN

@@ -250,6 +250,33 @@ def test_fraction_rows_expand_with_the_fraction_on_the_marked_steps() -> None:
     assert [r["name"] for r in smoke.rows][:2] == ["random init (50%)", "random init (100%)"]
 
 
+def test_row_args_extend_the_shared_step_args(tmp_path: Path) -> None:
+    """A row's ``args`` for a shared step come after the step's own (the row wins on a clash)."""
+    spec = {**TABLE, "steps": {**TABLE["steps"], "finetune": {
+        "config": "finetune_quickstart.yaml", "args": ["--model.init_args.lr", "0.002",
+                                                       "--model.init_args.weight_decay", "0.0"]}}}
+    spec["rows"] = [
+        {"name": "step args", "chain": [{"step": "finetune"}]},
+        {"name": "extended",
+         "chain": [{"step": "finetune", "args": ["--model.init_args.lr", "0.003"]}]},
+        {"name": "fractions", "fractions": [0.5], "chain": [{"step": "finetune"}]},
+    ]  # fmt: skip
+    path = tmp_path / "ext.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    table = expand_fractions(load_table(str(path)), "smoke")
+    shared, extended, fraction = (resolve_row(table, r, "smoke", 0)[0] for r in table.rows)
+    scale = tables._scale_args(table, "smoke", "finetune_quickstart.yaml")
+    assert shared.args == [*scale, "--model.init_args.lr", "0.002",
+                           "--model.init_args.weight_decay", "0.0"]  # fmt: skip
+    assert extended.args == [*shared.args, "--model.init_args.lr", "0.003"]
+    assert fraction.args == [*shared.args, "--data.init_args.label_fraction", "0.5"]  # not twice
+    assert len({shared.key, extended.key, fraction.key}) == 3
+    resolved = yaml.safe_load(tables._resolved_text(
+        ("fit", "--config", str(tables.CONFIGS / "finetune_quickstart.yaml"), *extended.args)))
+    assert resolved["model"]["init_args"]["lr"] == 0.003  # the row's value wins
+    assert resolved["model"]["init_args"]["weight_decay"] == 0.0  # the step's value stays
+
+
 @pytest.mark.slow
 def test_zhao_tables_run_at_smoke_scale_on_fixtures(seg_roots, tmp_path) -> None:
     out = tmp_path / "tables"
