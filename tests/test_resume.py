@@ -12,13 +12,20 @@ tiny runs of 3 epochs x 4 steps: an uninterrupted reference, then runs killed
 each with 0 and 2 DataLoader workers, resumed with ``--ckpt_path last``.  Final weights
 and metrics must equal the reference exactly.  The reference runs with 0 workers, so the
 equality also shows that the worker count does not change the run.
+
+The reference runs in a fresh interpreter; the killed and the resumed runs are forked from
+``resume_run.py --serve`` (one per test process, its imports done once: a fresh interpreter
+costs 8-11 s here, about 40 of them made this file a third of the suite's time).  So the
+equality is also across interpreters, and every killed run is a real SIGKILL of a process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,10 +105,48 @@ def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
     return path
 
 
+ENV = {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+TIMEOUT_S = 300
+_SERVER: list[subprocess.Popen] = []  # this test process's fork server, started on first use
+
+
 def _run(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
+    """One run of the harness in a fresh interpreter."""
     command = [sys.executable, str(HARNESS), str(tmp / out), str(kill), "fit", *args]
-    return subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=tmp, env={**os.environ, **ENV}, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)  # fmt: skip
+
+
+def _served(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.CompletedProcess:
+    """One run of the harness forked from the fork server (its output in ``<out>.log``)."""
+    if not _SERVER or _SERVER[0].poll() is not None:
+        _SERVER[:] = [subprocess.Popen([sys.executable, str(HARNESS), "--serve"], text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       env={**os.environ, **ENV}, start_new_session=True)]
+    server = _SERVER[0]
+    log = tmp / f"{Path(out).stem}.log"
+    request = {"cwd": str(tmp), "env": ENV, "log": str(log), "out": str(tmp / out), "kill": kill,
+               "args": ["fit", *args]}  # fmt: skip
+    server.stdin.write(json.dumps(request) + "\n")
+    server.stdin.flush()
+    ready, _, _ = select.select([server.stdout], [], [], TIMEOUT_S)
+    answer = server.stdout.readline() if ready else ""
+    text = log.read_text() if log.exists() else ""
+    if not answer:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its child
+        _SERVER.clear()
+        raise AssertionError(f"{out}: no answer within {TIMEOUT_S} s\n{text[-3000:]}")
+    return subprocess.CompletedProcess(request["args"], json.loads(answer)["rc"], "", text)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_server():
+    """Close the fork server when this file's tests are done."""
+    yield
+    for server in _SERVER:
+        server.stdin.close()
+        server.wait(timeout=60)
+    _SERVER.clear()
 
 
 def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
@@ -142,13 +187,13 @@ def _check_resume(method: str, case: str, workers: int, tmp: Path, ref_args: lis
     args = [a if a != "ref" else name for a in ref_args]
     args[args.index("--config") + 1] = str(_config(tmp, stem, case, method))
     args[args.index("--data.init_args.num_workers") + 1] = str(workers)
-    killed = _run(tmp, f"{name}_killed.pt", kill, args)
+    killed = _served(tmp, f"{name}_killed.pt", kill, args)
     assert killed.returncode == -9, f"rc {killed.returncode}\n{killed.stderr[-2000:]}"
     ckpt = tmp / "outputs" / name / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == saved_step
     assert not list(ckpt.parent.glob("*.tmp"))
-    resumed = _run(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
+    resumed = _served(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = torch.load(tmp / f"{name}.pt")
     assert out["step"] == ref["step"] == 12 and out["epoch"] == ref["epoch"] == 3

@@ -277,6 +277,16 @@ def test_row_args_extend_the_shared_step_args(tmp_path: Path) -> None:
     assert resolved["model"]["init_args"]["weight_decay"] == 0.0  # the step's value stays
 
 
+def test_seed_patched_resolution_equals_a_full_parse() -> None:
+    """A seeded step is parsed once with seed 0 and the seed line patched: same text as a parse."""
+    config, args = "finetune_quickstart.yaml", ["--trainer.max_epochs", "1"]
+    command = ("fit", "--config", str(tables.CONFIGS / config), *args)
+    full = tables._resolved_text((*command, "--seed_everything", "3", "--run_name", "step"))
+    assert tables._resolved(config, args, 3) == full
+    assert full.splitlines()[0] == "seed_everything: 3"
+    assert tables._resolved(config, args, 0) != full
+
+
 @pytest.mark.slow
 def test_zhao_tables_run_at_smoke_scale_on_fixtures(seg_roots, tmp_path) -> None:
     out = tmp_path / "tables"
