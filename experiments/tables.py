@@ -26,7 +26,9 @@ A row with ``fractions: [0.01, 0.1]`` stands for one row per label fraction ("na
 list (``fractions:`` in the preset, e.g. larger fractions for the few images of a fixture).
 
 A step is a ``fit`` a user could type: ``--config <config>`` + the scale's arguments for
-``all`` and for the config's stem + the step's ``args`` (+ ``--seed_everything <seed>`` for
+``all`` and for the config's stem + the step's ``args`` + the scale's ``last`` arguments
+(which win over a row's, e.g. ``last: [--trainer.max_epochs, "1"]`` keeps a smoke run short
+where a row sets its own epochs) (+ ``--seed_everything <seed>`` for
 the seeded step, by default the last of the chain; ``seeded: true`` on a step seeds it
 too) + the init checkpoint of an earlier step of the chain.  Its outputs go to
 ``<out>/<table>/<scale>/steps/<key>/`` where ``key`` hashes the step's resolved configuration
@@ -208,6 +210,11 @@ def _scale_args(table: Table, scale: str, config: str) -> list[str]:
     return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
 
 
+def _last_args(table: Table, scale: str) -> list[str]:
+    """The scale's ``last`` arguments: after a step's own, so they win over a row's."""
+    return [str(a) for a in ((table.scales.get(scale) or {}).get("last") or [])]
+
+
 _SEED_LINE = re.compile(r"^seed_everything: 0$", re.MULTILINE)
 
 
@@ -257,7 +264,8 @@ def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
         if not (CONFIGS / config).is_file():
             raise ValueError(f"{table.path}: row {row['name']!r}: config {config} not found")
         seeded = spec.get("seeded", k == len(chain) - 1)
-        args = [*_scale_args(table, scale, config), *map(str, spec.get("args", [])), *(extra or [])]
+        args = [*_scale_args(table, scale, config), *map(str, spec.get("args", [])),
+                *_last_args(table, scale), *(extra or [])]  # fmt: skip
         step = Step(config, args, init=spec.get("init"), seed=seed if seeded else None,
                     depends=list(steps))  # fmt: skip
         resolved = _resolved(config, step.args, step.seed)

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from harness_runs import fresh_run, served_run
 from torch import nn
 
 from datamodules.condensation import ClassBank
@@ -284,9 +282,9 @@ def test_condensed_set_file_round_trips_through_a_datamodule(tmp_path: Path) -> 
         wrong.setup("fit")
 
 
-def _fit(tmp: Path, out: str, kill: int, extra: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-    args = ["fit", "--config", str(REPO / "experiments/configs/dcc_digits.yaml"),
+def _fit(tmp: Path, out: str, kill: int, extra: list[str], fresh: bool = False):
+    """A DSAC run through the kill harness (forked from its server unless ``fresh``)."""
+    args = ["--config", str(REPO / "experiments/configs/dcc_digits.yaml"),
             "--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
             "--trainer.enable_progress_bar", "false",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
@@ -297,13 +295,12 @@ def _fit(tmp: Path, out: str, kill: int, extra: list[str]) -> subprocess.Complet
             "--model.init_args.eval_nets", "2", "--model.init_args.eval_epochs", "4",
             "--model.init_args.dsa", "true", "--model.init_args.velocity_every", "2",
             "--model.init_args.velocity_probe", "4", *extra]  # fmt: skip
-    command = [sys.executable, str(REPO / "tests/resume_run.py"), str(tmp / out), str(kill), *args]
-    return subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
+    return (fresh_run if fresh else served_run)(tmp, out, kill, args, timeout=600)
 
 
 @pytest.mark.slow
 def test_killed_condensation_resumes_to_the_uninterrupted_set(tmp_path: Path) -> None:
-    ref = _fit(tmp_path, "ref.pt", 0, ["--run_name", "ref"])
+    ref = _fit(tmp_path, "ref.pt", 0, ["--run_name", "ref"], fresh=True)
     assert ref.returncode == 0, ref.stderr[-3000:]
     killed = _fit(tmp_path, "killed.pt", 8, ["--run_name", "cut"])  # before outer iteration 2
     assert killed.returncode == -9, killed.stderr[-3000:]

@@ -22,21 +22,16 @@ equality is also across interpreters, and every killed run is a real SIGKILL of 
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from harness_runs import fresh_run, served_run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
-HARNESS = Path(__file__).resolve().parent / "resume_run.py"
 COMMON = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
           "--trainer.enable_progress_bar", "false",
           "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
@@ -105,50 +100,6 @@ def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
     return path
 
 
-ENV = {"WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
-TIMEOUT_S = 300
-_SERVER: list[subprocess.Popen] = []  # this test process's fork server, started on first use
-
-
-def _run(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.CompletedProcess:
-    """One run of the harness in a fresh interpreter."""
-    command = [sys.executable, str(HARNESS), str(tmp / out), str(kill), "fit", *args]
-    return subprocess.run(command, cwd=tmp, env={**os.environ, **ENV}, capture_output=True,
-                          text=True, timeout=TIMEOUT_S)  # fmt: skip
-
-
-def _served(tmp: Path, out: str, kill: int, args: list[str]) -> subprocess.CompletedProcess:
-    """One run of the harness forked from the fork server (its output in ``<out>.log``)."""
-    if not _SERVER or _SERVER[0].poll() is not None:
-        _SERVER[:] = [subprocess.Popen([sys.executable, str(HARNESS), "--serve"], text=True,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       env={**os.environ, **ENV}, start_new_session=True)]
-    server = _SERVER[0]
-    log = tmp / f"{Path(out).stem}.log"
-    request = {"cwd": str(tmp), "env": ENV, "log": str(log), "out": str(tmp / out), "kill": kill,
-               "args": ["fit", *args]}  # fmt: skip
-    server.stdin.write(json.dumps(request) + "\n")
-    server.stdin.flush()
-    ready, _, _ = select.select([server.stdout], [], [], TIMEOUT_S)
-    answer = server.stdout.readline() if ready else ""
-    text = log.read_text() if log.exists() else ""
-    if not answer:
-        os.killpg(server.pid, signal.SIGKILL)  # the server and its child
-        _SERVER.clear()
-        raise AssertionError(f"{out}: no answer within {TIMEOUT_S} s\n{text[-3000:]}")
-    return subprocess.CompletedProcess(request["args"], json.loads(answer)["rc"], "", text)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _stop_server():
-    """Close the fork server when this file's tests are done."""
-    yield
-    for server in _SERVER:
-        server.stdin.close()
-        server.wait(timeout=60)
-    _SERVER.clear()
-
-
 def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
     """The uninterrupted run of ``method`` (once per test process)."""
     if method not in _REFERENCES:
@@ -158,7 +109,7 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
                 "--run_name", "ref", "--data.init_args.num_workers", "0"]  # fmt: skip
         if "\n    split_dir:" in (CONFIGS / f"{stem}.yaml").read_text():  # a data.init_args key
             args += ["--data.init_args.split_dir", str(tmp / "splits")]
-        proc = _run(tmp, "ref.pt", 0, args)
+        proc = fresh_run(tmp, "ref.pt", 0, args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _REFERENCES[method] = (tmp, args, torch.load(tmp / "ref.pt"))
         shutil.rmtree(tmp / "outputs" / "ref")  # its checkpoints are not needed again
@@ -187,13 +138,13 @@ def _check_resume(method: str, case: str, workers: int, tmp: Path, ref_args: lis
     args = [a if a != "ref" else name for a in ref_args]
     args[args.index("--config") + 1] = str(_config(tmp, stem, case, method))
     args[args.index("--data.init_args.num_workers") + 1] = str(workers)
-    killed = _served(tmp, f"{name}_killed.pt", kill, args)
+    killed = served_run(tmp, f"{name}_killed.pt", kill, args)
     assert killed.returncode == -9, f"rc {killed.returncode}\n{killed.stderr[-2000:]}"
     ckpt = tmp / "outputs" / name / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == saved_step
     assert not list(ckpt.parent.glob("*.tmp"))
-    resumed = _served(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
+    resumed = served_run(tmp, f"{name}.pt", 0, [*args, "--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     out = torch.load(tmp / f"{name}.pt")
     assert out["step"] == ref["step"] == 12 and out["epoch"] == ref["epoch"] == 3

@@ -277,6 +277,24 @@ def test_row_args_extend_the_shared_step_args(tmp_path: Path) -> None:
     assert resolved["model"]["init_args"]["weight_decay"] == 0.0  # the step's value stays
 
 
+def test_scale_last_args_come_after_the_rows(tmp_path: Path) -> None:
+    """A scale's ``last`` arguments follow a row's own (so smoke epochs win), before ``--set``."""
+    spec = {**TABLE, "rows": [{"name": "long", "chain": [
+        {"step": "finetune", "args": ["--trainer.max_epochs", "16"]}]}]}  # fmt: skip
+    spec["scales"] = {"smoke": {**TABLE["scales"]["smoke"], "last": ["--trainer.max_epochs", 1]}}
+    path = tmp_path / "last.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    table = load_table(str(path))
+    (step,) = resolve_row(table, table.rows[0], "smoke", 0, extra=["--trainer.max_epochs", "2"])
+    scale = tables._scale_args(table, "smoke", "finetune_quickstart.yaml")
+    assert step.args == [*scale, "--trainer.max_epochs", "16", "--trainer.max_epochs", "1",
+                         "--trainer.max_epochs", "2"]  # fmt: skip
+    (step,) = resolve_row(table, table.rows[0], "smoke", 0)
+    resolved = yaml.safe_load(tables._resolved_text(
+        ("fit", "--config", str(tables.CONFIGS / "finetune_quickstart.yaml"), *step.args)))
+    assert resolved["trainer"]["max_epochs"] == 1
+
+
 def test_seed_patched_resolution_equals_a_full_parse() -> None:
     """A seeded step is parsed once with seed 0 and the seed line patched: same text as a parse."""
     config, args = "finetune_quickstart.yaml", ["--trainer.max_epochs", "1"]
