@@ -87,8 +87,12 @@ def serve() -> None:
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
-        if pid == 0:
-            os._exit(_child(request))
+        if pid == 0:  # the child never returns to this loop, whatever happens
+            code = 1
+            try:
+                code = _child(request)
+            finally:
+                os._exit(code)
         _, status = os.waitpid(pid, 0)
         rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         print(json.dumps({"rc": rc}), flush=True)
