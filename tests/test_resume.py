@@ -116,9 +116,7 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
     return _REFERENCES[method]
 
 
-# one xdist group per method (``make test`` runs ``--dist loadgroup``): its reference runs once
-@pytest.mark.parametrize(("method", "case", "workers"),
-                         [pytest.param(*c, marks=pytest.mark.xdist_group(c[0])) for c in COMBOS])
+@pytest.mark.parametrize(("method", "case", "workers"), COMBOS)
 def test_killed_and_resumed_run_equals_uninterrupted(
     method: str, case: str, workers: int, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
