@@ -67,8 +67,8 @@ def _child(request: dict[str, Any]) -> int:
     try:
         run(request["out"], int(request["kill"]), list(request["args"]))
         return 0
-    except SystemExit as exit_:  # an argument error of the CLI
-        return exit_.code if isinstance(exit_.code, int) else 1
+    except SystemExit as exit_:  # e.g. an argument error of the CLI; sys.exit() is success
+        return 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:  # noqa: BLE001 - reported in the log, the exit code says it failed
         traceback.print_exc()
         return 1

@@ -126,7 +126,7 @@ def test_killed_and_resumed_run_equals_uninterrupted(
         _check_resume(method, case, workers, tmp, ref_args, ref)
     finally:  # each case's checkpoints (~100 MB) go when it ends: the suite stays small on disk
         shutil.rmtree(tmp / "outputs" / name, ignore_errors=True)
-        for path in tmp.glob(f"{name}*.pt"):
+        for path in [*tmp.glob(f"{name}*.pt"), *tmp.glob(f"{name}*.log")]:  # runs and their logs
             path.unlink()
 
 
