@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
+from datamodules.batch_augment import BatchPhotometric, DeviceAugmentHooks
 from datamodules.sampling import SampleKey, seeded_call, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
@@ -72,8 +73,12 @@ def dataset_labels(dataset: Dataset) -> torch.Tensor:
     return torch.tensor([int(dataset[i]["label"]) for i in items], dtype=torch.long)
 
 
-class PretrainDataModule(L.LightningDataModule):
+class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
     """Multi-view pretraining data with evaluation splits.
+
+    Training views are cropped and flipped in the workers (in the images' dtype) and get
+    their photometric augmentation and normalisation batched on the device
+    (:mod:`datamodules.batch_augment`, ``on_after_batch_transfer``).
 
     Args:
         batch_size: Images per step and process (each yields ``n_views`` views).
@@ -214,8 +219,12 @@ class PretrainDataModule(L.LightningDataModule):
             )
         )
 
+    def device_views(self) -> list[BatchPhotometric]:
+        """The device half of every view (photometric ops and normalisation)."""
+        return [BatchPhotometric(c) for c in self.view_augments or [self.augment] * self.n_views]
+
     def train_dataset(self) -> Dataset:
-        """Training set with multi-view augmentation."""
+        """Training set with multi-view augmentation (the per-sample half)."""
         views = MultiViewTransform(
             self.view_augments or self.augment, self.n_views, index_maps=self.index_maps
         )

@@ -44,8 +44,7 @@ from datamodules.datasets.medical import (
     pattern_subjects,
 )
 from datamodules.datasets.synthetic_volumes import SyntheticVolumes
-from datamodules.segmentation import SegmentationDataModule, joint_train_transform
-from datamodules.transforms import ImageMaskTransform
+from datamodules.segmentation import SegmentationDataModule
 from datamodules.volumes import SliceDataset, VolumeDataset, VolumeStore, foreground_weighted_index
 
 __all__ = [
@@ -204,10 +203,7 @@ class MedicalDataModule(SegmentationDataModule):
             else foreground_weighted_index(slices, self.foreground_share, self.seed)
         )
         data = SliceDataset(self.store, names, index, self.context, self.channels)
-        transform = joint_train_transform(
-            self.crop_size, self.resize_range, self.hflip_prob, self.mean, self.std
-        )
-        return TransformedDataset(data, ImageMaskTransform(transform))
+        return TransformedDataset(data, self.train_transform())
 
     def val_dataset(self) -> Dataset:
         """Whole validation volumes (fine-tuning) or their slices (pretraining callbacks)."""

@@ -124,3 +124,20 @@ class MultiDomainDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:  # noqa: D102
         return self.val_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Training batches: each domain's device half (normalisation) on its samples."""
+        if not (isinstance(batch, dict) and "photometric" in batch):
+            return batch
+        params = {k: v for k, v in batch.pop("photometric").items() if k != "plan"}
+        images, domain = batch["image"], batch["domain"]
+        out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
+        for k in self.train_domains:
+            index = (domain == k).nonzero().flatten()
+            if index.numel():
+                sub = {name: v.index_select(0, index) for name, v in params.items()}
+                part = self.domains[k].on_after_batch_transfer(
+                    {"image": images.index_select(0, index), "photometric": sub})
+                out[index] = part["image"]
+        batch["image"] = out
+        return batch

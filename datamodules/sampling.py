@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datamodules.batch_augment import collate_plans
+
 __all__ = [
     "SampleKey",
     "SeededSampler",
@@ -180,4 +182,5 @@ def train_loader(
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_plans,
     )

@@ -30,6 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.base import TransformedDataset
+from datamodules.batch_augment import BatchPhotometric, DeviceAugmentHooks
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.io import DataFormatError
 from datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
@@ -39,6 +40,7 @@ from datamodules.transforms import (
     MultiViewTransform,
     ScaleByDtype,
     ViewAugmentation,
+    no_photometric,
 )
 
 IGNORE_INDEX = 255
@@ -48,17 +50,16 @@ def joint_train_transform(
     crop_size: int,
     resize_range: tuple[int, int] | None,
     hflip_prob: float,
-    mean: Sequence[float],
-    std: Sequence[float],
 ) -> v2.Compose:
-    """Random shorter-side resize, crop (padding masks with the ignore index), flip, normalise.
+    """Random shorter-side resize, crop (padding masks with the ignore index), flip.
+
+    The per-sample half of the fine-tuning pipeline, in the image's dtype; the scaling and
+    normalisation run on the device (:class:`~datamodules.batch_augment.BatchPhotometric`).
 
     Args:
         crop_size: Square crop size.
         resize_range: Range of the shorter side before cropping, or ``None`` for none.
         hflip_prob: Horizontal flip probability.
-        mean: Normalisation mean.
-        std: Normalisation std.
 
     Returns:
         A transform over ``{"image": Image, "mask": Mask}`` dicts.
@@ -72,8 +73,6 @@ def joint_train_transform(
             crop_size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
         ),
         v2.RandomHorizontalFlip(hflip_prob),
-        ScaleByDtype(),
-        v2.Normalize(list(mean), list(std)),
     ]
     return v2.Compose(steps)
 
@@ -98,8 +97,12 @@ class _NoImageLabel:
         return {**self.transform(sample), "label": -1}
 
 
-class SegmentationDataModule(L.LightningDataModule):
+class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
     """Labeled (fraction) training, full validation and an unlabeled multi-view split.
+
+    Training samples are cropped and flipped in the workers in the images' dtype; their
+    photometric ops (pretraining views) and normalisation run batched on the device
+    (:mod:`datamodules.batch_augment`, ``on_after_batch_transfer``).
 
     Args:
         batch_size: Images per step and process.
@@ -272,15 +275,29 @@ class SegmentationDataModule(L.LightningDataModule):
                 f"training split (e.g. {overlap[:3]}): the training list leaks validation data"
             )
 
+    def device_views(self) -> list[BatchPhotometric]:
+        """The device half: the pretraining views' photometrics, or fine-tuning normalisation."""
+        views = self.pretrain_views
+        if views is None:
+            return [BatchPhotometric(self.train_photometric())]
+        cfgs = list(views) if isinstance(views, list) else [views] * self.n_views
+        return [BatchPhotometric(c) for c in cfgs]
+
+    def train_photometric(self) -> ViewAugmentation:
+        """Photometric configuration of fine-tuning samples: none, only the normalisation."""
+        return no_photometric(self.crop_size, self.mean, self.std)
+
+    def train_transform(self) -> ImageMaskTransform:
+        """The per-sample half of fine-tuning: joint resize, crop, flip; parameters drawn."""
+        transform = joint_train_transform(self.crop_size, self.resize_range, self.hflip_prob)
+        return ImageMaskTransform(transform, self.train_photometric())
+
     def train_dataset(self) -> Dataset:
         """Labeled training subset with joint augmentation."""
-        transform = joint_train_transform(
-            self.crop_size, self.resize_range, self.hflip_prob, self.mean, self.std
-        )
         names = self.labeled_names()
         if not names:
             raise ValueError(f"{self.name}: the labeled training subset is empty (no image found)")
-        return TransformedDataset(self.build("train", names), ImageMaskTransform(transform))
+        return TransformedDataset(self.build("train", names), self.train_transform())
 
     def eval_dataset(self, split: str = "val") -> Dataset:
         """Normalised ``train`` or ``val`` images with ``label = -1`` (for callbacks)."""

@@ -126,128 +126,127 @@ class ViewAugmentation:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std}")
 
 
-class _GammaNoise(v2.Transform):
-    """Random gamma (with probability ``p``) and additive Gaussian noise on float images."""
+class RandomRot90(v2.Transform):
+    """Rotation by 90, 180 or 270 degrees (uniform) with probability ``p``, exact on every entry.
 
-    _transformed_types = (tv_tensors.Image,)
+    ``torch.rot90`` on the image, masks and index maps alike (views are square crops).
+    """
 
-    def __init__(self, gamma: tuple[float, float] | None, p: float, noise_std: float) -> None:
+    def __init__(self, p: float) -> None:
         super().__init__()
-        self.gamma, self.p, self.noise_std = gamma, p, noise_std
+        self.p = p
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # noqa: D102
-        g = None
-        if self.gamma is not None and bool(torch.rand(()) < self.p):
-            lo, hi = self.gamma
-            g = float(lo + (hi - lo) * torch.rand(()))
-        return {"gamma": g}
+        if self.p == 0 or not bool(torch.rand(()) < self.p):
+            return {"k": 0}
+        return {"k": int(torch.randint(1, 4, ()))}
 
-    _get_params = make_params
+    _get_params = make_params  # the hook's name before torchvision 0.21
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
-        x = inpt.as_subclass(Tensor)
-        if params["gamma"] is not None:
-            x = x.clamp(0, 1) ** params["gamma"]
-        if self.noise_std > 0:
-            x = x + torch.randn_like(x) * self.noise_std
-        return tv_tensors.wrap(x, like=inpt)
+        if params["k"] == 0 or not isinstance(inpt, tv_tensors.Image | tv_tensors.Mask):
+            return inpt
+        return tv_tensors.wrap(torch.rot90(inpt.as_subclass(Tensor), params["k"], (-2, -1)),
+                               like=inpt)  # fmt: skip
 
     _transform = transform
 
 
-def build_view_transform(cfg: ViewAugmentation) -> v2.Compose:
-    """Compose the v2 pipeline for one view.
-
-    Photometric steps for 3-channel RGB: colour jitter, grey, solarise.  Other channel
-    counts (4-band RGB-IR, 1-channel medical) get :class:`MultiBandPhotometric` instead,
-    as GLCNet's official 4-band recipe: the RGB jitter on the first three bands (if any),
-    per-band brightness / contrast and sparse pixel noise (``jitter_prob``), and grey
-    (``grayscale_prob``) as one random band copied into all bands.  Blur applies to all.
+def build_geometric_transform(cfg: ViewAugmentation) -> v2.Compose:
+    """The per-sample, geometric part of one view: crop, flips, rot90, in the source dtype.
 
     Args:
         cfg: View parameters.
 
     Returns:
-        A transform accepting an image (and optionally masks) as ``tv_tensors``.
+        A transform over ``{"image": Image, "mask": Mask, "index": Mask}`` dicts (any subset).
     """
-    kernel = max(3, int(0.1 * cfg.size) // 2 * 2 + 1)
-    steps: list[Callable[..., Any]] = [
+    return v2.Compose([
         v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio)),
         v2.RandomHorizontalFlip(cfg.hflip_prob),
         v2.RandomVerticalFlip(cfg.vflip_prob),
-        v2.RandomApply(
-            [v2.RandomChoice([v2.RandomRotation((a, a)) for a in (90, 180, 270)])],
-            p=cfg.rot90_prob,
-        ),
-        _RGBOnly(
-            v2.RandomApply(
-                [v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)],
-                p=cfg.jitter_prob,
-            )
-        ),
-        _RGBOnly(v2.RandomGrayscale(cfg.grayscale_prob)),
-        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=cfg.blur_prob),
-        _RGBOnly(v2.RandomSolarize(threshold=128, p=cfg.solarize_prob)),
-        MultiBandPhotometric(cfg),
-        ScaleByDtype(),
-    ]
-    if cfg.gamma is not None or cfg.noise_std > 0:
-        steps.append(_GammaNoise(cfg.gamma, cfg.jitter_prob, cfg.noise_std))
-    steps.append(v2.Normalize(list(cfg.mean), list(cfg.std)))
-    return v2.Compose(steps)
+        RandomRot90(cfg.rot90_prob),
+    ])  # fmt: skip
 
 
-class MultiBandPhotometric(v2.Transform):
-    """Photometric augmentation of non-RGB images (see :func:`build_view_transform`).
+def _chance(p: float) -> bool:
+    """One Bernoulli draw from torch's RNG (none when ``p`` is 0)."""
+    return p > 0 and bool(torch.rand(()) < p)
 
-    Works in ``[0, 1]`` units on ``uint8`` / ``uint16`` images and returns the same dtype;
-    3-channel images pass through (their jitter ran earlier), and so do signed-integer and
-    float images (CT in Hounsfield units has no ``[0, 1]`` range to blend in).  Facts from
-    GLCNet's official ``color_aug`` / ``random_image_to_gray`` (G-RSIM
-    ``utils/data_for_self_GLCNet.py``).
+
+def _uniform(lo: float, hi: float) -> float:
+    return float(torch.empty(1).uniform_(lo, hi))
+
+
+def draw_photometric(cfg: ViewAugmentation, image: Tensor) -> dict[str, Tensor]:
+    """Draw one sample's photometric parameters (applied on the device, batched).
+
+    The distributions are those of the v2 recipe this replaces: jitter with ``jitter_prob``
+    in a random order (``randperm(4)``) with factors ``U(max(0, 1 - s), 1 + s)`` and hue
+    ``U(-h, h)`` (an op of strength 0 is not drawn), grey with ``grayscale_prob``, blur with
+    ``blur_prob`` and ``sigma ~ U(0.1, 2)``, solarise with ``solarize_prob``; 3-channel images
+    get the RGB ops, other ``uint8`` / ``uint16`` images GLCNet's multi-band ones (per-band
+    brightness / contrast ``1 + U(-1, 1) * strength``, grey as one random band copied); a
+    gamma ``U(gamma)`` with ``jitter_prob``; a seed for the random pixels (sparse pixel
+    noise, Gaussian noise).  Every entry is always present (the batch collates), off when not
+    drawn.
+
+    Args:
+        cfg: The view's parameters.
+        image: The view after the geometric part (channels and dtype choose the ops).
+
+    Returns:
+        A dict of tensors (see :class:`datamodules.batch_augment.BatchPhotometric`).
     """
+    channels = image.shape[-3]
+    rgb = channels == 3
+    bands = not rgb and image.dtype in (torch.uint8, torch.uint16)
+    p: dict[str, Any] = {"jitter": False, "order": torch.arange(4), "brightness": 1.0,
+                         "contrast": 1.0, "saturation": 1.0, "hue": 0.0, "grey": False,
+                         "grey_band": 0, "blur": False, "sigma": 1.0, "solarize": False,
+                         "band_brightness": torch.ones(channels),
+                         "band_contrast": torch.ones(channels), "gamma_on": False,
+                         "gamma": 1.0, "seed": 0}  # fmt: skip
+    if (rgb or bands) and _chance(cfg.jitter_prob):
+        p["jitter"], p["order"] = True, torch.randperm(4)
+        for name in ("brightness", "contrast", "saturation"):
+            s = getattr(cfg, name)
+            if s > 0:
+                p[name] = _uniform(max(0.0, 1 - s), 1 + s)
+        if cfg.hue > 0:
+            p["hue"] = _uniform(-cfg.hue, cfg.hue)
+        if bands:
+            p["band_brightness"] = 1 + (2 * torch.rand(channels) - 1) * cfg.band_brightness
+            p["band_contrast"] = 1 + (2 * torch.rand(channels) - 1) * cfg.band_contrast
+    if (rgb or bands) and _chance(cfg.grayscale_prob):
+        p["grey"] = True
+        if bands:
+            p["grey_band"] = int(torch.randint(channels, ()))
+    if _chance(cfg.blur_prob):
+        p["blur"], p["sigma"] = True, _uniform(0.1, 2.0)
+    if rgb and _chance(cfg.solarize_prob):
+        p["solarize"] = True
+    if cfg.gamma is not None and _chance(cfg.jitter_prob):
+        p["gamma_on"], p["gamma"] = True, _uniform(*cfg.gamma)
+    if cfg.noise_std > 0 or (bands and p["jitter"] and cfg.pixel_noise_prob > 0):
+        p["seed"] = int(torch.randint(0, 2**62, ()))
+    out: dict[str, Tensor] = {}
+    for key, value in p.items():
+        if isinstance(value, Tensor):
+            out[key] = value.to(torch.float32 if value.is_floating_point() else torch.int64)
+        elif isinstance(value, bool):
+            out[key] = torch.tensor(value)
+        elif isinstance(value, int):
+            out[key] = torch.tensor(value, dtype=torch.int64)
+        else:
+            out[key] = torch.tensor(value, dtype=torch.float32)
+    return out
 
-    _transformed_types = (tv_tensors.Image,)
 
-    def __init__(self, cfg: ViewAugmentation) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.rgb_jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
-
-    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:  # noqa: D102
-        return {
-            "jitter": bool(torch.rand(()) < self.cfg.jitter_prob),
-            "grey": bool(torch.rand(()) < self.cfg.grayscale_prob),
-        }
-
-    _get_params = make_params  # the hook's name before torchvision 0.21
-
-    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
-        image = inpt.as_subclass(Tensor)
-        bands, dtype = image.shape[-3], image.dtype
-        if bands == 3 or dtype not in (torch.uint8, torch.uint16):
-            return inpt
-        if not (params["jitter"] or params["grey"]):
-            return inpt
-        cfg, out = self.cfg, ScaleByDtype.scale(image)
-        if params["jitter"]:
-            if bands > 3:
-                out[..., :3, :, :] = self.rgb_jitter(out[..., :3, :, :].clamp(0, 1))
-            shape = (*out.shape[:-2], 1, 1)
-            f = 1 + (2 * torch.rand(shape) - 1) * cfg.band_brightness
-            out = torch.where(f > 1, out + (1 - out) * (f - 1), out * f)
-            f = 1 + (2 * torch.rand(shape) - 1) * cfg.band_contrast
-            out = (out * f).clamp(0, 1)
-            if cfg.pixel_noise_prob > 0:
-                hit = torch.rand(out.shape[-2:]) < cfg.pixel_noise_prob
-                out = torch.where(hit, torch.rand(out.shape), out)
-        if params["grey"]:
-            band = int(torch.randint(bands, ()))
-            out = out[..., band : band + 1, :, :].expand_as(out).clone()
-        top = 255 if dtype == torch.uint8 else 65535
-        return tv_tensors.wrap(out.mul(top).round_().to(dtype), like=inpt)
-
-    _transform = transform
+def no_photometric(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
+    """A view configuration without photometric ops: only scale and normalise on the device."""
+    return ViewAugmentation(size=size, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                            mean=list(mean), std=list(std))  # fmt: skip
 
 
 def build_eval_transform(
@@ -278,34 +277,6 @@ def build_eval_transform(
     )
 
 
-class _RGBOnly(torch.nn.Module):
-    """Apply a photometric transform only to 3-channel images (identity otherwise)."""
-
-    def __init__(self, transform: Callable[..., Any]) -> None:
-        super().__init__()
-        self.transform = transform
-
-    def forward(self, *inputs: Any) -> Any:  # noqa: D102
-        sample = inputs if len(inputs) > 1 else inputs[0]
-        image = _find_image(sample)
-        if image is not None and image.shape[-3] != 3:
-            return sample
-        return self.transform(sample)
-
-
-def _find_image(sample: Any) -> Tensor | None:
-    if isinstance(sample, tv_tensors.Image):
-        return sample
-    if isinstance(sample, dict):
-        sample = list(sample.values())
-    if isinstance(sample, list | tuple):
-        for item in sample:
-            found = _find_image(item)
-            if found is not None:
-                return found
-    return None
-
-
 def pixel_index_map(height: int, width: int) -> tv_tensors.Mask:
     """Map whose pixel ``(y, x)`` holds ``y * width + x`` (int64), for correspondences."""
     return tv_tensors.Mask(torch.arange(height * width, dtype=torch.int64).view(height, width))
@@ -314,11 +285,13 @@ def pixel_index_map(height: int, width: int) -> tv_tensors.Mask:
 class MultiViewTransform:
     """Turn a raw sample into ``n`` independently augmented views.
 
-    Input samples are dicts with ``image`` (uint8 ``tv_tensors.Image``), ``label``
-    and optionally ``mask`` (``tv_tensors.Mask``).  The output holds ``views`` (list
-    of float tensors) and ``label``; with masks, ``masks``; with
-    ``index_maps=True``, ``index_maps`` (each view's source-pixel indices) and
-    ``source_size`` (``(H, W)`` of the source image, to decode the indices).
+    Input samples are dicts with ``image`` (``tv_tensors.Image``, uint8 for 8-bit data),
+    ``label`` and optionally ``mask`` (``tv_tensors.Mask``).  The output holds ``views``
+    (list of the views after the geometric part, in the image's dtype), ``photometric``
+    (each view's drawn parameters, applied on the device by
+    :class:`~datamodules.batch_augment.BatchPhotometric`) and ``label``; with masks,
+    ``masks``; with ``index_maps=True``, ``index_maps`` (each view's source-pixel indices)
+    and ``source_size`` (``(H, W)`` of the source image, to decode the indices).
 
     Args:
         views: One :class:`ViewAugmentation` per view (asymmetric recipes), or a
@@ -336,7 +309,8 @@ class MultiViewTransform:
         cfgs = [views] * n_views if isinstance(views, ViewAugmentation) else list(views)
         if len(cfgs) < 1:
             raise ValueError("MultiViewTransform needs at least one view")
-        self.transforms = [build_view_transform(c) for c in cfgs]
+        self.cfgs = cfgs
+        self.transforms = [build_geometric_transform(c) for c in cfgs]
         self.index_maps = index_maps
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
@@ -344,13 +318,15 @@ class MultiViewTransform:
         extras: dict[str, tv_tensors.Mask] = {}
         if "mask" in sample:
             extras["mask"] = sample["mask"]
-        out: dict[str, Any] = {"label": sample.get("label", -1), "views": []}
+        out: dict[str, Any] = {"label": sample.get("label", -1), "views": [], "photometric": []}
         if self.index_maps:
             extras["index"] = pixel_index_map(*image.shape[-2:])
             out["source_size"] = torch.tensor(image.shape[-2:], dtype=torch.int64)
-        for t in self.transforms:
+        for cfg, t in zip(self.cfgs, self.transforms):
             res = t({"image": image, **extras})
-            out["views"].append(res["image"].as_subclass(Tensor))
+            view = res["image"].as_subclass(Tensor)
+            out["views"].append(view)
+            out["photometric"].append(draw_photometric(cfg, view))
             for key, name in (("mask", "masks"), ("index", "index_maps")):
                 if key in res:
                     out.setdefault(name, []).append(res[key].as_subclass(Tensor))
@@ -358,10 +334,19 @@ class MultiViewTransform:
 
 
 class ImageMaskTransform:
-    """Apply a transform jointly to the ``image`` (and ``mask``) of a raw sample."""
+    """Apply a transform jointly to the ``image`` (and ``mask``) of a raw sample.
 
-    def __init__(self, transform: Callable[..., Any]) -> None:
-        self.transform = transform
+    Args:
+        transform: The joint transform.
+        photometric: Training samples: the photometric configuration whose parameters are
+            drawn after ``transform`` (the sample's ``photometric`` entry, applied on the
+            device with the dtype scaling and normalisation); ``None``: the transform is
+            complete (evaluation).
+    """
+
+    def __init__(self, transform: Callable[..., Any],
+                 photometric: ViewAugmentation | None = None) -> None:  # fmt: skip
+        self.transform, self.photometric = transform, photometric
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
         keys = [k for k in ("image", "mask") if k in sample]
@@ -369,4 +354,6 @@ class ImageMaskTransform:
         out = dict(sample)
         for k in keys:
             out[k] = res[k].as_subclass(Tensor)
+        if self.photometric is not None:
+            out["photometric"] = draw_photometric(self.photometric, out["image"])
         return out

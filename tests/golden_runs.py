@@ -16,6 +16,10 @@ and one pass per view, Hu et al. the official head and recipe, U-Nets a 64-chann
 Issue 12 re-recorded ``attention_quickstart`` only: its SupCon loss now runs the fused,
 mask-free path (same value to float rounding: steps 0-5 agree to 5e-7, the drift grows to
 1.8e-4 by step 18 through training), the other five are unchanged.
+Issue 22 re-recorded the five pretraining runs: their views' photometric ops moved to the
+device half (:mod:`datamodules.batch_augment`, float throughout instead of uint8 rounding
+between v2 ops, parameters drawn in a new order from the same per-sample streams);
+``finetune_quickstart`` is bitwise unchanged (only its scaling and normalisation moved).
 The runs are seeded, on CPU, single-threaded (so the result does not depend on the core
 count), with in-process data loading and no validation.
 """

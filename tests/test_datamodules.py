@@ -43,9 +43,9 @@ def test_index_maps_follow_geometry() -> None:
     cfg = ViewAugmentation(size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=1.0,
                            **PLAIN)  # fmt: skip
     out = MultiViewTransform(cfg, n_views=2, index_maps=True)(src)
-    flat = src["image"].float().div(255).flatten(1)
+    flat = src["image"].flatten(1)
     for view, idx, mask in zip(out["views"], out["index_maps"], out["masks"]):
-        assert torch.allclose(view, flat[:, idx], atol=1e-6)
+        assert view.dtype == torch.uint8 and torch.equal(view, flat[:, idx])  # the file's dtype
         assert torch.equal(mask, src["mask"].flatten()[idx])
         assert torch.equal(idx[0], torch.arange(23, -1, -1))  # flipped row
 
@@ -68,7 +68,9 @@ def test_synthetic_datamodule_batches() -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert len(batch["views"]) == 2 and batch["views"][0].shape == (4, 3, 16, 16)
-    assert batch["views"][0].dtype == torch.float32 and batch["label"].shape == (4,)
+    assert batch["views"][0].dtype == torch.uint8 and batch["label"].shape == (4,)
+    batch = dm.on_after_batch_transfer(batch, 0)  # the device half: photometrics, normalise
+    assert batch["views"][0].dtype == torch.float32 and "photometric" not in batch
     loader = dm.val_dataloader()  # queries only: the bank is not a validation loader
     bank = dm.knn_bank_loader()
     assert len(loader.dataset) == 8 and len(bank.dataset) == 12
@@ -130,68 +132,17 @@ def test_four_band_views_skip_rgb_only_ops() -> None:
     assert out["views"][0].shape == (4, 16, 16)
 
 
-def test_multiband_photometrics_follow_glcnets_four_band_recipe() -> None:
-    from datamodules.transforms import MultiBandPhotometric
-
-    img = tv_tensors.Image(torch.full((4, 32, 32), 128, dtype=torch.uint8))
-    jitter = MultiBandPhotometric(
-        ViewAugmentation(
-            jitter_prob=1.0,
-            grayscale_prob=0.0,
-            band_brightness=0.3,
-            band_contrast=0.0,
-            pixel_noise_prob=0.0,
-            brightness=0.0,
-            contrast=0.0,
-            saturation=0.0,
-            hue=0.0,
-        )
-    )
-    torch.manual_seed(0)
-    out = jitter(img)
-    assert out.dtype == torch.uint8
-    per_band = out.float().mean((1, 2))
-    # one brightness factor per band (constant within a band), each within 128 ± 30% blend
-    assert torch.equal(out.float().amin((1, 2)), out.float().amax((1, 2)))
-    assert len(set(per_band.tolist())) > 1
-    assert ((per_band >= 128 * 0.7 - 1) & (per_band <= 128 + 127 * 0.3 + 1)).all()
-    noise = MultiBandPhotometric(
-        ViewAugmentation(
-            jitter_prob=1.0,
-            grayscale_prob=0.0,
-            band_brightness=0.0,
-            band_contrast=0.0,
-            pixel_noise_prob=0.5,
-            brightness=0.0,
-            contrast=0.0,
-            saturation=0.0,
-            hue=0.0,
-        )
-    )
-    hit = (noise(img) != 128).any(0).float().mean()
-    assert 0.35 < float(hit) < 0.65  # about half the pixels replaced
-    grey = MultiBandPhotometric(ViewAugmentation(jitter_prob=0.0, grayscale_prob=1.0))
-    src = tv_tensors.Image(torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8))
-    g = grey(src)
-    assert any(torch.equal(g[0], src[b]) for b in range(4)) and (g == g[:1]).all()
-    # RGB and Hounsfield-unit images pass through unchanged
-    rgb = tv_tensors.Image(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8))
-    assert torch.equal(jitter(rgb), rgb)
-    ct = tv_tensors.Image(torch.randint(-1000, 1000, (1, 8, 8), dtype=torch.int16))
-    assert torch.equal(jitter(ct), ct)
-
-
 def test_rot90_and_vflip_keep_correspondences() -> None:
     src = SyntheticScenes(1, 24, 4)[0]
     cfg = ViewAugmentation(size=24, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.0,
                            vflip_prob=0.5, rot90_prob=1.0, **PLAIN)  # fmt: skip
-    flat = src["image"].float().div(255).flatten(1)
+    flat = src["image"].flatten(1)
     rotated = 0
     for seed in range(6):
         torch.manual_seed(seed)
         out = MultiViewTransform(cfg, n_views=1, index_maps=True)(src)
         view, idx = out["views"][0], out["index_maps"][0]
-        assert torch.allclose(view, flat[:, idx], atol=1e-6)  # exact, no interpolation
+        assert torch.equal(view, flat[:, idx])  # exact, no interpolation
         assert torch.equal(out["masks"][0], src["mask"].flatten()[idx])
         assert sorted(idx.flatten().tolist()) == list(range(24 * 24))  # a permutation
         rotated += not torch.equal(idx, torch.arange(24 * 24).view(24, 24))
@@ -215,6 +166,14 @@ def test_asymmetric_views_from_cli(tmp_path, monkeypatch) -> None:
     assert [v.shape[-1] for v in sample["views"]] == [16, 16]
 
 
+def _full_view(cfg: ViewAugmentation, image: tv_tensors.Image) -> torch.Tensor:
+    """One view through both halves: per-sample transform, then the device half."""
+    from datamodules.batch_augment import BatchPhotometric, apply_photometric, collate_plans
+
+    batch = collate_plans([MultiViewTransform(cfg, n_views=1)({"image": image, "label": 0})])
+    return apply_photometric(batch, [BatchPhotometric(cfg)])["views"][0][0]
+
+
 def test_gamma_and_noise_views_hu_stage_two() -> None:
     """Intensity-only views: gamma x**g with g in the range, additive noise of the given std."""
     img = tv_tensors.Image(torch.full((3, 64, 64), 64, dtype=torch.uint8))
@@ -222,11 +181,9 @@ def test_gamma_and_noise_views_hu_stage_two() -> None:
                 grayscale_prob=0.0, blur_prob=0.0, brightness=0.0, contrast=0.0,
                 saturation=0.0, hue=0.0, mean=[0.0] * 3, std=[1.0] * 3)  # fmt: skip
     torch.manual_seed(0)
-    out = MultiViewTransform(ViewAugmentation(jitter_prob=1.0, gamma=(2.0, 2.0), **base))(
-        {"image": img, "label": 0})["views"][0]
+    out = _full_view(ViewAugmentation(jitter_prob=1.0, gamma=(2.0, 2.0), **base), img)
     assert torch.allclose(out, torch.full_like(out, (64 / 255) ** 2), atol=1e-6)
-    noisy = MultiViewTransform(ViewAugmentation(jitter_prob=0.0, noise_std=0.1, **base))(
-        {"image": img, "label": 0})["views"][0]
+    noisy = _full_view(ViewAugmentation(jitter_prob=0.0, noise_std=0.1, **base), img)
     assert abs(float((noisy - 64 / 255).std()) - 0.1) < 0.01
     with pytest.raises(ValueError, match="gamma"):
         ViewAugmentation(gamma=(1.5, 0.5))

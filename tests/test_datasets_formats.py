@@ -588,6 +588,27 @@ def test_read_image_rgb(tmp_path: Path) -> None:
         read_image_rgb(tmp_path / "missing.png")
 
 
+def test_read_image_rgb_decodes_jpeg_like_pil(tmp_path: Path) -> None:
+    """JPEGs take torchvision's decoder: PIL's pixels; grey JPEGs become RGB; damage is named."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:40, 0:56]
+    arr = np.stack([x * 4, y * 6, (x + y) * 2], -1) + rng.integers(0, 20, (40, 56, 3))
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(tmp_path / "a.jpg", quality=90)
+    Image.fromarray(arr[..., 0].clip(0, 255).astype(np.uint8)).save(tmp_path / "g.jpeg")
+    for name in ("a.jpg", "g.jpeg"):
+        with Image.open(tmp_path / name) as img:
+            ref = torch.from_numpy(np.asarray(img.convert("RGB")).copy()).permute(2, 0, 1)
+        out = read_image_rgb(tmp_path / name)
+        assert out.shape == ref.shape and out.dtype == torch.uint8
+        assert (out.int() - ref.int()).abs().max() <= 1, name  # same libjpeg-turbo decode
+    data = (tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataFormatError, match=r"cut\.jpg"):
+        read_image_rgb(tmp_path / "cut.jpg")
+    _save(tmp_path / "really_png.jpg", np.zeros((2, 3, 3), np.uint8), format="PNG")
+    assert read_image_rgb(tmp_path / "really_png.jpg").shape == (3, 2, 3)  # by content
+
+
 def test_require_helpers(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     assert require_file(tmp_path / "f", "thing") == tmp_path / "f"

@@ -51,7 +51,7 @@ def _datamodule(tmp_path: Path, **kwargs: Any) -> SyntheticSegmentationDataModul
 def batch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     dm = _datamodule(tmp_path_factory.mktemp("dm"))
     dm.setup("fit")
-    return next(iter(dm.train_dataloader()))
+    return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())))
 
 
 def test_labeled_pretraining_subset(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def _datamodule(**kwargs: Any) -> SyntheticSegmentationDataModule:
 def batch() -> dict[str, Any]:
     dm = _datamodule()
     dm.setup("fit")
-    return next(iter(dm.train_dataloader()))
+    return dm.on_after_batch_transfer(next(iter(dm.train_dataloader())))
 
 
 def _model(**kwargs: Any) -> GLCNet:

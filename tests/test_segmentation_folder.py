@@ -56,7 +56,7 @@ def test_json_table_and_multiband_uint16_tiff(tmp_path: Path) -> None:
     assert dm.in_channels == 4 and dm.num_classes == 2 and dm.mean == [0.5] * 4
     raw = dm.build("train")[0]
     assert raw["image"].dtype == torch.uint16 and raw["image"].shape == (4, 16, 16)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())))
     expected = (torch.from_numpy(image.astype(np.float32) / 65535).permute(2, 0, 1) - 0.5) / 0.25
     flipped = expected.flip(-1)
     assert torch.allclose(batch["image"][0], expected, atol=1e-5) or torch.allclose(
