@@ -10,6 +10,9 @@ Four implementations of the SimCLR NT-Xent loss of ``2B`` stacked embeddings
 * ``naive``: the textbook formula written here in plain PyTorch (normalise, full
   ``2B x 2B`` similarity, ``exp``, diagonal removed by multiplying with a mask,
   row sums, ``-log(pos / denominator)``; no log-sum-exp);
+* ``plain_ce``: the plain autograd formulation: normalise, full ``2B x 2B`` similarity
+  with the diagonal masked to ``-inf`` (mask built once, outside the timing),
+  ``F.cross_entropy`` against the positive's column;
 * ``lightly``: ``lightly.loss.NTXentLoss`` if the package is importable.
 
 With ``--loss supcon`` the loss is supervised contrast (Khosla et al. 2020, L_out) over
@@ -73,7 +76,7 @@ from torch import Tensor
 
 from lightning_modules.losses import contrastive_loss, instance_labels, nt_xent_loss
 
-METHODS = ("fused", "generic", "naive", "lightly")
+METHODS = ("fused", "generic", "naive", "plain_ce", "lightly")
 SUPCON_METHODS = ("fused", "generic", "naive", "pml")
 LossFn = Callable[[Tensor], Tensor]
 
@@ -151,6 +154,17 @@ def _make_loss(method: str, batch_size: int, args: argparse.Namespace,
         return lambda z: contrastive_loss(z, labels, z, labels, rows, tau)
     if method == "naive":
         return lambda z: naive_supcon(z, labels, tau)
+    if method == "plain_ce":
+        n = 2 * batch_size
+        diagonal = torch.eye(n, dtype=torch.bool, device=device)
+        target = (rows + batch_size) % n
+
+        def plain_ce(z: Tensor) -> Tensor:
+            zn = torch.nn.functional.normalize(z, dim=1)
+            logits = (zn @ zn.T / tau).masked_fill(diagonal, float("-inf"))
+            return torch.nn.functional.cross_entropy(logits, target)
+
+        return plain_ce
     if method == "lightly":
         from lightly.loss import NTXentLoss
 
@@ -360,11 +374,13 @@ def main() -> None:
     print("\n".join(_check(args, methods, peer)) + "\n")
 
     print(f"Speed and peak memory ({args.device}):\n")
-    print(
-        f"| B | ours fused ms | ours generic ms | naive ms | {peer_name} ms | speed-up vs "
-        f"{peer_name} | fused peak MB | generic peak MB | naive peak MB | {peer_name} peak MB |"
-    )
-    print("|" + "---|" * 10)
+    names = {"fused": "ours fused", "generic": "ours generic"}
+    ratio = "plain_ce" in all_methods
+    header = (["B"] + [f"{names.get(m, m)} ms" for m in all_methods]
+              + [f"speed-up vs {peer_name}"] + (["speed-up vs plain_ce"] if ratio else [])
+              + [f"{names.get(m, m)} peak MB" for m in all_methods])  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for b in args.batch_sizes:
         r: dict[str, dict[str, float] | None] = {m: None for m in all_methods}
         for method in methods:
@@ -373,6 +389,8 @@ def main() -> None:
         mb = {m: None if v is None else v["peak_mb"] for m, v in r.items()}
         speedup = "n/a" if ms[peer_name] is None else f"{ms[peer_name] / ms['fused']:.2f}x"
         cells = [str(b)] + [_fmt(ms[m], ".2f") for m in all_methods] + [speedup]
+        if ratio:
+            cells.append(f"{ms['plain_ce'] / ms['fused']:.2f}x")  # type: ignore[operator]
         cells += [_fmt(mb[m], ".1f") for m in all_methods]
         print("| " + " | ".join(cells) + " |", flush=True)
     print(f"\ntotal runtime: {time.perf_counter() - start:.1f} s")

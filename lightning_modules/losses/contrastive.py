@@ -144,8 +144,10 @@ class _PairedLogSoftmaxNLL(torch.autograd.Function):
     """Fused ``mean_i [logsumexp_j s_ij - s_i,pos(i)]`` with ``s = a c^T / tau``.
 
     Saves only the softmax matrix and computes the gradients analytically
-    (``dS = (P - onehot) / n``), which needs a handful of passes over the
-    ``n x m`` matrix instead of the dozen an autograd graph of masks takes.
+    (``dS = (P - onehot) / n``): the forward is one matrix product, one fused
+    ``log_softmax`` and an in-place ``exp`` (the softmax kept for backward), the
+    backward two matrix products, instead of the dozen passes over the ``n x m``
+    matrix that an autograd graph of masks (or a cross-entropy over it) takes.
     """
 
     @staticmethod
@@ -162,14 +164,18 @@ class _PairedLogSoftmaxNLL(torch.autograd.Function):
         rows = torch.arange(a.shape[0], device=a.device)
         symmetric = c is None
         s = (a / tau) @ (a if symmetric else c).T
-        pos_logit = s[rows, pos_index]
         if self_index is not None:
             s[rows, self_index] = float("-inf")
-        if decoupled:
+        if decoupled:  # the positive leaves the denominator: lse over the rest
+            pos_logit = s[rows, pos_index]
             s[rows, pos_index] = float("-inf")
-        lse = torch.logsumexp(s, dim=1)
-        loss = (lse - pos_logit).sum() / count
-        s.sub_(lse[:, None]).exp_()  # s is now the softmax P over the allowed columns
+            lse = torch.logsumexp(s, dim=1)
+            loss = (lse - pos_logit).sum() / count
+            s.sub_(lse[:, None]).exp_()  # s is now the softmax P over the allowed columns
+        else:  # one fused log-softmax pass, then P in place (measured: benchmarks/losses.py)
+            s = torch.log_softmax(s, dim=1)
+            loss = -s[rows, pos_index].sum() / count
+            s.exp_()
         ctx.save_for_backward(a, c, pos_index, s)
         ctx.scale = 1.0 / (tau * count)
         ctx.symmetric = symmetric
@@ -183,7 +189,8 @@ class _PairedLogSoftmaxNLL(torch.autograd.Function):
         scale = grad * ctx.scale
         grad_a = grad_c = None
         if ctx.symmetric:  # s = a a^T: dL/da = (P + P^T) a - onehot a - onehot^T a
-            grad_a = (p + p.T) @ a - a[pos_index]
+            # two products instead of materialising P + P^T (a strided n x n pass)
+            grad_a = torch.mm(p, a).addmm_(p.T, a).sub_(a[pos_index])
             grad_a.index_add_(0, pos_index, a, alpha=-1.0)
             return grad_a * scale, None, None, None, None, None, None
         if ctx.needs_input_grad[0]:
