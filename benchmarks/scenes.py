@@ -8,8 +8,12 @@ step of a DeepLabV3+ (ResNet-18, smp ``tu-resnet18``, 7 classes) at the same siz
 forward, cross-entropy, backward, AdamW.  Rounds are interleaved (generator, step, generator,
 ...) so machine load hits both alike; the median of ``--rounds`` is reported.  The generator
 does not bottleneck training while its scenes/s (one process) exceed the step's samples/s.
+With ``--device cuda`` the batched render runs on the GPU (``render(indices, device)``:
+random numbers drawn on the CPU, pixels on the device, as ``render_on_device`` training
+does) and the training step too.
 
     .venv/bin/python benchmarks/scenes.py --sizes 96 128 --batch 16 --rounds 3
+    .venv/bin/python benchmarks/scenes.py --device cuda --batch 256
 """
 
 from __future__ import annotations
@@ -59,19 +63,30 @@ def main(argv: list[str] | None = None) -> None:  # noqa: D103
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--device", default="cpu", help="device of the batched render and step")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
+
+    def synced(fn: Callable[..., object]) -> Callable[..., object]:
+        def run(*b: object) -> object:
+            out = fn(*b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            return out
+        return run
+
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}; batch {args.batch}; median of "
-          f"{args.rounds} interleaved rounds")  # fmt: skip
+          f"{args.rounds} interleaved rounds; batched render and step on {device}")  # fmt: skip
     print("| size | variant | scenes/s (item) | scenes/s (batched) | train step samples/s "
           "| item / step |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
-        net = build_segmentation_net("deeplabv3plus", "resnet18", 3, classes=7)
+        net = build_segmentation_net("deeplabv3plus", "resnet18", 3, classes=7).to(device)
         opt = torch.optim.AdamW(net.parameters(), 1e-3)
-        x = torch.randn(args.batch, 3, size, size)
-        y = torch.randint(0, 7, (args.batch, size, size))
+        x = torch.randn(args.batch, 3, size, size, device=device)
+        y = torch.randint(0, 7, (args.batch, size, size), device=device)
 
         step = (net, opt, x, y)
         _train_step(*step)  # warm-up
@@ -81,8 +96,8 @@ def main(argv: list[str] | None = None) -> None:  # noqa: D103
             for r in range(args.rounds):
                 indices = list(range(r * args.batch, (r + 1) * args.batch))
                 item_t.append(_seconds(_items, ds, indices))
-                step_t.append(_seconds(_train_step, *step))
-                batch_t.append(_seconds(ds.render, indices))
+                step_t.append(_seconds(synced(_train_step), *step))
+                batch_t.append(_seconds(synced(ds.render), indices, device))
             item = args.batch / statistics.median(item_t)
             batched = args.batch / statistics.median(batch_t)
             train = args.batch / statistics.median(step_t)

@@ -397,3 +397,48 @@ class DeviceAugmentHooks:
                 cached = self.__dict__["_device_views"] = self.device_views()
             return apply_photometric(batch, cached, "views" if "views" in batch else "image")
         return batch
+
+
+def draw_geometry(cfg: Any, height: int, width: int) -> dict[str, Tensor]:
+    """One view's geometric parameters for :func:`device_geometry` (drawn in a worker).
+
+    The distributions of the per-sample half (``RandomResizedCrop`` with ``crop_scale`` /
+    ``crop_ratio``, flips, rot90): the crop box comes from torchvision's own
+    ``RandomResizedCrop.make_params``.
+    """
+    from torchvision import tv_tensors
+    from torchvision.transforms import v2
+
+    crop = v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
+    box = crop.make_params([tv_tensors.Image(torch.empty(0, height, width, dtype=torch.uint8))])
+    hflip = cfg.hflip_prob > 0 and bool(torch.rand(()) < cfg.hflip_prob)
+    vflip = cfg.vflip_prob > 0 and bool(torch.rand(()) < cfg.vflip_prob)
+    k = int(torch.randint(1, 4, ())) if cfg.rot90_prob > 0 and bool(
+        torch.rand(()) < cfg.rot90_prob) else 0  # fmt: skip
+    return {"box": torch.tensor([box["left"], box["top"], box["left"] + box["width"],
+                                 box["top"] + box["height"]], dtype=torch.float32),
+            "hflip": torch.tensor(hflip), "vflip": torch.tensor(vflip),
+            "rot90": torch.tensor(k)}  # fmt: skip
+
+
+def device_geometry(images: Tensor, geometry: dict[str, Tensor], size: int) -> Tensor:
+    """Batched resized crop, flips and rot90 of ``[0, 1]`` float images on their device.
+
+    ``torchvision.ops.roi_align`` with adaptive sampling (``ceil(box / size)`` points per
+    output pixel and axis: an identity crop copies pixels exactly, a larger box averages
+    like an anti-aliased resize), then the flips and rotations as ``torch.where`` over the
+    batch.  Not bitwise the worker path's antialiased bilinear resize: views made on the
+    device are a documented variant of those made in workers.
+    """
+    from torchvision.ops import roi_align
+
+    index = torch.arange(images.shape[0], device=images.device, dtype=images.dtype)[:, None]
+    boxes = torch.cat((index, geometry["box"].to(images.dtype)), dim=1)
+    out = roi_align(images, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
+                    aligned=True)  # fmt: skip
+    out = torch.where(geometry["hflip"].view(-1, 1, 1, 1), out.flip(-1), out)
+    out = torch.where(geometry["vflip"].view(-1, 1, 1, 1), out.flip(-2), out)
+    k = geometry["rot90"].view(-1, 1, 1, 1)
+    for turns in (1, 2, 3):
+        out = torch.where(k == turns, torch.rot90(out, turns, (-2, -1)), out)
+    return out

@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import PretrainDataModule
+from datamodules.base import PretrainDataModule, TransformedDataset
+from datamodules.batch_augment import device_geometry, draw_geometry
 from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.synthetic import NamedScenes
+from datamodules.transforms import draw_photometric
 
 
 class _SceneArgs:
@@ -56,6 +59,12 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         domain: Restrict every scene to this domain.
         balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
         data_seed: Seed of the generated data.
+        render_on_device: Render the training scenes on the training device, batched, inside
+            ``on_after_batch_transfer`` (a GPU needs no CPU workers then): workers only draw
+            each scene's random numbers and each view's crop, flip and photometric
+            parameters; the views are cropped on the device (:func:`device_geometry`,
+            bilinear with adaptive sampling instead of the workers' antialiased resize) and
+            augmented there.  Validation and the kNN bank render in the workers as before.
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
@@ -75,10 +84,12 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
         balanced_val: bool = True,
         data_seed: int = 0,
         clutter_textured: bool = False,
+        render_on_device: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.num_train, self.num_val, self.num_classes = num_train, num_val, num_classes
+        self.render_on_device = render_on_device
         self._set_scene_args(
             image_size=image_size, num_classes=num_classes, min_objects=min_objects,
             max_objects=max_objects, period=period, clutter=clutter,
@@ -94,6 +105,57 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
 
     def build_datasets(self) -> tuple[TexturedScenes, TexturedScenes]:  # noqa: D102
         return self.scenes("train", self.num_train), self.scenes("val", self.num_val)
+
+    def train_dataset(self) -> Dataset:
+        """Multi-view training set; with ``render_on_device`` only draws (see the class)."""
+        if not self.render_on_device:
+            return super().train_dataset()
+        if self.attention_mask is not None or self.train_set_file is not None:
+            raise ValueError("data.render_on_device renders the scenes themselves: it cannot be "
+                             "combined with data.attention_mask or data.train_set")  # fmt: skip
+        scenes = self._raw_datasets()[0]
+        cfgs = self.view_augments or [self.augment] * self.n_views
+        return TransformedDataset(_SceneDraws(scenes), _ViewDraws(cfgs, scenes.size))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Device-rendered batches: render, crop the views; then the photometric half."""
+        if isinstance(batch, dict) and "scene" in batch:
+            scenes = self._raw_datasets()[0]
+            rendered = scenes.render_draws(batch.pop("scene"))
+            images = rendered["image"].float().div_(255)
+            size = [c.size for c in self.view_augments or [self.augment] * self.n_views]
+            batch["views"] = [device_geometry(images, g, s)
+                              for g, s in zip(batch.pop("geometry"), size)]  # fmt: skip
+            batch["label"] = rendered["label"]
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+
+class _SceneDraws(Dataset):
+    """A scene's random numbers (:meth:`TexturedScenes.draw`) instead of its pixels."""
+
+    def __init__(self, scenes: TexturedScenes) -> None:
+        self.scenes = scenes
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+        return {"scene": self.scenes.draw(index)}
+
+
+class _ViewDraws:
+    """Per view: crop / flip / rot90 and photometric parameters, from the sample's stream."""
+
+    def __init__(self, cfgs: list[Any], image_size: int) -> None:
+        self.cfgs, self.size = cfgs, image_size
+        self._rgb = torch.zeros(3, 1, 1, dtype=torch.uint8)  # the rendered scenes' format
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        geometry, photometric = [], []
+        for cfg in self.cfgs:
+            geometry.append(draw_geometry(cfg, self.size, self.size))
+            photometric.append(draw_photometric(cfg, self._rgb))
+        return {**sample, "geometry": geometry, "photometric": photometric, "label": -1}
 
 
 class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):

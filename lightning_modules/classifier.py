@@ -94,6 +94,7 @@ class ImageClassifier(EmbeddingTask):
 
     def on_fit_start(self) -> None:
         """Take the training class counts from the data module (weights and priors)."""
+        super().on_fit_start()
         datamodule = getattr(self.trainer, "datamodule", None)
         counts = getattr(datamodule, "class_counts", None)
         if callable(counts):

@@ -78,6 +78,7 @@ class HCSC(MomentumTask):
 
     def on_fit_start(self) -> None:
         """Without a prototype callback HCSC would silently train as MoCo v2: refuse."""
+        super().on_fit_start()
         if not any(getattr(cb, "updates_prototypes", False) for cb in self.trainer.callbacks):
             raise ValueError("HCSC needs the callbacks.PrototypeUpdate callback in "
                              "trainer.callbacks (it computes the prototypes)")  # fmt: skip

@@ -140,6 +140,7 @@ class SegmentationFineTune(DenseTask):
 
     def setup(self, stage: str) -> None:
         """Take class names from the datamodule when none were given."""
+        super().setup(stage)
         names = getattr(getattr(self.trainer, "datamodule", None), "classes", None)
         if self.hparams.class_names is None and names and len(names) == self.num_classes:
             self.class_names = list(names)

@@ -62,6 +62,7 @@ ADDED: list[str] = [
     r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
+    M + "(channels_last|compile)",  # issue 22: step-speed switches of the task base
 ]
 
 

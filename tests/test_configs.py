@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,10 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 REPO = Path(__file__).resolve().parents[1]
+# the smoke runs' accelerator and precision: CPU and 32-true unless set (benchmarks/gpu_check.sh
+# runs them on CUDA with bf16-mixed)
+ACCELERATOR = os.environ.get("CONTRASEG_TEST_ACCELERATOR", "cpu")
+PRECISION = os.environ.get("CONTRASEG_TEST_PRECISION", "32-true")
 
 CONFIGS = sorted((REPO / "experiments" / "configs").glob("*.yaml"))
 PRESETS = sorted((REPO / "experiments" / "configs" / "presets").glob("*.yaml"))
@@ -29,8 +34,8 @@ def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list
     cfg = compose_file(config)  # with its defaults (a config may extend another)
     args = [
         "--trainer.fast_dev_run", "2",
-        "--trainer.accelerator", "cpu",
-        "--trainer.precision", "32-true",
+        "--trainer.accelerator", ACCELERATOR,
+        "--trainer.precision", PRECISION,
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir", str(out),
         "--trainer.default_root_dir", str(out),

@@ -90,6 +90,72 @@ def test_lars_excluded_group_is_sgd_with_momentum(nesterov: bool) -> None:
     assert (w_lars.detach() - w_start).norm() < 0.2
 
 
+def _lars_loop_step(params: list[nn.Parameter], state: dict, lr: float, mom: float, wd: float,
+                    eta: float, exclude: bool, nesterov: bool) -> None:  # fmt: skip
+    """The textbook per-tensor LARS update (the reference of the ``_foreach`` one)."""
+    with torch.no_grad():
+        for p in params:
+            d_p = p.grad.add(p, alpha=wd) if wd != 0 else p.grad
+            if not exclude:
+                w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(p.grad)
+                denom = g_norm + wd * w_norm
+                trust = torch.where((w_norm > 0) & (denom > 0), eta * w_norm / denom,
+                                    torch.ones_like(w_norm))  # fmt: skip
+                d_p = d_p.mul(trust)
+            buf = state.get(p)
+            if buf is None:
+                buf = state[p] = d_p.clone()
+            else:
+                buf.mul_(mom).add_(d_p)
+            d_p = d_p.add(buf, alpha=mom) if nesterov else buf
+            p.add_(d_p, alpha=-lr)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_foreach_lars_equals_the_per_tensor_loop_bitwise(nesterov: bool) -> None:
+    torch.manual_seed(0)
+    shapes = [(8, 4, 3, 3), (8,), (16, 8), (3,)]
+    ours = [nn.Parameter(torch.randn(s)) for s in shapes]
+    ref = [nn.Parameter(p.detach().clone()) for p in ours]
+    opt = LARS([{"params": ours[:3:2]}, {"params": ours[1::2], "lars_exclude": True,
+                                         "weight_decay": 0.0}],
+               lr=0.3, momentum=0.9, weight_decay=1e-4, eta=0.02, nesterov=nesterov)  # fmt: skip
+    state: dict = {}
+    for step in range(4):
+        for a, b in zip(ours, ref):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        ours[3].grad = None if step == 1 else ours[3].grad  # a parameter without a gradient
+        ref[3].grad = None if step == 1 else ref[3].grad
+        opt.step()
+        _lars_loop_step([ref[0], ref[2]], state, 0.3, 0.9, 1e-4, 0.02, False, nesterov)
+        _lars_loop_step([p for p in (ref[1], ref[3]) if p.grad is not None], state, 0.3, 0.9,
+                        0.0, 0.02, True, nesterov)  # fmt: skip
+        for a, b in zip(ours, ref):
+            assert torch.equal(a, b), step
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam"])
+def test_fused_optimisers_equal_the_default_path(name: str) -> None:
+    """``fused=True`` (PyTorch's one-kernel update; automatic on CUDA) to float tolerance."""
+    torch.manual_seed(0)
+    a = [nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(5))]
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    groups = lambda ps: [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.0,  # noqa: E731
+                                                "lars_exclude": True}]  # fmt: skip
+    fused = build_optimizer(groups(a), name=name, lr=0.05, fused=True)
+    plain = build_optimizer(groups(b), name=name, lr=0.05)
+    assert fused.defaults["fused"] and not plain.defaults.get("fused")
+    for _ in range(5):
+        for p, q in zip(a, b):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        fused.step()
+        plain.step()
+    for p, q in zip(a, b):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+
+
 def test_lars_rejects_bad_lr() -> None:
     with pytest.raises(ValueError, match="lr"):
         LARS([nn.Parameter(torch.ones(1))], lr=0.0)

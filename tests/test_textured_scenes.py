@@ -166,3 +166,73 @@ def test_pretrain_module_views_and_labels() -> None:
     batch = next(iter(dm.train_dataloader()))
     assert len(batch["views"]) == 2 and batch["views"][0].shape == (4, 3, 32, 32)
     assert dm.probe_classes == 6 and batch["label"].min() >= 0
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rendering_on_a_device_equals_the_cpu_rendering(device: str) -> None:
+    """Workers draw (``draw``), the device renders (``render_draws``): the CPU scenes."""
+    scenes = TexturedScenes(12, 64, clutter=2, num_domains=3, seed=4)
+    ref = scenes.render(list(range(12)))
+    out = {k: v.cpu() for k, v in scenes.render(list(range(12)), device=device).items()}
+    if device == "cpu":
+        assert all(torch.equal(out[k], ref[k]) for k in ref)
+        return
+    # float rounding differs between devices: a pixel level, and a boundary pixel or two
+    assert (out["image"].int() - ref["image"].int()).abs().max() <= 2
+    assert (out["mask"] != ref["mask"]).float().mean() < 1e-3
+    assert torch.equal(out["domain"], ref["domain"])
+
+
+def test_render_on_device_datamodule_makes_the_views_on_the_device() -> None:
+    """``render_on_device``: batches of draws become views; an identity view is the scene."""
+    plain = ViewAugmentation(size=48, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                             hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                             mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
+    dm = TexturedScenesDataModule(num_train=16, num_val=8, image_size=48, batch_size=4,
+                                  num_workers=0, augment=plain, render_on_device=True,
+                                  knn_bank_size=0)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert "scene" in batch and "views" not in batch  # only random numbers left the worker
+    keys = batch["sample_index"].tolist()
+    batch = dm.on_after_batch_transfer(batch, 0)
+    ref = dm._raw_datasets()[0].render(keys)
+    expected = (ref["image"].float() / 255 - 0.5) / 0.25
+    assert len(batch["views"]) == 2 and batch["views"][0].dtype == torch.float32
+    assert torch.allclose(batch["views"][0], expected, atol=1e-5)  # identity crop: exact
+    assert torch.equal(batch["label"], ref["label"])
+    strong = TexturedScenesDataModule(num_train=16, num_val=8, image_size=48, batch_size=4,
+                                      num_workers=0, augment=ViewAugmentation(size=32),
+                                      render_on_device=True, knn_bank_size=0)  # fmt: skip
+    strong.setup("fit")
+    views = strong.on_after_batch_transfer(next(iter(strong.train_dataloader())), 0)["views"]
+    assert views[0].shape == (4, 3, 32, 32) and not torch.equal(views[0], views[1])
+
+
+def test_simclr_fits_on_device_rendered_scenes() -> None:
+    """A ``Trainer.fit`` through the hook: the batch the step sees is views, not draws."""
+    import lightning as L
+
+    from lightning_modules import SimCLR
+
+    dm = TexturedScenesDataModule(num_train=8, num_val=4, image_size=48, batch_size=4,
+                                  num_workers=0, augment=ViewAugmentation(size=32),
+                                  render_on_device=True, knn_bank_size=4)  # fmt: skip
+    seen: list[tuple] = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:  # noqa: ANN001
+            seen.append((tuple(batch["views"][0].shape), batch["views"][0].dtype,
+                         "scene" in batch, int((batch["label"] >= 0).sum())))  # fmt: skip
+
+    torch.manual_seed(0)
+    model = SimCLR(encoder="test_resnet", probe_classes=6, optimizer="sgd", lr=0.01)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=1, callbacks=[Probe()])  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert seen and all(s[:3] == ((4, 3, 32, 32), torch.float32, False) for s in seen)
+    assert all(s[3] > 0 for s in seen)  # the rendered majority labels reach the probe

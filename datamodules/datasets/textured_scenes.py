@@ -139,9 +139,15 @@ class TexturedScenes(Dataset):
         probs = imbalance_ratio ** (-exponents)
         self.class_probs = (probs / probs.sum()).float()
         self._cdf = self.class_probs.cumsum(0)
-        pix = torch.arange(image_size, dtype=torch.float32) + 0.5
-        self._yy, self._xx = torch.meshgrid(pix, pix, indexing="ij")  # pixel units
+        self._grids: dict[torch.device, tuple[Tensor, Tensor]] = {}  # pixel units, per device
         self._regimes = [_domain_regime(d) for d in range(num_domains)]
+
+    def _grid(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Pixel-centre coordinates ``(H, W)`` on ``device`` (cached)."""
+        if device not in self._grids:
+            pix = torch.arange(self.size, dtype=torch.float32, device=device) + 0.5
+            self._grids[device] = torch.meshgrid(pix, pix, indexing="ij")  # type: ignore[assignment]
+        return self._grids[device]
 
     def __len__(self) -> int:
         return self.num_samples
@@ -172,10 +178,11 @@ class TexturedScenes(Dataset):
     def _local(self, p: Tensor, cols: dict[str, int], radius: Tensor) -> tuple[Tensor, ...]:
         """Object-frame coordinates ``(N, K, H, W)``: shape frame and texture frame (px)."""
         s = float(self.size)
+        yy, xx = self._grid(p.device)
         cy = (p[..., cols["cy"]] * 1.1 - 0.05) * s
         cx = (p[..., cols["cx"]] * 1.1 - 0.05) * s
-        dy = self._yy - cy[..., None, None]
-        dx = self._xx - cx[..., None, None]
+        dy = yy - cy[..., None, None]
+        dx = xx - cx[..., None, None]
         rot = (p[..., cols["rot"]] * 2 * math.pi)[..., None, None]
         u = (dx * rot.cos() + dy * rot.sin()) / radius[..., None, None]
         v = (-dx * rot.sin() + dy * rot.cos()) / radius[..., None, None]
@@ -221,7 +228,7 @@ class TexturedScenes(Dataset):
         ]
         return torch.stack(families[: self.num_classes])
 
-    def _paint(self, p: Tensor, regimes: list[dict[str, float]], distractor: bool) -> tuple:
+    def _paint(self, p: Tensor, table: Tensor, distractor: bool) -> tuple:
         """Masks ``(N, K, H, W)``, colours ``(N, K, 3, H, W)`` and classes ``(N, K)``."""
         cols = {name: i for i, name in enumerate(_OBJ_FIELDS)}
         textured = not distractor or self.clutter_textured
@@ -233,7 +240,7 @@ class TexturedScenes(Dataset):
             radius = (0.1 + 0.12 * p[..., cols["radius"]]) * self.size
         u, v, tu, tv = self._local(p, cols, radius)
         inside = self._inside(p, cols, u, v)
-        period_gain = torch.tensor([r["period"] for r in regimes])[:, None]
+        period_gain = table[:, self._REGIME_KEYS.index("period"), None]
         period = self.period * (0.8 + 0.45 * p[..., cols["tex_period"]]) * period_gain
         light = 0.55 + 0.4 * p[..., [cols[f"light{i}"] for i in range(3)]]
         dark = 0.05 + 0.4 * p[..., [cols[f"dark{i}"] for i in range(3)]]
@@ -241,13 +248,13 @@ class TexturedScenes(Dataset):
         c1, c2 = torch.where(swap, dark, light), torch.where(swap, light, dark)
         if not textured:  # untextured: a linear colour gradient across the shape
             t = (0.5 + 0.5 * tu / radius[..., None, None]).clamp(0, 1)
-            classes = torch.full(p.shape[:2], -1, dtype=torch.long)
+            classes = torch.full(p.shape[:2], -1, dtype=torch.long, device=p.device)
         else:
             if distractor:  # uniform families, whatever the objects' imbalance
                 classes = (p[..., cols["cls"]] * self.num_classes).long()
             else:
-                classes = torch.searchsorted(self._cdf, p[..., cols["cls"]].contiguous(),
-                                             right=True)  # fmt: skip
+                u = p[..., cols["cls"]].contiguous()
+                classes = torch.searchsorted(self._cdf.to(p.device), u, right=True)
             classes = classes.clamp(max=self.num_classes - 1)
             patterns = self._textures(tu, tv, period, p[..., cols["tex_phase"]])
             t = patterns.gather(0, classes[None, ..., None, None].expand(1, *patterns.shape[1:]))[0]
@@ -257,71 +264,95 @@ class TexturedScenes(Dataset):
     def _background(self, bg: Tensor) -> Tensor:
         """Low-frequency two-colour field plus a faint coarse grating: ``(N, 3, H, W)``."""
         s = float(self.size)
-        field = torch.zeros(bg.shape[0], self.size, self.size)
+        yy, xx = self._grid(bg.device)
+        field = torch.zeros(bg.shape[0], self.size, self.size, device=bg.device)
         for j in range(3):
             angle = bg[:, 3 * j, None, None] * math.pi
             period = s * (0.6 + 1.4 * bg[:, 3 * j + 1, None, None])
-            direction = self._xx * angle.cos() + self._yy * angle.sin()
+            direction = xx * angle.cos() + yy * angle.sin()
             phase = 2 * math.pi * bg[:, 3 * j + 2, None, None]
             field = field + torch.sin(2 * math.pi * direction / period + phase)
         t = (field / 6 + 0.5).clamp(0, 1)[:, None]
         c1 = 0.15 + 0.7 * bg[:, 9:12, None, None]
         c2 = 0.15 + 0.7 * bg[:, 12:15, None, None]
         angle = bg[:, 15, None, None] * 2 * math.pi
-        direction = self._xx * angle.cos() + self._yy * angle.sin()
+        direction = xx * angle.cos() + yy * angle.sin()
         grating = torch.sin(2 * math.pi * direction / (3 * self.period))
         return c1 * t + c2 * (1 - t) + 0.06 * grating[:, None]
 
-    def render(self, indices: Sequence[int]) -> dict[str, Tensor]:
-        """Render scenes in one batch of tensor ops.
+    def draw(self, index: int) -> dict[str, Tensor]:
+        """Every random number of scene ``index``, pixel noise included (CPU, cheap).
+
+        What loader workers compute when the scenes render on the device
+        (:meth:`render_draws`); ``default_collate`` batches these dicts.
+        """
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} scenes")
+        objects, clutter, background, count, noise_seed = self._draw(index)
+        g = torch.Generator().manual_seed(int(noise_seed))
+        noise = torch.randn(3, self.size, self.size, generator=g)
+        return {"objects": objects, "clutter": clutter, "background": background,
+                "count": count[0], "noise": noise,
+                "domain": torch.tensor(self.domain_of(index))}  # fmt: skip
+
+    def render(self, indices: Sequence[int],
+               device: torch.device | str | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """Render scenes in one batch of tensor ops, on ``device`` (default: the CPU).
+
+        The random numbers of each scene come from its own CPU generator (:meth:`draw`) and
+        every pixel is computed on ``device``, so a GPU renders a batch without loader
+        workers and equals the CPU rendering to float rounding.
 
         Returns:
             ``{"image": uint8 (N, 3, H, W), "mask": int64 (N, H, W), "label": (N,),
             "domain": (N,)}``; ``label`` is the class covering most pixels.
         """
-        for index in indices:
-            if not 0 <= index < self.num_samples:
-                raise IndexError(f"index {index} out of range for {self.num_samples} scenes")
-        draws = [self._draw(i) for i in indices]
-        objects = torch.stack([d[0] for d in draws])
-        counts = torch.cat([d[3] for d in draws])
-        domains = torch.tensor([self.domain_of(i) for i in indices])
-        regimes = [self._regimes[int(d)] for d in domains]
-        image = self._background(torch.stack([d[2] for d in draws]))
+        draws = [self.draw(i) for i in indices]
+        batch = {k: torch.stack([d[k] for d in draws]) for k in draws[0]}
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        return self.render_draws({k: v.to(dev) for k, v in batch.items()})
+
+    def render_draws(self, draws: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Render a batch of :meth:`draw` results on their device (see :meth:`render`)."""
+        objects, counts, domains = draws["objects"], draws["count"], draws["domain"]
+        dev, n = objects.device, objects.shape[0]
+        table = self._regime_table(dev)[domains]  # (N, 8) per-scene regime
+        image = self._background(draws["background"])
         if self.clutter:
-            inside, colour, _ = self._paint(torch.stack([d[1] for d in draws]), regimes, True)
+            inside, colour, _ = self._paint(draws["clutter"], table, True)
             for k in range(self.clutter):  # painter's order over a handful of layers
                 image = torch.where(inside[:, k, None], colour[:, k], image)
-        inside, colour, classes = self._paint(objects, regimes, False)
-        active = torch.arange(self.max_objects)[None] < counts[:, None]
+        inside, colour, classes = self._paint(objects, table, False)
+        active = torch.arange(self.max_objects, device=dev)[None] < counts[:, None]
         inside = inside & active[..., None, None]
-        mask = torch.zeros(len(indices), self.size, self.size, dtype=torch.long)
+        mask = torch.zeros(n, self.size, self.size, dtype=torch.long, device=dev)
         for k in range(self.max_objects):
             image = torch.where(inside[:, k, None], colour[:, k], image)
             mask = torch.where(inside[:, k], classes[:, k, None, None] + 1, mask)
-        image = self._apply_regimes(image, regimes, [int(d[4]) for d in draws])
+        image = self._apply_regimes(image, table, draws["noise"])
         hist = F.one_hot(mask.flatten(1), self.num_classes + 1).sum(1)[:, 1:]
         label = torch.where(hist.sum(1) > 0, hist.argmax(1), -1)
         pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8)
         return {"image": pixels, "mask": mask, "label": label, "domain": domains}
 
-    def _apply_regimes(
-        self, image: Tensor, regimes: list[dict[str, float]], seeds: list[int]
-    ) -> Tensor:
+    _REGIME_KEYS = ("gamma", "contrast", "period", "noise", "cast0", "cast1", "cast2", "blur")
+
+    def _regime_table(self, device: torch.device) -> Tensor:
+        """``(num_domains, 8)`` regime parameters in ``_REGIME_KEYS`` order, on ``device``."""
+        rows = [[r[k] for k in self._REGIME_KEYS] for r in self._regimes]
+        return torch.tensor(rows, dtype=torch.float32).to(device)
+
+    def _apply_regimes(self, image: Tensor, table: Tensor, noise: Tensor) -> Tensor:
         """Per-domain blur, contrast, gamma, colour cast and pixel noise."""
 
         def col(key: str) -> Tensor:
-            return torch.tensor([r[key] for r in regimes])[:, None, None, None]
+            return table[:, self._REGIME_KEYS.index(key), None, None, None]
 
         blurred = F.avg_pool2d(image, 3, stride=1, padding=1, count_include_pad=False)
         image = torch.where(col("blur") > 0, blurred, image)
         image = 0.5 + (image - 0.5) * col("contrast")
         image = image.clamp(0, 1) ** col("gamma")
         cast = torch.cat([col("cast0"), col("cast1"), col("cast2")], dim=1)
-        noise = torch.stack([
-            torch.randn(3, self.size, self.size, generator=torch.Generator().manual_seed(s))
-            for s in seeds
-        ])  # fmt: skip
         return image * cast + noise * col("noise")
 
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -57,31 +57,43 @@ class LARS(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            wd, mom, eta = group["weight_decay"], group["momentum"], group["eta"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = p.grad
-                if wd != 0:
-                    d_p = d_p.add(p, alpha=wd)
-                if not group["lars_exclude"]:
-                    w_norm = torch.linalg.vector_norm(p)
-                    g_norm = torch.linalg.vector_norm(p.grad)
-                    denom = g_norm + wd * w_norm
-                    trust = torch.where(
-                        (w_norm > 0) & (denom > 0), eta * w_norm / denom, torch.ones_like(w_norm)
-                    )
-                    d_p = d_p.mul(trust)
-                if mom != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d_p.clone()
-                    else:
-                        buf.mul_(mom).add_(d_p)
-                    d_p = d_p.add(buf, alpha=mom) if group["nesterov"] else buf
-                p.add_(d_p, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._group_step(group, params)
         return loss
+
+    def _group_step(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """One group's update with ``torch._foreach`` kernels (a few launches per group).
+
+        The same per-tensor arithmetic as the textbook loop (``tests/test_optim_eval.py``
+        checks it bitwise on CPU); on a GPU the loop costs ~10 kernel launches per tensor.
+        """
+        wd, mom, eta = group["weight_decay"], group["momentum"], group["eta"]
+        grads = [p.grad for p in params]
+        d_p = torch._foreach_add(grads, params, alpha=wd) if wd != 0 else list(grads)
+        if not group["lars_exclude"]:
+            w_norm = torch.stack(torch._foreach_norm(params))
+            g_norm = torch.stack(torch._foreach_norm(grads))
+            denom = g_norm + wd * w_norm
+            trust = torch.where((w_norm > 0) & (denom > 0), eta * w_norm / denom,
+                                torch.ones_like(w_norm))  # fmt: skip
+            d_p = torch._foreach_mul(d_p, list(trust.unbind()))
+        if mom != 0:
+            bufs, fresh = [], []
+            for p, d in zip(params, d_p):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = d.clone()
+                    fresh.append(True)
+                else:
+                    fresh.append(False)
+                bufs.append(state["momentum_buffer"])
+            old = [b for b, f in zip(bufs, fresh) if not f]
+            if old:
+                torch._foreach_mul_(old, mom)
+                torch._foreach_add_(old, [d for d, f in zip(d_p, fresh) if not f])
+            d_p = torch._foreach_add(d_p, bufs, alpha=mom) if group["nesterov"] else bufs
+        torch._foreach_add_(params, d_p, alpha=-group["lr"])
 
 
 def split_decay_groups(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -111,10 +123,13 @@ def build_optimizer(
     momentum: float = 0.9,
     betas: tuple[float, float] = (0.9, 0.999),
     eta: float = 0.02,
+    fused: bool | None = None,
 ) -> Optimizer:
     """Create an optimiser from parameter groups.
 
-    Groups may carry ``weight_decay``, ``lr`` and ``lars_exclude`` overrides.
+    Groups may carry ``weight_decay``, ``lr`` and ``lars_exclude`` overrides.  SGD, Adam and
+    AdamW use PyTorch's fused kernels (one kernel for all parameters) when every parameter
+    is on a CUDA device, or when ``fused=True``; LARS always updates with ``_foreach`` kernels.
 
     Args:
         groups: Parameter groups (``{"params": [...], ...}``).
@@ -124,6 +139,8 @@ def build_optimizer(
         momentum: Momentum (SGD, LARS).
         betas: Adam betas.
         eta: LARS trust coefficient.
+        fused: Fused SGD / Adam / AdamW kernels (``None``: when all parameters are on CUDA;
+            CPU runs keep the default ``foreach`` path, bitwise as before).
 
     Returns:
         The optimiser.
@@ -132,12 +149,17 @@ def build_optimizer(
     if key == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta)
     clean = [{k: v for k, v in g.items() if k != "lars_exclude"} for g in groups]
+    if fused is None:
+        tensors = [p for g in clean for p in g["params"]]
+        fused = bool(tensors) and all(p.is_cuda for p in tensors)
+    extra = {"fused": True} if fused else {}
     if key == "sgd":
-        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(clean, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               **extra)  # fmt: skip
     if key == "adamw":
-        return torch.optim.AdamW(clean, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.AdamW(clean, lr=lr, betas=betas, weight_decay=weight_decay, **extra)
     if key == "adam":
-        return torch.optim.Adam(clean, lr=lr, betas=betas, weight_decay=weight_decay)
+        return torch.optim.Adam(clean, lr=lr, betas=betas, weight_decay=weight_decay, **extra)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
