@@ -421,24 +421,90 @@ def draw_geometry(cfg: Any, height: int, width: int) -> dict[str, Tensor]:
             "rot90": torch.tensor(k)}  # fmt: skip
 
 
-def device_geometry(images: Tensor, geometry: dict[str, Tensor], size: int) -> Tensor:
+def device_geometry(images: Tensor | list[Tensor], geometry: dict[str, Tensor],
+                    size: int) -> Tensor:  # fmt: skip
     """Batched resized crop, flips and rot90 of ``[0, 1]`` float images on their device.
 
     ``torchvision.ops.roi_align`` with adaptive sampling (``ceil(box / size)`` points per
     output pixel and axis: an identity crop copies pixels exactly, a larger box averages
     like an anti-aliased resize), then the flips and rotations as ``torch.where`` over the
     batch.  Not bitwise the worker path's antialiased bilinear resize: views made on the
-    device are a documented variant of those made in workers.
+    device are a documented variant of those made in workers.  ``images`` may be a list of
+    ``(C, H, W)`` images of different sizes (decoded files).
     """
     from torchvision.ops import roi_align
 
-    index = torch.arange(images.shape[0], device=images.device, dtype=images.dtype)[:, None]
-    boxes = torch.cat((index, geometry["box"].to(images.dtype)), dim=1)
-    out = roi_align(images, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
-                    aligned=True)  # fmt: skip
-    out = torch.where(geometry["hflip"].view(-1, 1, 1, 1), out.flip(-1), out)
-    out = torch.where(geometry["vflip"].view(-1, 1, 1, 1), out.flip(-2), out)
-    k = geometry["rot90"].view(-1, 1, 1, 1)
+    def crop(batch: Tensor, box: Tensor) -> Tensor:
+        index = torch.arange(batch.shape[0], device=batch.device, dtype=batch.dtype)[:, None]
+        boxes = torch.cat((index, box.to(batch.device, batch.dtype)), dim=1)
+        return roi_align(batch, boxes, output_size=size, spatial_scale=1.0, sampling_ratio=-1,
+                         aligned=True)  # fmt: skip
+
+    if isinstance(images, Tensor):
+        out = crop(images, geometry["box"])
+    else:
+        out = torch.cat([crop(im[None], geometry["box"][i : i + 1])
+                         for i, im in enumerate(images)])  # fmt: skip
+    return _flip_rotate(out, geometry)
+
+
+def _flip_rotate(out: Tensor, geometry: dict[str, Tensor]) -> Tensor:
+    """The drawn flips and rot90 of every sample of ``(B, ..., S, S)``, as ``torch.where``."""
+    shape = (-1,) + (1,) * (out.ndim - 1)
+    out = torch.where(geometry["hflip"].view(shape), out.flip(-1), out)
+    out = torch.where(geometry["vflip"].view(shape), out.flip(-2), out)
+    k = geometry["rot90"].view(shape)
     for turns in (1, 2, 3):
         out = torch.where(k == turns, torch.rot90(out, turns, (-2, -1)), out)
     return out
+
+
+def device_nearest(maps: Tensor, geometry: dict[str, Tensor], size: int) -> Tensor:
+    """The crop, flips and rot90 of :func:`device_geometry` on label maps ``(B, H, W)``.
+
+    Centre-aligned nearest sampling (``F.interpolate``'s ``nearest-exact``: source row
+    ``top + floor((i + 0.5) * h / size)``), the pixel whose centre is nearest to where the
+    image's bilinear sample of output pixel ``i`` lies; exact values on masks and
+    pixel-index maps.
+    """
+    box = geometry["box"].to(maps.device)
+    steps = torch.arange(size, device=maps.device, dtype=torch.float32)
+    left, top = box[:, 0:1], box[:, 1:2]
+    width, height = box[:, 2:3] - left, box[:, 3:4] - top
+    centres = steps + 0.5
+    rows = (top + torch.floor(centres * height / size)).long().clamp_(0, maps.shape[-2] - 1)
+    cols = (left + torch.floor(centres * width / size)).long().clamp_(0, maps.shape[-1] - 1)
+    batch = torch.arange(maps.shape[0], device=maps.device)[:, None, None]
+    return _flip_rotate(maps[batch, rows[:, :, None], cols[:, None, :]], geometry)
+
+
+class ViewDraws:
+    """Sample transform of the device-made views: each view's geometry and photometrics drawn.
+
+    For data whose pixels are made on the device (scenes rendered there, JPEGs decoded
+    there): the worker draws, from the sample's seeded stream, every view's crop / flip /
+    rot90 (:func:`draw_geometry`) and photometric parameters (``draw_photometric``) and
+    passes the sample's other entries through.
+
+    Args:
+        cfgs: One view configuration per view.
+        size: ``(H, W)`` of every source image, or ``None`` to read the sample's ``size``.
+    """
+
+    def __init__(self, cfgs: Sequence[Any], size: tuple[int, int] | None = None) -> None:
+        from datamodules.transforms import draw_photometric
+
+        self.cfgs, self.size, self._draw_photometric = list(cfgs), size, draw_photometric
+        self._rgb = torch.zeros(3, 1, 1, dtype=torch.uint8)  # decoded / rendered: 8-bit RGB
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+        height, width = self.size or tuple(int(v) for v in sample["size"])
+        geometry = [draw_geometry(cfg, height, width) for cfg in self.cfgs]
+        photometric = [self._draw_photometric(cfg, self._rgb) for cfg in self.cfgs]
+        return {**sample, "geometry": geometry, "photometric": photometric}
+
+
+def device_views(images: Tensor | list[Tensor], batch: dict[str, Any],
+                 cfgs: Sequence[Any]) -> list[Tensor]:  # fmt: skip
+    """Every view of ``[0, 1]`` float source images, cropped with the batch's ``geometry``."""
+    return [device_geometry(images, g, cfg.size) for g, cfg in zip(batch.pop("geometry"), cfgs)]

@@ -8,11 +8,12 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
-from datamodules.base import PretrainDataModule
+from datamodules.base import PretrainDataModule, TransformedDataset
+from datamodules.batch_augment import ViewDraws, device_views
 from datamodules.datasets.cifar import CIFARDataset
 from datamodules.datasets.digits import DigitsDataset
-from datamodules.datasets.image_folder import ImageFolderDataset
-from datamodules.datasets.io import require_dir
+from datamodules.datasets.image_folder import EncodedImages, ImageFolderDataset
+from datamodules.datasets.io import DataFormatError, require_dir
 from datamodules.datasets.isic import (
     ISIC2018_CLASSES,
     ISIC2019_CLASSES,
@@ -130,6 +131,12 @@ class ImageFolderDataModule(PretrainDataModule):
         val_root: Optional validation folder with the same layout.
         val_fraction: Held-out fraction when ``val_root`` is not given.
         labeled: Force labeled/unlabeled; ``None`` detects the layout.
+        decode_on_device: Decode the training JPEGs on the training device, batched
+            (``torchvision.io.decode_jpeg(..., device=...)``: nvJPEG on a GPU), in
+            ``on_after_batch_transfer``: workers only read each file and its size from the
+            header and draw the views' parameters; views are cropped on the device
+            (:func:`~datamodules.batch_augment.device_geometry`).  Every training image must
+            be a JPEG.  Validation and the kNN bank decode in the workers as before.
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
@@ -147,9 +154,11 @@ class ImageFolderDataModule(PretrainDataModule):
         val_root: str | None = None,
         val_fraction: float = 0.05,
         labeled: bool | None = None,
+        decode_on_device: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.decode_on_device = decode_on_device
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
         self.root = require_dir(root, "data.root (image folder)")
@@ -177,6 +186,48 @@ class ImageFolderDataModule(PretrainDataModule):
         return Subset(self.train_set, sorted(order[n_val:])), Subset(
             self.train_set, sorted(order[:n_val])
         )
+
+
+    def train_dataset(self) -> Dataset:
+        """Multi-view training set; with ``decode_on_device`` undecoded JPEGs (see the class)."""
+        if not self.decode_on_device:
+            return super().train_dataset()
+        if self.attention_mask is not None or self.train_set_file is not None:
+            raise ValueError("data.decode_on_device cannot be combined with data.attention_mask "
+                             "or data.train_set (they need decoded images in the workers)")
+        cfgs = self.view_augments or [self.augment] * self.n_views
+        return TransformedDataset(EncodedImages(self._raw_datasets()[0]), ViewDraws(cfgs))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Undecoded batches: decode on the batch's device, crop the views, then photometrics."""
+        if isinstance(batch, dict) and "jpeg" in batch:
+            device = batch["label"].device
+            images = decode_jpegs(batch.pop("jpeg"), batch.pop("path"), device)
+            batch.pop("size")
+            cfgs = self.view_augments or [self.augment] * self.n_views
+            batch["views"] = device_views([im.float().div_(255) for im in images], batch, cfgs)
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+
+def decode_jpegs(data: list[bytes], paths: list[str], device: torch.device) -> list[torch.Tensor]:
+    """Decode JPEG files' bytes to RGB uint8 images on ``device`` in one batched call.
+
+    Raises:
+        DataFormatError: Naming the first file that does not decode.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    buffers = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
+    try:
+        return decode_jpeg(buffers, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        for buffer, path in zip(buffers, paths):  # find the file to name
+            try:
+                decode_jpeg(buffer, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as err:
+                raise DataFormatError(f"Could not decode JPEG file {path} on {device}: "
+                                      f"{err}") from err  # fmt: skip
+        raise
 
 
 class ISICDataModule(PretrainDataModule):

@@ -16,11 +16,10 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import PretrainDataModule, TransformedDataset
-from datamodules.batch_augment import device_geometry, draw_geometry
+from datamodules.batch_augment import ViewDraws, device_geometry, device_nearest, device_views
 from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.synthetic import NamedScenes
-from datamodules.transforms import draw_photometric
 
 
 class _SceneArgs:
@@ -115,7 +114,7 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
                              "combined with data.attention_mask or data.train_set")  # fmt: skip
         scenes = self._raw_datasets()[0]
         cfgs = self.view_augments or [self.augment] * self.n_views
-        return TransformedDataset(_SceneDraws(scenes), _ViewDraws(cfgs, scenes.size))
+        return TransformedDataset(_SceneDraws(scenes), ViewDraws(cfgs, (scenes.size,) * 2))
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Device-rendered batches: render, crop the views; then the photometric half."""
@@ -123,39 +122,29 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
             scenes = self._raw_datasets()[0]
             rendered = scenes.render_draws(batch.pop("scene"))
             images = rendered["image"].float().div_(255)
-            size = [c.size for c in self.view_augments or [self.augment] * self.n_views]
-            batch["views"] = [device_geometry(images, g, s)
-                              for g, s in zip(batch.pop("geometry"), size)]  # fmt: skip
+            cfgs = self.view_augments or [self.augment] * self.n_views
+            batch["views"] = device_views(images, batch, cfgs)
             batch["label"] = rendered["label"]
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 
 class _SceneDraws(Dataset):
-    """A scene's random numbers (:meth:`TexturedScenes.draw`) instead of its pixels."""
+    """A scene's random numbers (:meth:`TexturedScenes.draw`) instead of its pixels.
 
-    def __init__(self, scenes: TexturedScenes) -> None:
+    Args:
+        scenes: The generator.
+        indices: The scenes served (default: all).
+    """
+
+    def __init__(self, scenes: TexturedScenes, indices: Sequence[int] | None = None) -> None:
         self.scenes = scenes
+        self.indices = list(indices) if indices is not None else list(range(len(scenes)))
 
     def __len__(self) -> int:
-        return len(self.scenes)
+        return len(self.indices)
 
     def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
-        return {"scene": self.scenes.draw(index)}
-
-
-class _ViewDraws:
-    """Per view: crop / flip / rot90 and photometric parameters, from the sample's stream."""
-
-    def __init__(self, cfgs: list[Any], image_size: int) -> None:
-        self.cfgs, self.size = cfgs, image_size
-        self._rgb = torch.zeros(3, 1, 1, dtype=torch.uint8)  # the rendered scenes' format
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        geometry, photometric = [], []
-        for cfg in self.cfgs:
-            geometry.append(draw_geometry(cfg, self.size, self.size))
-            photometric.append(draw_photometric(cfg, self._rgb))
-        return {**sample, "geometry": geometry, "photometric": photometric, "label": -1}
+        return {"scene": self.scenes.draw(self.indices[index]), "label": -1}  # label: rendered
 
 
 class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
@@ -176,6 +165,10 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         domain: Restrict every scene to this domain.
         balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
         data_seed: Seed of the generated data.
+        render_on_device: In the pretraining mode (``pretrain_views``), render the training
+            scenes on the training device and make the views, masks and pixel-index maps
+            there (as :class:`TexturedScenesDataModule`'s option; masks and index maps by
+            nearest sampling, exact).  Fine-tuning and validation render in the workers.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -203,12 +196,14 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         balanced_val: bool = True,
         data_seed: int = 0,
         clutter_textured: bool = False,
+        render_on_device: bool = False,
         **kwargs: Any,
     ) -> None:
         for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
             if kwargs.get(key) is None:
                 kwargs[key] = value
         super().__init__(**kwargs)
+        self.render_on_device = render_on_device
         self.num_train, self.num_val = num_train, num_val
         self.classes = ["background", *TEXTURES[:num_object_classes]]
         self.num_classes = num_object_classes + 1
@@ -228,3 +223,38 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         all_names = [f"{i:06d}" for i in range(len(scenes))]
         selected = list(names) if names is not None else all_names
         return NamedScenes(scenes, selected, keys=("image", "mask", "domain"))
+
+    def _view_cfgs(self) -> list[Any]:
+        views = self.pretrain_views
+        return list(views) if isinstance(views, list) else [views] * self.n_views
+
+    def unlabeled_dataset(self, views: Any, n_views: int = 2) -> Dataset:
+        """The multi-view pretraining set; with ``render_on_device`` only draws (see the class)."""
+        if not self.render_on_device:
+            return super().unlabeled_dataset(views, n_views)
+        names = self.labeled_names() if self.pretrain_subset == "labeled" else self.train_names()
+        if not names:
+            raise ValueError(f"{self.name}: the labeled training subset is empty (no image found)")
+        scenes = self.scenes("train", self.num_train)
+        cfgs = list(views) if isinstance(views, list) else [views] * n_views
+        draws = _SceneDraws(scenes, [int(n) for n in names])
+        return TransformedDataset(draws, ViewDraws(cfgs, (scenes.size,) * 2))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Device-rendered batches: views, masks and index maps made on the device."""
+        if isinstance(batch, dict) and "scene" in batch:
+            if "_device_scenes" not in self.__dict__:  # one generator: its grids stay cached
+                self._device_scenes = self.scenes("train", self.num_train)
+            rendered = self._device_scenes.render_draws(batch.pop("scene"))
+            images, masks = rendered["image"].float().div_(255), rendered["mask"]
+            n, size = images.shape[0], images.shape[-1]
+            index = torch.arange(size * size, device=images.device).view(1, size, size)
+            index = index.expand(n, -1, -1)
+            geometry = batch.pop("geometry")
+            cfgs = self._view_cfgs()
+            batch["views"] = [device_geometry(images, g, c.size) for g, c in zip(geometry, cfgs)]
+            batch["masks"] = [device_nearest(masks, g, c.size) for g, c in zip(geometry, cfgs)]
+            batch["index_maps"] = [device_nearest(index, g, c.size)
+                                   for g, c in zip(geometry, cfgs)]  # fmt: skip
+            batch["source_size"] = torch.tensor([size, size], device=images.device).expand(n, 2)
+        return super().on_after_batch_transfer(batch, dataloader_idx)

@@ -79,6 +79,20 @@ def test_config_fit_smoke(
         assert any(k.startswith("val/") for k in metrics)  # unlabeled pretraining has none
 
 
+@pytest.mark.parametrize("stem", ["simclr_textured", "glcnet_textured"])
+def test_textured_configs_fit_with_scenes_rendered_on_the_device(
+    stem: str, data_roots: dict[str, Path], tmp_path: Path, monkeypatch
+) -> None:
+    """``--data.init_args.render_on_device true``: the same configs train (SimCLR, GLCNet)."""
+    monkeypatch.chdir(tmp_path)
+    config = REPO / "experiments" / "configs" / f"{stem}.yaml"
+    args = [*tiny_overrides(config, tmp_path, data_roots),
+            "--data.init_args.render_on_device", "true"]  # fmt: skip
+    cli = main(["fit", "--config", str(config), *args])
+    assert cli.trainer.global_step == 2 and cli.datamodule.render_on_device
+    assert cli.trainer.callback_metrics["train/loss"].isfinite()
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_presets_compose(preset: Path, cifar10_root: Path, tmp_path: Path, monkeypatch) -> None:
     """Presets parse on top of a method config; the CPU variant instantiates."""

@@ -187,3 +187,40 @@ def test_gamma_and_noise_views_hu_stage_two() -> None:
     assert abs(float((noisy - 64 / 255).std()) - 0.1) < 0.01
     with pytest.raises(ValueError, match="gamma"):
         ViewAugmentation(gamma=(1.5, 0.5))
+
+
+def test_image_folder_decodes_jpegs_on_the_device(tmp_path: Path) -> None:
+    """``decode_on_device``: workers send bytes; identity views equal the worker-decoded image."""
+    from datamodules.datasets.io import DataFormatError, read_image_rgb
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "jpegs"
+    folder.mkdir()
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"{i}.jpg", quality=95)  # fmt: skip
+    plain = ViewAugmentation(size=32, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
+                             hflip_prob=0.0, **{**PLAIN, "mean": [0.5] * 3, "std": [0.25] * 3})
+    dm = ImageFolderDataModule(str(folder), batch_size=4, num_workers=0, augment=plain,
+                               decode_on_device=True, labeled=False, knn_bank_size=0,
+                               val_fraction=0.25)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch["jpeg"][0], bytes) and "views" not in batch
+    paths = list(batch["path"])
+    batch = dm.on_after_batch_transfer(batch, 0)
+    expected = torch.stack([(read_image_rgb(p).float() / 255 - 0.5) / 0.25 for p in paths])
+    assert torch.allclose(batch["views"][0], expected, atol=1e-5)
+    assert torch.allclose(batch["views"][1], expected, atol=1e-5)
+    strong = ImageFolderDataModule(str(folder), batch_size=4, num_workers=0, labeled=False,
+                                   augment=ViewAugmentation(size=16), decode_on_device=True,
+                                   knn_bank_size=0, val_fraction=0.25)  # fmt: skip
+    strong.setup("fit")
+    views = strong.on_after_batch_transfer(next(iter(strong.train_dataloader())), 0)["views"]
+    assert views[0].shape == (4, 3, 16, 16) and not torch.equal(views[0], views[1])
+    _write_images(folder, 1)  # a PNG among the JPEGs
+    mixed = ImageFolderDataModule(str(folder), batch_size=4, num_workers=0, labeled=False,
+                                  decode_on_device=True, val_fraction=0.25)  # fmt: skip
+    mixed.setup("fit")
+    with pytest.raises(DataFormatError, match=r"0\.png is not a JPEG"):
+        mixed.train_dataloader()

@@ -17,7 +17,13 @@ from torchvision import tv_tensors
 
 from datamodules.datasets.cifar import CIFARDataset
 from datamodules.datasets.image_folder import ImageFolderDataset
-from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir, require_file
+from datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    read_jpeg_bytes,
+    require_dir,
+    require_file,
+)
 from datamodules.datasets.svhn import SVHNDataset
 
 CIFAR10_NAMES = [
@@ -607,6 +613,21 @@ def test_read_image_rgb_decodes_jpeg_like_pil(tmp_path: Path) -> None:
         read_image_rgb(tmp_path / "cut.jpg")
     _save(tmp_path / "really_png.jpg", np.zeros((2, 3, 3), np.uint8), format="PNG")
     assert read_image_rgb(tmp_path / "really_png.jpg").shape == (3, 2, 3)  # by content
+
+
+def test_read_jpeg_bytes_reads_the_frame_size(tmp_path: Path) -> None:
+    """The undecoded path (decoding on the device): bytes and (H, W) from the SOF header."""
+    arr = np.random.default_rng(1).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for name, kwargs in (("base.jpg", {}), ("prog.jpg", {"progressive": True})):
+        Image.fromarray(arr).save(tmp_path / name, **kwargs)
+        data, size = read_jpeg_bytes(tmp_path / name)
+        assert size == (37, 53) and data == (tmp_path / name).read_bytes()
+    _save(tmp_path / "x.png", arr)
+    with pytest.raises(DataFormatError, match=r"x\.png is not a JPEG"):
+        read_jpeg_bytes(tmp_path / "x.png")
+    (tmp_path / "stub.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    with pytest.raises(DataFormatError, match=r"stub\.jpg"):
+        read_jpeg_bytes(tmp_path / "stub.jpg")
 
 
 def test_require_helpers(tmp_path: Path) -> None:

@@ -236,3 +236,31 @@ def test_simclr_fits_on_device_rendered_scenes() -> None:
     trainer.fit(model, datamodule=dm)
     assert seen and all(s[:3] == ((4, 3, 32, 32), torch.float32, False) for s in seen)
     assert all(s[3] > 0 for s in seen)  # the rendered majority labels reach the probe
+
+
+def test_dense_pretraining_views_rendered_on_the_device_keep_correspondences() -> None:
+    """Segmentation pretraining on device-rendered scenes: masks and index maps stay exact."""
+    views = ViewAugmentation(size=24, crop_scale=(0.3, 1.0), vflip_prob=0.5, rot90_prob=0.5,
+                             jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
+                             mean=[0.0] * 3, std=[1.0] * 3)  # fmt: skip
+    dm = TexturedSegmentationDataModule(num_train=16, num_val=4, image_size=48, batch_size=4,
+                                        num_workers=0, pretrain_views=views,
+                                        render_on_device=True, split_dir="unused")  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    keys = batch["sample_index"].tolist()
+    batch = dm.on_after_batch_transfer(batch, 0)
+    ref = dm.scenes("train", 16).render(keys)
+    assert batch["source_size"].tolist() == [[48, 48]] * 4
+    image = ref["image"].float().div(255)
+    for view, mask, index in zip(batch["views"], batch["masks"], batch["index_maps"]):
+        assert view.shape == (4, 3, 24, 24) and mask.shape == index.shape == (4, 24, 24)
+        errors = {}
+        for dy, dx in ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0)):
+            y, x = (index // 48 + dy).clamp(0, 47), (index % 48 + dx).clamp(0, 47)
+            errors[dy, dx] = float(sum((view[b] - image[b][:, y[b], x[b]]).abs().mean()
+                                       for b in range(4)))  # fmt: skip
+        for b in range(4):  # every view pixel's mask is the source mask at its index
+            assert torch.equal(mask[b], ref["mask"][b].flatten()[index[b]])
+        # the bilinear view sits where its index map points: a pixel off is worse
+        assert errors[0, 0] < min(v for k, v in errors.items() if k != (0, 0))

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 
-from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir
+from datamodules.datasets.io import DataFormatError, read_image_rgb, read_jpeg_bytes, require_dir
 
-__all__ = ["DEFAULT_EXTENSIONS", "ImageFolderDataset"]
+__all__ = ["DEFAULT_EXTENSIONS", "EncodedImages", "ImageFolderDataset"]
 
 DEFAULT_EXTENSIONS: Final = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _HINT: Final = (
@@ -187,3 +187,39 @@ class ImageFolderDataset(Dataset[dict[str, Any]]):
             f"{type(self).__name__}(root={str(self.root)!r}, labeled={self.labeled}, "
             f"n={len(self)}, num_classes={self.num_classes})"
         )
+
+
+class EncodedImages(Dataset[dict[str, Any]]):
+    """The JPEG files of an :class:`ImageFolderDataset` (or a ``Subset`` of one), undecoded.
+
+    Items: ``{"jpeg": bytes, "size": (H, W) int64 tensor, "label": int, "path": str}``, for
+    decoding batched on the device.  Every file must be a JPEG: the first other one is an
+    error at construction, naming it.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        indices: list[int] | None = None
+        while isinstance(dataset, Subset):
+            inner = list(dataset.indices)
+            indices = inner if indices is None else [inner[i] for i in indices]
+            dataset = dataset.dataset
+        if not isinstance(dataset, ImageFolderDataset):
+            raise TypeError(f"EncodedImages wraps an ImageFolderDataset, got {type(dataset)}")
+        order = indices if indices is not None else list(range(len(dataset)))
+        self.paths = [dataset.paths[i] for i in order]
+        self.targets = dataset.targets[order]
+        for path in self.paths:
+            if path.suffix.lower() not in (".jpg", ".jpeg"):
+                raise DataFormatError(f"{path} is not a JPEG file: data.decode_on_device "
+                                      "needs a folder of JPEGs (set it to false to decode other "
+                                      "formats in the loader workers)")  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # noqa: D105
+        import torch
+
+        data, size = read_jpeg_bytes(self.paths[index])
+        return {"jpeg": data, "size": torch.tensor(size), "label": int(self.targets[index]),
+                "path": str(self.paths[index])}  # fmt: skip

@@ -19,6 +19,7 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "DataFormatError",
     "read_image_rgb",
+    "read_jpeg_bytes",
     "read_tiff_hwc",
     "require_dir",
     "require_file",
@@ -97,6 +98,45 @@ def _decode_jpeg_rgb(data: bytes) -> torch.Tensor | None:
     except (RuntimeError, ValueError):
         return None  # e.g. a CMYK or damaged JPEG: PIL decodes it or names the fault
     return image if image.ndim == 3 and image.shape[0] == 3 else None
+
+
+# start-of-frame markers (baseline, extended, progressive, lossless, ...); C4, C8, CC are not
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def read_jpeg_bytes(path: str | os.PathLike[str]) -> tuple[bytes, tuple[int, int]]:
+    """A JPEG file's bytes and its ``(height, width)`` from the frame header, undecoded.
+
+    For decoding on the device (``torchvision.io.decode_jpeg(..., device="cuda")``): the
+    loader workers only read the file and its size (to draw the crop).
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        DataFormatError: If the file is not a JPEG or has no frame header; names the file.
+    """
+    path = require_file(path, "Image file")
+    data = path.read_bytes()
+    if data[:3] != _JPEG_MAGIC:
+        raise DataFormatError(f"{path} is not a JPEG file (expected the bytes FF D8 FF at its "
+                              "start): decoding on the device reads JPEGs only")  # fmt: skip
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _SOF_MARKERS and pos + 9 <= len(data):
+            height = int.from_bytes(data[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(data[pos + 7 : pos + 9], "big")
+            if height > 0 and width > 0:
+                return data, (height, width)
+            break
+        pos += 2 + length
+    raise DataFormatError(f"Could not read the frame header of JPEG file {path}: expected a "
+                          "start-of-frame marker with the image size (truncated or damaged?)")
 
 
 def read_image_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
