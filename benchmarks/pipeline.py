@@ -18,7 +18,13 @@ What is measured, in one run, interleaved over ``--rounds`` (medians reported):
   timed steps through :class:`datamodules.ImageFolderDataModule` on the JPEG folder with
   ``--workers`` workers (*end to end*), against the same model and trainer on batches that
   are already on the device (*device-resident*, no decoding, augmentation or copy).  The
-  ratio is the share of the device's training speed that the input pipeline delivers.
+  ratio is the share of the device's training speed that the input pipeline delivers;
+  *decoded on the device* is the same fit with ``decode_on_device: true`` (workers read
+  bytes; ``decode_jpeg`` on ``--device``, views cropped there);
+* **synthetic scenes, images/s**: the same SimCLR on :class:`datamodules.TexturedScenesDataModule`
+  (``--scene-size`` px scenes and views) with the scenes rendered in ``--workers`` workers
+  against ``render_on_device: true`` (workers draw random numbers only) and against
+  device-resident batches of that size.
 
 The JPEG folder (``--images`` files, 320x256, smooth colour fields plus noise, quality 90)
 is written to a temporary directory and removed at the end.
@@ -51,7 +57,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from datamodules import ImageFolderDataModule
+from datamodules import ImageFolderDataModule, TexturedScenesDataModule
 from datamodules.batch_augment import BatchPhotometric, collate_plans
 from datamodules.datasets.io import read_image_rgb
 from datamodules.transforms import MultiViewTransform, ScaleByDtype, ViewAugmentation
@@ -126,6 +132,16 @@ class _Timer(L.Callback):
             self.times[batch_idx] = time.perf_counter()
 
 
+def resident_loader(args: argparse.Namespace, size: int) -> DataLoader:
+    """Random normalised two-view batches already on the device (no input pipeline)."""
+    g = torch.Generator().manual_seed(0)
+    shape = (args.batch_size, 3, size, size)
+    batches = [{"views": [torch.randn(shape, generator=g).to(args.device) for _ in range(2)],
+                "label": torch.full((args.batch_size,), -1, device=args.device)}
+               for _ in range(args.steps + args.warmup + 2)]  # fmt: skip
+    return DataLoader(batches, batch_size=None)
+
+
 def fit_images_per_second(args: argparse.Namespace, datamodule: Any = None,
                           loader: Any = None) -> float:  # fmt: skip
     """Images/s of ``--steps`` timed SimCLR steps of ``Trainer.fit`` (after ``--warmup``)."""
@@ -158,6 +174,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="timed fit steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed fit steps")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scene-size", type=int, default=96,
+                        help="textured scenes' size (px) for the synthetic rows; 0: skip them")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device")
@@ -218,25 +236,46 @@ def main() -> None:  # noqa: D103
                                        num_workers=args.workers, augment=cfg,
                                        labeled=False, knn_bank_size=0)  # fmt: skip
             e2e = fit_images_per_second(args, datamodule=dm)
-            g = torch.Generator().manual_seed(0)
-            shape = (args.batch_size, 3, args.size, args.size)
-            resident = [{"views": [torch.randn(shape, generator=g).to(device) for _ in range(2)],
-                         "label": torch.full((args.batch_size,), -1, device=device)}
-                        for _ in range(args.steps + args.warmup + 2)]  # fmt: skip
-            res = fit_images_per_second(args, loader=DataLoader(resident, batch_size=None))
+            res = fit_images_per_second(args, loader=resident_loader(args, args.size))
+            dm = ImageFolderDataModule(str(folder), batch_size=args.batch_size,
+                                       num_workers=args.workers, augment=cfg, labeled=False,
+                                       knn_bank_size=0, decode_on_device=True)  # fmt: skip
+            dev = fit_images_per_second(args, datamodule=dm)
             rows.setdefault("fit end to end (DataModule, images/s)", []).append(e2e)
+            rows.setdefault("fit end to end, JPEGs decoded on the device (images/s)",
+                            []).append(dev)  # fmt: skip
             rows.setdefault("fit device-resident (images/s)", []).append(res)
             rows.setdefault("end to end / device-resident", []).append(e2e / res)
+            rows.setdefault("end to end (decoded on the device) / device-resident",
+                            []).append(dev / res)  # fmt: skip
+            if args.scene_size:
+                scene_cfg = ViewAugmentation(size=args.scene_size)
+                fits = {}
+                for on_device in (False, True):
+                    dm = TexturedScenesDataModule(
+                        num_train=args.batch_size * (args.steps + args.warmup + 2),
+                        num_val=8, image_size=args.scene_size, batch_size=args.batch_size,
+                        num_workers=args.workers, augment=scene_cfg, knn_bank_size=0,
+                        render_on_device=on_device)  # fmt: skip
+                    fits[on_device] = fit_images_per_second(args, datamodule=dm)
+                res = fit_images_per_second(args, loader=resident_loader(args, args.scene_size))
+                rows.setdefault("scenes fit, rendered in workers (images/s)", []).append(fits[0])
+                rows.setdefault("scenes fit, rendered on the device (images/s)",
+                                []).append(fits[1])  # fmt: skip
+                rows.setdefault("scenes fit device-resident (images/s)", []).append(res)
+                rows.setdefault("end to end / device-resident, scenes in workers",
+                                []).append(fits[0] / res)  # fmt: skip
+                rows.setdefault("end to end / device-resident, scenes on the device",
+                                []).append(fits[1] / res)  # fmt: skip
     print(f"\ndevice {args.device}, {args.precision}, SimCLR {args.encoder}, {args.size} px, "
           f"batch {args.batch_size}, {args.workers} workers, {torch.get_num_threads()} threads, "
           f"{args.rounds} rounds (medians)\n")  # fmt: skip
     print("| measure | per second (median) | rounds |")
     print("|---|---|---|")
     for name, values in rows.items():
-        unit = "" if "/" in name.split("(")[-1] or "ratio" in name else ""
-        text = f"{statistics.median(values):.2f}" if name.startswith("end to end") else \
-            f"{statistics.median(values):,.0f}"  # fmt: skip
-        print(f"| {name}{unit} | {text} | {', '.join(f'{v:,.1f}' for v in values)} |")
+        ratio = name.startswith("end to end")
+        text = f"{statistics.median(values):.2f}" if ratio else f"{statistics.median(values):,.1f}"
+        print(f"| {name} | {text} | {', '.join(f'{v:,.2f}' for v in values)} |")
     b, a = rows["worker before (PIL + v2 per sample)"], rows["worker after (per-sample half)"]
     print(f"\nworker part speed-up (after / before, median of per-round ratios): "
           f"{statistics.median(x / y for x, y in zip(a, b)):.2f}x")  # fmt: skip
