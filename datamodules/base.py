@@ -273,7 +273,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
                 raise ValueError("data.class_balanced needs a label for every training image")
             weights = (1.0 / counts.clamp(min=1))[labels]
         return train_loader(self.train_dataset(), self.batch_size, self.num_workers,
-                            weights=weights)  # fmt: skip
+                            weights=weights, collate_fn=self.train_collate())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         """The held-out split (probe and kNN queries; the bank is :meth:`knn_bank_loader`)."""

@@ -375,15 +375,48 @@ def apply_photometric(batch: dict[str, Any], views: Sequence[BatchPhotometric],
     return batch
 
 
+class WorkerPhotometric:
+    """Collate function that also runs the batched half in the loader workers (CPU training).
+
+    When the model trains on the CPU, the "device" is the training process's own cores;
+    loader workers are idle cores in parallel, so there the batched half runs in them, on
+    each assembled batch (the same ops and values: a sample's result does not depend on its
+    batch).  Batches whose pixels are made on the device (``scene``, ``jpeg``) keep their
+    parameters for ``on_after_batch_transfer``.
+
+    Args:
+        views: The DataModule's :meth:`DeviceAugmentHooks.device_views`.
+    """
+
+    def __init__(self, views: Sequence[BatchPhotometric]) -> None:
+        self.views = list(views)
+
+    def __call__(self, samples: list[Any]) -> Any:  # noqa: D102
+        batch = collate_plans(samples)
+        if isinstance(batch, dict) and "photometric" in batch and (
+                "views" in batch or "image" in batch):  # fmt: skip
+            batch = apply_photometric(batch, self.views, "views" if "views" in batch else "image")
+        return batch
+
+
 class DeviceAugmentHooks:
     """DataModule mixin: the device half of the training views in ``on_after_batch_transfer``.
 
     A DataModule lists its views' :class:`BatchPhotometric` in :meth:`device_views`; every
     batch that carries ``photometric`` parameters (the training loader's) is augmented and
     normalised right after Lightning moved it to the device (the GPU when there is one);
-    evaluation batches pass through.  Outside a trainer (benchmarks, tests) call
-    :meth:`on_after_batch_transfer` on a loader's batch yourself.
+    evaluation batches pass through.  When the trainer runs on the CPU and the loader has
+    workers, the workers run that half instead (:meth:`train_collate`).  Outside a trainer
+    (benchmarks, tests) call :meth:`on_after_batch_transfer` on a loader's batch yourself.
     """
+
+    def train_collate(self) -> Any:
+        """The training loader's collate function: :class:`WorkerPhotometric` for CPU fits."""
+        trainer = getattr(self, "trainer", None)  # LightningDataModule.trainer (None: none yet)
+        cpu = trainer is not None and trainer.strategy.root_device.type == "cpu"
+        if cpu and getattr(self, "num_workers", 0) > 0:
+            return WorkerPhotometric(self.device_views())
+        return collate_plans
 
     def device_views(self) -> list[BatchPhotometric]:
         """One device transform per view (a single one for image batches)."""

@@ -164,6 +164,7 @@ def train_loader(
     drop_last: bool = True,
     shuffle: bool = True,
     weights: torch.Tensor | None = None,
+    collate_fn: Any = collate_plans,
 ) -> DataLoader:
     """The training DataLoader of every contraseg DataModule (see the module docstring).
 
@@ -180,6 +181,7 @@ def train_loader(
         shuffle: Shuffle every epoch.
         weights: Per-item sampling weights: each epoch draws ``len(dataset)`` items with
             replacement (class-balanced sampling), still a function of ``(seed, epoch)``.
+        collate_fn: Batch assembly (default: ``default_collate`` plus the photometric plans).
     """
     sampler = SeededSampler(dataset, run_seed(), shuffle=shuffle, weights=weights)
     return DataLoader(
@@ -191,5 +193,5 @@ def train_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
-        collate_fn=collate_plans,
+        collate_fn=collate_fn,
     )

@@ -349,7 +349,8 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         dataset = (self.unlabeled_dataset(self.pretrain_views, self.n_views)
                    if self.pretrain_views is not None else self.train_dataset())  # fmt: skip
         return train_loader(dataset, self.batch_size, self.num_workers,
-                            drop_last=len(dataset) > self.batch_size)  # type: ignore[arg-type]  # fmt: skip
+                            drop_last=len(dataset) > self.batch_size,  # type: ignore[arg-type]
+                            collate_fn=self.train_collate())  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:  # noqa: D102
         return self._loader(self.val_dataset())

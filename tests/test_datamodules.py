@@ -224,3 +224,28 @@ def test_image_folder_decodes_jpegs_on_the_device(tmp_path: Path) -> None:
     mixed.setup("fit")
     with pytest.raises(DataFormatError, match=r"0\.png is not a JPEG"):
         mixed.train_dataloader()
+
+
+def test_cpu_fits_run_the_batched_half_in_the_workers() -> None:
+    """Training on the CPU with workers: the workers apply the batched half, same values."""
+    import lightning as L
+
+    from datamodules.batch_augment import WorkerPhotometric
+
+    def make(workers: int) -> SyntheticDataModule:
+        dm = SyntheticDataModule(num_train=16, num_val=8, image_size=32, batch_size=4,
+                                 num_workers=workers, knn_bank_size=0,
+                                 augment=ViewAugmentation(size=16, blur_prob=0.5))  # fmt: skip
+        dm.setup("fit")
+        return dm
+
+    in_workers = make(2)
+    in_workers.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    loader = in_workers.train_dataloader()
+    assert isinstance(loader.collate_fn, WorkerPhotometric)
+    ours = next(iter(loader))
+    assert "photometric" not in ours and ours["views"][0].dtype == torch.float32
+    assert in_workers.on_after_batch_transfer(ours, 0) is ours  # nothing left to do
+    reference = make(0)  # no trainer: the hook does it
+    ref = reference.on_after_batch_transfer(next(iter(reference.train_dataloader())), 0)
+    assert all(torch.equal(a, b) for a, b in zip(ours["views"], ref["views"]))
