@@ -425,6 +425,13 @@ class DeviceAugmentHooks:
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Apply :func:`apply_photometric` to training batches (``photometric`` present)."""
         if isinstance(batch, dict) and "photometric" in batch:
+            trainer = getattr(self, "trainer", None)
+            precision = str(getattr(trainer, "precision", "32-true"))
+            if precision in ("bf16-true", "16-true", "64-true"):
+                raise ValueError(f"trainer.precision {precision!r} casts the batch's float "
+                                 "augmentation parameters before they reach the device; the "
+                                 "device half of the views needs them in float32: use "
+                                 "'bf16-mixed' / '16-mixed' (autocast) or '32-true'")  # fmt: skip
             cached = self.__dict__.get("_device_views")
             if cached is None:
                 cached = self.__dict__["_device_views"] = self.device_views()

@@ -230,3 +230,18 @@ def test_views_carry_uint8_and_apply_photometric_normalises() -> None:
     plain = BatchPhotometric(ViewAugmentation(size=16, mean=[0.5] * 3, std=[0.25] * 3))
     x = batch["views"][0]
     assert torch.allclose(plain(x, None), (x.float() / 255 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_true_half_precision_is_refused_with_a_clear_error() -> None:
+    """``bf16-true`` would cast the drawn parameters (and crop boxes) before the device half."""
+    import lightning as L
+
+    from datamodules import SyntheticDataModule
+
+    dm = SyntheticDataModule(num_train=8, num_val=4, image_size=32, batch_size=4, num_workers=0,
+                             knn_bank_size=0, augment=ViewAugmentation(size=16))  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = L.Trainer(accelerator="cpu", precision="bf16-true", logger=False)
+    with pytest.raises(ValueError, match="bf16-mixed"):
+        dm.on_after_batch_transfer(batch, 0)
