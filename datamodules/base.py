@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
-from datamodules.batch_augment import BatchPhotometric, DeviceAugmentHooks
+from datamodules.batch_augment import DeviceAugmentHooks
 from datamodules.sampling import SampleKey, seeded_call, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
@@ -219,15 +219,13 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
             )
         )
 
-    def device_views(self) -> list[BatchPhotometric]:
-        """The device half of every view (photometric ops and normalisation)."""
-        return [BatchPhotometric(c) for c in self.view_augments or [self.augment] * self.n_views]
+    def view_configs(self) -> list[ViewAugmentation]:
+        """Every training view's configuration (``augment`` repeated, or one per view)."""
+        return list(self.view_augments or [self.augment] * self.n_views)
 
     def train_dataset(self) -> Dataset:
         """Training set with multi-view augmentation (the per-sample half)."""
-        views = MultiViewTransform(
-            self.view_augments or self.augment, self.n_views, index_maps=self.index_maps
-        )
+        views = MultiViewTransform(self.view_configs(), index_maps=self.index_maps)
         raw = self._raw_datasets()[0]
         if self.attention_mask is not None:
             raw = AttentionMaskDataset(raw, self.attention_mask)

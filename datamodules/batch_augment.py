@@ -418,9 +418,13 @@ class DeviceAugmentHooks:
             return WorkerPhotometric(self.device_views())
         return collate_plans
 
-    def device_views(self) -> list[BatchPhotometric]:
-        """One device transform per view (a single one for image batches)."""
+    def view_configs(self) -> list[Any]:
+        """One view configuration per training view (a single one for image batches)."""
         raise NotImplementedError
+
+    def device_views(self) -> list[BatchPhotometric]:
+        """One device transform per :meth:`view_configs` entry."""
+        return [BatchPhotometric(cfg) for cfg in self.view_configs()]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Apply :func:`apply_photometric` to training batches (``photometric`` present)."""
@@ -437,28 +441,6 @@ class DeviceAugmentHooks:
                 cached = self.__dict__["_device_views"] = self.device_views()
             return apply_photometric(batch, cached, "views" if "views" in batch else "image")
         return batch
-
-
-def draw_geometry(cfg: Any, height: int, width: int) -> dict[str, Tensor]:
-    """One view's geometric parameters for :func:`device_geometry` (drawn in a worker).
-
-    The distributions of the per-sample half (``RandomResizedCrop`` with ``crop_scale`` /
-    ``crop_ratio``, flips, rot90): the crop box comes from torchvision's own
-    ``RandomResizedCrop.make_params``.
-    """
-    from torchvision import tv_tensors
-    from torchvision.transforms import v2
-
-    crop = v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
-    box = crop.make_params([tv_tensors.Image(torch.empty(0, height, width, dtype=torch.uint8))])
-    hflip = cfg.hflip_prob > 0 and bool(torch.rand(()) < cfg.hflip_prob)
-    vflip = cfg.vflip_prob > 0 and bool(torch.rand(()) < cfg.vflip_prob)
-    k = int(torch.randint(1, 4, ())) if cfg.rot90_prob > 0 and bool(
-        torch.rand(()) < cfg.rot90_prob) else 0  # fmt: skip
-    return {"box": torch.tensor([box["left"], box["top"], box["left"] + box["width"],
-                                 box["top"] + box["height"]], dtype=torch.float32),
-            "hflip": torch.tensor(hflip), "vflip": torch.tensor(vflip),
-            "rot90": torch.tensor(k)}  # fmt: skip
 
 
 def device_geometry(images: Tensor | list[Tensor], geometry: dict[str, Tensor],
@@ -518,33 +500,7 @@ def device_nearest(maps: Tensor, geometry: dict[str, Tensor], size: int) -> Tens
     return _flip_rotate(maps[batch, rows[:, :, None], cols[:, None, :]], geometry)
 
 
-class ViewDraws:
-    """Sample transform of the device-made views: each view's geometry and photometrics drawn.
-
-    For data whose pixels are made on the device (scenes rendered there, JPEGs decoded
-    there): the worker draws, from the sample's seeded stream, every view's crop / flip /
-    rot90 (:func:`draw_geometry`) and photometric parameters (``draw_photometric``) and
-    passes the sample's other entries through.
-
-    Args:
-        cfgs: One view configuration per view.
-        size: ``(H, W)`` of every source image, or ``None`` to read the sample's ``size``.
-    """
-
-    def __init__(self, cfgs: Sequence[Any], size: tuple[int, int] | None = None) -> None:
-        from datamodules.transforms import draw_photometric
-
-        self.cfgs, self.size, self._draw_photometric = list(cfgs), size, draw_photometric
-        self._rgb = torch.zeros(3, 1, 1, dtype=torch.uint8)  # decoded / rendered: 8-bit RGB
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
-        height, width = self.size or tuple(int(v) for v in sample["size"])
-        geometry = [draw_geometry(cfg, height, width) for cfg in self.cfgs]
-        photometric = [self._draw_photometric(cfg, self._rgb) for cfg in self.cfgs]
-        return {**sample, "geometry": geometry, "photometric": photometric}
-
-
-def device_views(images: Tensor | list[Tensor], batch: dict[str, Any],
+def device_views(images: Tensor | list[Tensor], geometry: Sequence[dict[str, Tensor]],
                  cfgs: Sequence[Any]) -> list[Tensor]:  # fmt: skip
-    """Every view of ``[0, 1]`` float source images, cropped with the batch's ``geometry``."""
-    return [device_geometry(images, g, cfg.size) for g, cfg in zip(batch.pop("geometry"), cfgs)]
+    """Every view of ``[0, 1]`` float source images, cropped with its drawn ``geometry``."""
+    return [device_geometry(images, g, cfg.size) for g, cfg in zip(geometry, cfgs)]

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from datamodules.base import PretrainDataModule, TransformedDataset
-from datamodules.batch_augment import ViewDraws, device_views
+from datamodules.batch_augment import device_views
 from datamodules.datasets.cifar import CIFARDataset
 from datamodules.datasets.digits import DigitsDataset
 from datamodules.datasets.image_folder import EncodedImages, ImageFolderDataset
@@ -21,7 +21,7 @@ from datamodules.datasets.isic import (
     lesion_split,
 )
 from datamodules.datasets.svhn import SVHNDataset
-from datamodules.transforms import ViewAugmentation
+from datamodules.transforms import ViewAugmentation, ViewDraws
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -195,8 +195,8 @@ class ImageFolderDataModule(PretrainDataModule):
         if self.attention_mask is not None or self.train_set_file is not None:
             raise ValueError("data.decode_on_device cannot be combined with data.attention_mask "
                              "or data.train_set (they need decoded images in the workers)")
-        cfgs = self.view_augments or [self.augment] * self.n_views
-        return TransformedDataset(EncodedImages(self._raw_datasets()[0]), ViewDraws(cfgs))
+        return TransformedDataset(EncodedImages(self._raw_datasets()[0]),
+                                  ViewDraws(self.view_configs()))  # fmt: skip
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Undecoded batches: decode on the batch's device, crop the views, then photometrics."""
@@ -204,8 +204,8 @@ class ImageFolderDataModule(PretrainDataModule):
             device = batch["label"].device
             images = decode_jpegs(batch.pop("jpeg"), batch.pop("path"), device)
             batch.pop("size")
-            cfgs = self.view_augments or [self.augment] * self.n_views
-            batch["views"] = device_views([im.float().div_(255) for im in images], batch, cfgs)
+            images = [im.float().div_(255) for im in images]
+            batch["views"] = device_views(images, batch.pop("geometry"), self.view_configs())
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
 

@@ -30,7 +30,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from datamodules.base import TransformedDataset
-from datamodules.batch_augment import BatchPhotometric, DeviceAugmentHooks
+from datamodules.batch_augment import DeviceAugmentHooks
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.io import DataFormatError
 from datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
@@ -275,13 +275,12 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
                 f"training split (e.g. {overlap[:3]}): the training list leaks validation data"
             )
 
-    def device_views(self) -> list[BatchPhotometric]:
-        """The device half: the pretraining views' photometrics, or fine-tuning normalisation."""
+    def view_configs(self) -> list[ViewAugmentation]:
+        """The pretraining views' configurations, or fine-tuning's (normalisation only)."""
         views = self.pretrain_views
         if views is None:
-            return [BatchPhotometric(self.train_photometric())]
-        cfgs = list(views) if isinstance(views, list) else [views] * self.n_views
-        return [BatchPhotometric(c) for c in cfgs]
+            return [self.train_photometric()]
+        return list(views) if isinstance(views, list) else [views] * self.n_views
 
     def train_photometric(self) -> ViewAugmentation:
         """Photometric configuration of fine-tuning samples: none, only the normalisation."""

@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import Dataset
 
 from datamodules.base import PretrainDataModule, TransformedDataset
-from datamodules.batch_augment import ViewDraws, device_geometry, device_nearest, device_views
+from datamodules.batch_augment import device_nearest, device_views
 from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.synthetic import NamedScenes
+from datamodules.transforms import ViewDraws
 
 
 class _SceneArgs:
@@ -113,8 +114,8 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
             raise ValueError("data.render_on_device renders the scenes themselves: it cannot be "
                              "combined with data.attention_mask or data.train_set")  # fmt: skip
         scenes = self._raw_datasets()[0]
-        cfgs = self.view_augments or [self.augment] * self.n_views
-        return TransformedDataset(_SceneDraws(scenes), ViewDraws(cfgs, (scenes.size,) * 2))
+        views = ViewDraws(self.view_configs(), (scenes.size,) * 2)
+        return TransformedDataset(_SceneDraws(scenes), views)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         """Device-rendered batches: render, crop the views; then the photometric half."""
@@ -122,8 +123,7 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
             scenes = self._raw_datasets()[0]
             rendered = scenes.render_draws(batch.pop("scene"))
             images = rendered["image"].float().div_(255)
-            cfgs = self.view_augments or [self.augment] * self.n_views
-            batch["views"] = device_views(images, batch, cfgs)
+            batch["views"] = device_views(images, batch.pop("geometry"), self.view_configs())
             batch["label"] = rendered["label"]
         return super().on_after_batch_transfer(batch, dataloader_idx)
 
@@ -224,10 +224,6 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
         selected = list(names) if names is not None else all_names
         return NamedScenes(scenes, selected, keys=("image", "mask", "domain"))
 
-    def _view_cfgs(self) -> list[Any]:
-        views = self.pretrain_views
-        return list(views) if isinstance(views, list) else [views] * self.n_views
-
     def unlabeled_dataset(self, views: Any, n_views: int = 2) -> Dataset:
         """The multi-view pretraining set; with ``render_on_device`` only draws (see the class)."""
         if not self.render_on_device:
@@ -250,9 +246,8 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
             n, size = images.shape[0], images.shape[-1]
             index = torch.arange(size * size, device=images.device).view(1, size, size)
             index = index.expand(n, -1, -1)
-            geometry = batch.pop("geometry")
-            cfgs = self._view_cfgs()
-            batch["views"] = [device_geometry(images, g, c.size) for g, c in zip(geometry, cfgs)]
+            geometry, cfgs = batch.pop("geometry"), self.view_configs()
+            batch["views"] = device_views(images, geometry, cfgs)
             batch["masks"] = [device_nearest(masks, g, c.size) for g, c in zip(geometry, cfgs)]
             batch["index_maps"] = [device_nearest(index, g, c.size)
                                    for g, c in zip(geometry, cfgs)]  # fmt: skip

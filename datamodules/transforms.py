@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from datamodules.batch_augment import scale_by_dtype
 from datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -36,14 +37,7 @@ class ScaleByDtype(v2.Transform):
 
     _transformed_types = (tv_tensors.Image,)
 
-    @staticmethod
-    def scale(image: Tensor) -> Tensor:
-        """The float32 image of ``image`` (see the class docstring)."""
-        if image.dtype == torch.uint8:
-            return image.to(torch.float32).mul_(1.0 / 255)
-        if image.dtype == torch.uint16:
-            return image.to(torch.float32).mul_(1.0 / 65535)
-        return image.to(torch.float32)
+    scale = staticmethod(scale_by_dtype)  # one rule, shared with the device half
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:  # noqa: D102
         return tv_tensors.wrap(self.scale(inpt.as_subclass(Tensor)), like=inpt)
@@ -241,6 +235,53 @@ def draw_photometric(cfg: ViewAugmentation, image: Tensor) -> dict[str, Tensor]:
         else:
             out[key] = torch.tensor(value, dtype=torch.float32)
     return out
+
+
+def draw_geometry(cfg: ViewAugmentation, height: int, width: int) -> dict[str, Tensor]:
+    """One view's crop, flips and rot90, drawn in a worker for a view cropped on the device.
+
+    Applied by :func:`datamodules.batch_augment.device_geometry`.
+
+    The distributions of the per-sample half (``RandomResizedCrop`` with ``crop_scale`` /
+    ``crop_ratio``, flips, rot90): the crop box comes from torchvision's own
+    ``RandomResizedCrop.make_params``.
+    """
+    crop = v2.RandomResizedCrop(cfg.size, scale=tuple(cfg.crop_scale), ratio=tuple(cfg.crop_ratio))
+    box = crop.make_params([tv_tensors.Image(torch.empty(0, height, width, dtype=torch.uint8))])
+    hflip = cfg.hflip_prob > 0 and bool(torch.rand(()) < cfg.hflip_prob)
+    vflip = cfg.vflip_prob > 0 and bool(torch.rand(()) < cfg.vflip_prob)
+    k = int(torch.randint(1, 4, ())) if cfg.rot90_prob > 0 and bool(
+        torch.rand(()) < cfg.rot90_prob) else 0  # fmt: skip
+    return {"box": torch.tensor([box["left"], box["top"], box["left"] + box["width"],
+                                 box["top"] + box["height"]], dtype=torch.float32),
+            "hflip": torch.tensor(hflip), "vflip": torch.tensor(vflip),
+            "rot90": torch.tensor(k)}  # fmt: skip
+
+
+class ViewDraws:
+    """Sample transform of the device-made views: each view's geometry and photometrics drawn.
+
+    For data whose pixels are made on the device (scenes rendered there, JPEGs decoded
+    there): the worker draws, from the sample's seeded stream, every view's crop / flip /
+    rot90 (:func:`draw_geometry`) and photometric parameters (:func:`draw_photometric`) and
+    passes the sample's other entries through.
+
+    Args:
+        cfgs: One view configuration per view.
+        size: ``(H, W)`` of every source image, or ``None`` to read the sample's ``size``.
+    """
+
+    def __init__(self, cfgs: Sequence[ViewAugmentation],
+                 size: tuple[int, int] | None = None) -> None:  # fmt: skip
+        self.cfgs, self.size = list(cfgs), size
+        self._rgb = torch.zeros(3, 1, 1, dtype=torch.uint8)  # decoded / rendered: 8-bit RGB
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:  # noqa: D102
+        height, width = self.size or tuple(int(v) for v in sample["size"])
+        geometry = [draw_geometry(cfg, height, width) for cfg in self.cfgs]
+        photometric = [draw_photometric(cfg, self._rgb) for cfg in self.cfgs]
+        return {**sample, "geometry": geometry, "photometric": photometric}
+
 
 
 def no_photometric(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
