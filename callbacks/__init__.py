@@ -1,6 +1,6 @@
 """Callbacks and loggers for cross-cutting behaviour."""
 
-from callbacks.checkpoint import RunCheckpoint
+from callbacks.checkpoint import RunCheckpoint, StepSnapshots
 from callbacks.cluster_eval import ClusterEvaluation
 from callbacks.condensed_images import CondensedImages
 from callbacks.confusion import ConfusionMatrixPlot
@@ -20,5 +20,6 @@ __all__ = [
     "PrototypeUpdate",
     "RunCheckpoint",
     "SegmentationOverlays",
+    "StepSnapshots",
     "WandbLogger",
 ]

@@ -30,7 +30,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "non_finite_tensors"]
+__all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "StepSnapshots", "non_finite_tensors",
+           "save_atomically"]
 
 
 class CheckpointFolderInUseError(RuntimeError):
@@ -41,6 +42,25 @@ def non_finite_tensors(module: torch.nn.Module) -> list[str]:
     """Names of the floating-point parameters and buffers of ``module`` with NaN or inf."""
     return [name for name, t in module.state_dict().items()
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]  # fmt: skip
+
+
+def save_atomically(trainer: L.Trainer, filepath: str, weights_only: bool = False) -> bool:
+    """Write ``filepath`` through a temporary file renamed over it, only with finite weights.
+
+    Returns:
+        Whether the file was written (``False``: a non-finite tensor, the old file is kept).
+    """
+    bad = non_finite_tensors(trainer.lightning_module)
+    if bad:
+        rank_zero_warn(f"not writing {filepath} at step {trainer.global_step}: {len(bad)} tensors "
+                       f"are not finite (e.g. {bad[:3]}); the previous checkpoint is kept")
+        return False
+    tmp = f"{filepath}.tmp"
+    trainer.save_checkpoint(tmp, weights_only)
+    if trainer.is_global_zero:
+        os.replace(tmp, filepath)
+    trainer.strategy.barrier("save_atomically.rename")
+    return True
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -170,17 +190,8 @@ class RunCheckpoint(ModelCheckpoint):
     # ------------------------------------------------------------------ writing
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         """Write ``filepath`` atomically, and only with finite weights."""
-        bad = non_finite_tensors(trainer.lightning_module)
-        if bad:
-            rank_zero_warn(f"RunCheckpoint: not writing {filepath} at step {trainer.global_step}: "
-                           f"{len(bad)} tensors are not finite (e.g. {bad[:3]}); "
-                           "the previous checkpoint is kept")  # fmt: skip
+        if not save_atomically(trainer, filepath, self.save_weights_only):
             return
-        tmp = f"{filepath}.tmp"
-        trainer.save_checkpoint(tmp, self.save_weights_only)
-        if trainer.is_global_zero:
-            os.replace(tmp, filepath)
-        trainer.strategy.barrier("RunCheckpoint.rename")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if Path(filepath).stem == self.CHECKPOINT_NAME_LAST:
@@ -188,3 +199,68 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(self)
+
+
+class StepSnapshots(L.Callback):
+    """Checkpoints at listed optimiser steps: ``step=NNNNNN.ckpt``, for learning curves.
+
+    One run to the largest budget leaves a checkpoint at every budget of a curve (the table
+    runner's ``budgets`` axis evaluates each).  Step 0 is written before the first
+    optimiser step: the run's own initialisation.  A checkpoint at step ``b`` of a run of
+    ``B`` steps is not a run of ``b`` steps: the learning-rate schedule spans ``B``.  A
+    resumed run writes the snapshots it has not reached yet (bitwise the uninterrupted
+    run's); files are written atomically (:func:`save_atomically`).
+
+    Args:
+        steps: Optimiser steps (``global_step`` after the step) to snapshot, e.g.
+            ``[0, 100, 300, 1000]``.
+        dirpath: Folder (default: the run's :class:`RunCheckpoint` folder, else
+            ``<default_root_dir>/checkpoints``).
+    """
+
+    def __init__(self, steps: list[int], dirpath: str | None = None) -> None:
+        if not steps or any(int(s) < 0 for s in steps):
+            raise ValueError(f"StepSnapshots: steps must be a non-empty list of steps >= 0, "
+                             f"got {steps}")
+        self.steps = sorted({int(s) for s in steps})
+        self.dirpath = dirpath
+        self._written: set[int] = set()
+
+    @staticmethod
+    def filename(step: int) -> str:
+        """The file name of the snapshot at ``step``."""
+        return f"step={int(step):06d}.ckpt"
+
+    def _folder(self, trainer: L.Trainer) -> Path:
+        if self.dirpath:
+            return Path(self.dirpath)
+        run = trainer.checkpoint_callback
+        if run is not None and getattr(run, "dirpath", None):
+            return Path(run.dirpath)
+        return Path(trainer.default_root_dir) / "checkpoints"
+
+    def _maybe_save(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
+        if (trainer.fast_dev_run or trainer.sanity_checking or step not in self.steps
+                or step in self._written):
+            return
+        folder = self._folder(trainer)
+        folder.mkdir(parents=True, exist_ok=True)
+        if save_atomically(trainer, str(folder / self.filename(step))):
+            self._written.add(step)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Step 0: the initial weights (only in a fresh run)."""
+        self._maybe_save(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        """A listed step has just been taken (with accumulation: once per step)."""
+        self._maybe_save(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Warn when the run ended before a listed step (its checkpoint does not exist)."""
+        missing = [s for s in self.steps if s > trainer.global_step]
+        if missing:
+            rank_zero_warn(f"StepSnapshots: training ended at step {trainer.global_step}, "
+                           f"before steps {missing} (no checkpoint for them)")

@@ -31,7 +31,12 @@ from datamodules.synthetic import (
     SyntheticDataModule,
     SyntheticSegmentationDataModule,
 )
-from datamodules.textured import TexturedScenesDataModule, TexturedSegmentationDataModule
+from datamodules.textured import (
+    DigitScenesDataModule,
+    DigitSegmentationDataModule,
+    TexturedScenesDataModule,
+    TexturedSegmentationDataModule,
+)
 
 __all__ = [
     "ClassBank",
@@ -58,6 +63,8 @@ __all__ = [
     "SegmentationDataModule",
     "SyntheticDataModule",
     "SyntheticSegmentationDataModule",
+    "DigitScenesDataModule",
+    "DigitSegmentationDataModule",
     "TexturedScenesDataModule",
     "TexturedSegmentationDataModule",
 ]

@@ -1,10 +1,15 @@
-"""LightningDataModules over the segmentation-scale benchmark (``datasets.textured_scenes``).
+"""LightningDataModules over the segmentation-scale synthetic benchmarks (two generators).
 
+The generators: :mod:`datamodules.datasets.textured_scenes` and
+:mod:`datamodules.datasets.digit_scenes`.
 :class:`TexturedScenesDataModule` serves image-level pretraining (SimCLR, DirectCLR, with the
 majority class as the kNN/probe label); :class:`TexturedSegmentationDataModule` serves
 segmentation with label fractions and the unlabeled multi-view mode of the dense methods.
 Both take the generator's variants (clutter, class imbalance, domains).  Validation scenes
 come from another seed and, with ``balanced_val`` (default), from uniform classes.
+:class:`DigitScenesDataModule` and :class:`DigitSegmentationDataModule` are the same two
+modules over the handwritten-digit scenes (classes are shapes), validation scenes drawn from
+held-out glyphs only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch.utils.data import Dataset
 
 from datamodules.base import PretrainDataModule, TransformedDataset
 from datamodules.batch_augment import device_nearest, device_views
+from datamodules.datasets.digit_scenes import DIGIT_CLASSES, DigitScenes
 from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.synthetic import NamedScenes
@@ -26,22 +32,61 @@ from datamodules.transforms import ViewDraws
 class _SceneArgs:
     """The generator arguments both modules share, checked once at configuration."""
 
+    generator: type[TexturedScenes] = TexturedScenes
+
     def _set_scene_args(self, **scene: Any) -> None:
         self.scene_args = dict(scene)
-        self.balanced_val = self.scene_args.pop("balanced_val")
+        self.balanced_val = self.scene_args.pop("balanced_val", False)
         self.data_seed = self.scene_args.pop("data_seed")
-        TexturedScenes(1, **self.scene_args, seed=self.data_seed)  # fail fast on bad arguments
+        self.scenes("train", 1)  # fail fast on bad arguments
 
-    def scenes(self, split: str, num_samples: int) -> TexturedScenes:
-        """The ``train`` or ``val`` generator (seeds ``2 s`` and ``2 s + 1``)."""
+    def split_args(self, split: str) -> dict[str, Any]:
+        """The generator's arguments for ``split`` (validation: uniform classes if balanced)."""
         args = dict(self.scene_args)
         if split != "train" and self.balanced_val:
             args["imbalance_ratio"] = 1.0
+        return args
+
+    def scenes(self, split: str, num_samples: int) -> TexturedScenes:
+        """The ``train`` or ``val`` generator (seeds ``2 s`` and ``2 s + 1``)."""
         seed = 2 * self.data_seed + (0 if split == "train" else 1)
-        return TexturedScenes(num_samples, **args, seed=seed)
+        return self.generator(num_samples, **self.split_args(split), seed=seed)
 
 
-class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
+class _ScenePretrain(_SceneArgs, PretrainDataModule):
+    """Image-level pretraining on a scene generator (``generator`` of the subclass)."""
+
+    @classmethod
+    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
+        return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "16",
+                "--data.init_args.num_val", "8"]  # fmt: skip
+
+    def build_datasets(self) -> tuple[TexturedScenes, TexturedScenes]:  # noqa: D102
+        return self.scenes("train", self.num_train), self.scenes("val", self.num_val)
+
+    def train_dataset(self) -> Dataset:
+        """Multi-view training set; with ``render_on_device`` only draws (see the class)."""
+        if not self.render_on_device:
+            return super().train_dataset()
+        if self.attention_mask is not None or self.train_set_file is not None:
+            raise ValueError("data.render_on_device renders the scenes themselves: it cannot be "
+                             "combined with data.attention_mask or data.train_set")  # fmt: skip
+        scenes = self._raw_datasets()[0]
+        views = ViewDraws(self.view_configs(), (scenes.size,) * 2)
+        return TransformedDataset(_SceneDraws(scenes), views)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Device-rendered batches: render, crop the views; then the photometric half."""
+        if isinstance(batch, dict) and "scene" in batch:
+            scenes = self._raw_datasets()[0]
+            rendered = scenes.render_draws(batch.pop("scene"))
+            images = rendered["image"].float().div_(255)
+            batch["views"] = device_views(images, batch.pop("geometry"), self.view_configs())
+            batch["label"] = rendered["label"]
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+
+class TexturedScenesDataModule(_ScenePretrain):
     """Image-level pretraining on :class:`TexturedScenes` (label: the largest visible class).
 
     Args:
@@ -98,35 +143,6 @@ class TexturedScenesDataModule(_SceneArgs, PretrainDataModule):
             balanced_val=balanced_val, data_seed=data_seed,
         )  # fmt: skip
 
-    @classmethod
-    def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
-        return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "16",
-                "--data.init_args.num_val", "8"]  # fmt: skip
-
-    def build_datasets(self) -> tuple[TexturedScenes, TexturedScenes]:  # noqa: D102
-        return self.scenes("train", self.num_train), self.scenes("val", self.num_val)
-
-    def train_dataset(self) -> Dataset:
-        """Multi-view training set; with ``render_on_device`` only draws (see the class)."""
-        if not self.render_on_device:
-            return super().train_dataset()
-        if self.attention_mask is not None or self.train_set_file is not None:
-            raise ValueError("data.render_on_device renders the scenes themselves: it cannot be "
-                             "combined with data.attention_mask or data.train_set")  # fmt: skip
-        scenes = self._raw_datasets()[0]
-        views = ViewDraws(self.view_configs(), (scenes.size,) * 2)
-        return TransformedDataset(_SceneDraws(scenes), views)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
-        """Device-rendered batches: render, crop the views; then the photometric half."""
-        if isinstance(batch, dict) and "scene" in batch:
-            scenes = self._raw_datasets()[0]
-            rendered = scenes.render_draws(batch.pop("scene"))
-            images = rendered["image"].float().div_(255)
-            batch["views"] = device_views(images, batch.pop("geometry"), self.view_configs())
-            batch["label"] = rendered["label"]
-        return super().on_after_batch_transfer(batch, dataloader_idx)
-
 
 class _SceneDraws(Dataset):
     """A scene's random numbers (:meth:`TexturedScenes.draw`) instead of its pixels.
@@ -147,73 +163,15 @@ class _SceneDraws(Dataset):
         return {"scene": self.scenes.draw(self.indices[index]), "label": -1}  # label: rendered
 
 
-class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
-    """Segmentation of :class:`TexturedScenes`: background + one class per texture family.
+class _SceneSegmentation(_SceneArgs, SegmentationDataModule):
+    """Segmentation of a scene generator (``generator`` of the subclass)."""
 
-    Args:
-        num_train: Training scenes (the pool label fractions are drawn from).
-        num_val: Validation scenes.
-        image_size: Rendered size (default crop: the whole scene).
-        num_object_classes: Texture classes (``num_classes = num_object_classes + 1``).
-        min_objects: Fewest objects per scene.
-        max_objects: Most objects per scene.
-        period: Mean texture period (px).
-        clutter: Distractors per scene (labelled background).
-        clutter_textured: Distractors painted with class textures (still background).
-        imbalance_ratio: Most / least frequent class in training.
-        num_domains: Rendering regimes (items carry ``"domain"``).
-        domain: Restrict every scene to this domain.
-        balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
-        data_seed: Seed of the generated data.
-        render_on_device: In the pretraining mode (``pretrain_views``), render the training
-            scenes on the training device and make the views, masks and pixel-index maps
-            there (as :class:`TexturedScenesDataModule`'s option; masks and index maps by
-            nearest sampling, exact).  Fine-tuning and validation render in the workers.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
-    """
-
-    name = "textured"
     tiny_crop, tiny_batch_size, tiny_label_fraction = 32, 2, 4
 
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
         return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "16",
                 "--data.init_args.num_val", "4", "--data.init_args.image_size", "48"]  # fmt: skip
-
-    def __init__(
-        self,
-        num_train: int = 2048,
-        num_val: int = 256,
-        image_size: int = 96,
-        num_object_classes: int = 6,
-        min_objects: int = 2,
-        max_objects: int = 5,
-        period: float = 8.0,
-        clutter: int = 0,
-        imbalance_ratio: float = 1.0,
-        num_domains: int = 1,
-        domain: int | None = None,
-        balanced_val: bool = True,
-        data_seed: int = 0,
-        clutter_textured: bool = False,
-        render_on_device: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
-            if kwargs.get(key) is None:
-                kwargs[key] = value
-        super().__init__(**kwargs)
-        self.render_on_device = render_on_device
-        self.num_train, self.num_val = num_train, num_val
-        self.classes = ["background", *TEXTURES[:num_object_classes]]
-        self.num_classes = num_object_classes + 1
-        self._set_scene_args(
-            image_size=image_size, num_classes=num_object_classes, min_objects=min_objects,
-            max_objects=max_objects, period=period, clutter=clutter,
-            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
-            num_domains=num_domains, domain=domain,
-            balanced_val=balanced_val, data_seed=data_seed,
-        )  # fmt: skip
 
     def train_names(self) -> list[str]:  # noqa: D102
         return [f"{i:06d}" for i in range(self.num_train)]
@@ -253,3 +211,183 @@ class TexturedSegmentationDataModule(_SceneArgs, SegmentationDataModule):
                                    for g, c in zip(geometry, cfgs)]  # fmt: skip
             batch["source_size"] = torch.tensor([size, size], device=images.device).expand(n, 2)
         return super().on_after_batch_transfer(batch, dataloader_idx)
+
+
+class TexturedSegmentationDataModule(_SceneSegmentation):
+    """Segmentation of :class:`TexturedScenes`: background + one class per texture family.
+
+    Args:
+        num_train: Training scenes (the pool label fractions are drawn from).
+        num_val: Validation scenes.
+        image_size: Rendered size (default crop: the whole scene).
+        num_object_classes: Texture classes (``num_classes = num_object_classes + 1``).
+        min_objects: Fewest objects per scene.
+        max_objects: Most objects per scene.
+        period: Mean texture period (px).
+        clutter: Distractors per scene (labelled background).
+        clutter_textured: Distractors painted with class textures (still background).
+        imbalance_ratio: Most / least frequent class in training.
+        num_domains: Rendering regimes (items carry ``"domain"``).
+        domain: Restrict every scene to this domain.
+        balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
+        data_seed: Seed of the generated data.
+        render_on_device: In the pretraining mode (``pretrain_views``), render the training
+            scenes on the training device and make the views, masks and pixel-index maps
+            there (as :class:`TexturedScenesDataModule`'s option; masks and index maps by
+            nearest sampling, exact).  Fine-tuning and validation render in the workers.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "textured"
+
+    def __init__(
+        self,
+        num_train: int = 2048,
+        num_val: int = 256,
+        image_size: int = 96,
+        num_object_classes: int = 6,
+        min_objects: int = 2,
+        max_objects: int = 5,
+        period: float = 8.0,
+        clutter: int = 0,
+        imbalance_ratio: float = 1.0,
+        num_domains: int = 1,
+        domain: int | None = None,
+        balanced_val: bool = True,
+        data_seed: int = 0,
+        clutter_textured: bool = False,
+        render_on_device: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
+            if kwargs.get(key) is None:
+                kwargs[key] = value
+        super().__init__(**kwargs)
+        self.render_on_device = render_on_device
+        self.num_train, self.num_val = num_train, num_val
+        self.classes = ["background", *TEXTURES[:num_object_classes]]
+        self.num_classes = num_object_classes + 1
+        self._set_scene_args(
+            image_size=image_size, num_classes=num_object_classes, min_objects=min_objects,
+            max_objects=max_objects, period=period, clutter=clutter,
+            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
+            num_domains=num_domains, domain=domain,
+            balanced_val=balanced_val, data_seed=data_seed,
+        )  # fmt: skip
+
+
+class _DigitArgs(_SceneArgs):
+    """Digit scenes: training scenes draw the training glyphs, validation the held-out ones."""
+
+    generator = DigitScenes
+
+    def split_args(self, split: str) -> dict[str, Any]:  # noqa: D102
+        return {**self.scene_args, "digit_pool": "train" if split == "train" else "val"}
+
+
+class DigitScenesDataModule(_DigitArgs, _ScenePretrain):
+    """Image-level pretraining on :class:`DigitScenes` (label: the largest visible digit).
+
+    Validation scenes are built only from held-out glyphs (``holdout_fraction`` of each
+    digit's 1,797 samples, a fixed seeded split), training scenes only from the others.
+
+    Args:
+        num_train: Training scenes.
+        num_val: Validation scenes.
+        image_size: Rendered size (views are cropped to ``augment.size``).
+        min_objects: Fewest digits per scene.
+        max_objects: Most digits per scene.
+        digit_size: Range of the glyph side as a fraction of the scene side.
+        max_rotation: Largest glyph rotation in degrees.
+        period: Mean texture period (px).
+        clutter: Distractors per scene (labelled background).
+        clutter_textured: Distractors painted with the textures.
+        holdout_fraction: Held-out share of each digit's glyphs (the validation pool).
+        data_seed: Seed of the generated scenes.
+        render_on_device: Render training scenes on the training device (see
+            :class:`TexturedScenesDataModule`).
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
+
+    def __init__(
+        self,
+        num_train: int = 4096,
+        num_val: int = 512,
+        image_size: int = 96,
+        min_objects: int = 1,
+        max_objects: int = 3,
+        digit_size: tuple[float, float] = (0.25, 0.45),
+        max_rotation: float = 20.0,
+        period: float = 6.0,
+        clutter: int = 2,
+        clutter_textured: bool = True,
+        holdout_fraction: float = 0.25,
+        data_seed: int = 0,
+        render_on_device: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.num_train, self.num_val, self.num_classes = num_train, num_val, len(DIGIT_CLASSES)
+        self.render_on_device = render_on_device
+        self._set_scene_args(
+            image_size=image_size, min_objects=min_objects, max_objects=max_objects,
+            digit_size=tuple(digit_size), max_rotation=max_rotation, period=period,
+            clutter=clutter, clutter_textured=clutter_textured,
+            holdout_fraction=holdout_fraction, data_seed=data_seed,
+        )  # fmt: skip
+
+
+class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
+    """Segmentation of :class:`DigitScenes`: background + the ten digits (shapes).
+
+    Args:
+        num_train: Training scenes (the pool label fractions are drawn from).
+        num_val: Validation scenes (held-out glyphs only).
+        image_size: Rendered size (default crop: the whole scene).
+        min_objects: Fewest digits per scene.
+        max_objects: Most digits per scene.
+        digit_size: Range of the glyph side as a fraction of the scene side.
+        max_rotation: Largest glyph rotation in degrees.
+        period: Mean texture period (px).
+        clutter: Distractors per scene (labelled background).
+        clutter_textured: Distractors painted with the textures.
+        holdout_fraction: Held-out share of each digit's glyphs (the validation pool).
+        data_seed: Seed of the generated scenes.
+        render_on_device: Render pretraining scenes on the device (see
+            :class:`TexturedSegmentationDataModule`).
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    name = "digit_scenes"
+
+    def __init__(
+        self,
+        num_train: int = 2048,
+        num_val: int = 256,
+        image_size: int = 96,
+        min_objects: int = 1,
+        max_objects: int = 3,
+        digit_size: tuple[float, float] = (0.25, 0.45),
+        max_rotation: float = 20.0,
+        period: float = 6.0,
+        clutter: int = 2,
+        clutter_textured: bool = True,
+        holdout_fraction: float = 0.25,
+        data_seed: int = 0,
+        render_on_device: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
+            if kwargs.get(key) is None:
+                kwargs[key] = value
+        super().__init__(**kwargs)
+        self.render_on_device = render_on_device
+        self.num_train, self.num_val = num_train, num_val
+        self.classes = ["background", *DIGIT_CLASSES]
+        self.num_classes = len(self.classes)
+        self._set_scene_args(
+            image_size=image_size, min_objects=min_objects, max_objects=max_objects,
+            digit_size=tuple(digit_size), max_rotation=max_rotation, period=period,
+            clutter=clutter, clutter_textured=clutter_textured,
+            holdout_fraction=holdout_fraction, data_seed=data_seed,
+        )  # fmt: skip

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.tables import (  # noqa: E402
     aggregate,
-    expand_fractions,
+    expand,
     load_table,
     log_wandb_table,
     run_table,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     if args.dry_run:
         return 0
-    table = expand_fractions(table, args.scale)
+    table = expand(table, args.scale)
     summary = aggregate(table, records)
     paths = write_reports(table, args.scale, summary, Path(args.out))
     if not args.no_wandb:

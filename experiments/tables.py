@@ -25,6 +25,18 @@ A row with ``fractions: [0.01, 0.1]`` stands for one row per label fraction ("na
 ``fraction: true`` (a pretraining step on the labeled subset); a scale may replace the
 list (``fractions:`` in the preset, e.g. larger fractions for the few images of a fixture).
 
+A table with ``budgets: [0, 100, 300, 1000]`` (a scale may replace the list) has a budget axis:
+a row with ``budgets: true`` stands for one row per budget ("name (300 steps)").  Its chain
+entry marked ``budget: true`` (the pretraining) runs once, to the largest budget
+(``--trainer.max_steps``), leaving ``step=NNNNNN.ckpt`` at every budget
+(:class:`callbacks.StepSnapshots`); every later entry that inits from it starts from the
+snapshot of its row's budget.  A chain entry may be a ``validate`` run (``command: validate``,
+``init: {from: 0, arg: --ckpt_path}``: kNN, effective rank of that checkpoint), and may carry
+a label (``as: frozen``) that names its metrics as ``"val/miou@frozen"`` beside
+``"val/miou@<position>"``.  Rows without a budget are baselines (the horizontal lines of the
+curve plot, ``<scale>_curves.png``).  An ``args`` list may hold nested lists (a YAML alias of
+a shared argument list): they are spliced in.
+
 A step is a ``fit`` a user could type: ``--config <config>`` + the scale's arguments for
 ``all`` and for the config's stem + the step's ``args`` + the scale's ``last`` arguments
 (which win over a row's, e.g. ``last: [--trainer.max_epochs, "1"]`` keeps a smoke run short
@@ -65,6 +77,7 @@ __all__ = [
     "Step",
     "Table",
     "aggregate",
+    "expand",
     "load_table",
     "log_wandb_table",
     "run_table",
@@ -75,6 +88,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
 TABLES = REPO / "experiments" / "tables"
 FRACTION_ARG = "--data.init_args.label_fraction"
+SUBCOMMANDS = ("fit", "validate", "test")
 
 
 @dataclass
@@ -84,6 +98,7 @@ class Step:
     config: str
     args: list[str]
     init: dict[str, Any] | None = None
+    subcommand: str = "fit"
     seed: int | None = None
     key: str = ""
     depends: list[Step] = field(default_factory=list)
@@ -91,7 +106,7 @@ class Step:
 
     def command(self, root: Path) -> list[str]:
         """The CLI arguments of this step (``fit`` and everything after it)."""
-        args = ["fit", "--config", str(CONFIGS / self.config), *self.args]
+        args = [self.subcommand, "--config", str(CONFIGS / self.config), *self.args]
         if self.init is not None:
             source = self.depends[self.init["from"]]
             ckpt = source.output(root) / "checkpoints" / self.init.get("checkpoint", "last.ckpt")
@@ -121,6 +136,7 @@ class Table:
     path: Path
     description: str = ""
     requires: list[str] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
 
 
 def load_table(name_or_path: str) -> Table:
@@ -142,7 +158,8 @@ def load_table(name_or_path: str) -> Table:
                   rows=list(raw.get("rows") or []), steps=dict(raw.get("steps") or {}),
                   scales=dict(raw.get("scales") or {}), path=path,
                   description=raw.get("description", ""),
-                  requires=list(raw.get("requires") or []))  # fmt: skip
+                  requires=list(raw.get("requires") or []),
+                  budgets=[int(b) for b in raw.get("budgets") or []])  # fmt: skip
     if not table.metrics or not table.rows:
         raise ValueError(f"{path}: a table needs 'metrics' and 'rows'")
     for row in table.rows:
@@ -152,11 +169,66 @@ def load_table(name_or_path: str) -> Table:
         for k, step in enumerate(chain):
             if "step" in step and step["step"] not in table.steps:
                 raise ValueError(f"{path}: row {row['name']!r} names unknown step {step['step']!r}")
-            init = _spec(table, step).get("init")
+            spec = _spec(table, step)
+            init = spec.get("init")
             if init is not None and not 0 <= int(init.get("from", -1)) < k:
                 raise ValueError(f"{path}: row {row['name']!r} step {k} inits from step "
                                  f"{init.get('from')}, which is not an earlier step")  # fmt: skip
+            if spec.get("command", "fit") not in SUBCOMMANDS:
+                raise ValueError(f"{path}: row {row['name']!r} step {k}: command must be one of "
+                                 f"{SUBCOMMANDS}, got {spec.get('command')!r}")  # fmt: skip
+        if row.get("budgets"):
+            marked = [k for k, e in enumerate(chain) if _spec(table, e).get("budget")]
+            if len(marked) != 1:
+                raise ValueError(f"{path}: row {row['name']!r} has budgets but {len(marked)} "
+                                 "chain entries marked 'budget: true' (needs exactly one)")
+            if row["budgets"] is True and not table.budgets:
+                raise ValueError(f"{path}: row {row['name']!r} has 'budgets: true' but the "
+                                 "table lists no 'budgets'")
     return table
+
+
+def expand(table: Table, scale: str) -> Table:
+    """The rows the runner runs: fractions, then budgets, expanded."""
+    return expand_budgets(expand_fractions(table, scale), scale)
+
+
+def expand_budgets(table: Table, scale: str) -> Table:
+    """A copy of ``table`` with every ``budgets`` row replaced by one row per budget.
+
+    The budget entry of the chain gets ``--trainer.max_steps <largest budget>`` (no epoch
+    limit) and a :class:`callbacks.StepSnapshots` at every budget, the same arguments for
+    every budget (so it runs once); entries that init from it start from ``step=<b>``.
+    """
+    from callbacks.checkpoint import StepSnapshots
+
+    preset = table.scales.get(scale) or {}
+    rows = []
+    for row in table.rows:
+        if not row.get("budgets"):
+            rows.append(row)
+            continue
+        listed = row["budgets"] if isinstance(row["budgets"], list) else table.budgets
+        budgets = sorted({int(b) for b in preset.get("budgets", listed)})
+        marked = next(k for k, e in enumerate(row["chain"]) if _spec(table, e).get("budget"))
+        for b in budgets:
+            chain = []
+            for k, entry in enumerate(row["chain"]):
+                spec = _spec(table, entry)
+                if k == marked:
+                    args = [*_flat_args(entry.get("args", [])), "--trainer.max_epochs", "-1",
+                            "--trainer.max_steps", str(max(budgets)),
+                            "--trainer.callbacks+=callbacks.StepSnapshots",
+                            "--trainer.callbacks.steps", json.dumps(budgets)]
+                    entry = {**entry, "args": args}
+                init = spec.get("init")
+                if init is not None and int(init["from"]) == marked:
+                    entry = {**entry, "init": {**init, "checkpoint": StepSnapshots.filename(b)}}
+                chain.append(entry)
+            one = {k: v for k, v in row.items() if k != "budgets"}
+            rows.append({**one, "name": f"{row['name']} ({b} steps)", "chain": chain,
+                         "budget": b, "curve": row["name"]})  # fmt: skip
+    return Table(**{**table.__dict__, "rows": rows})
 
 
 def expand_fractions(table: Table, scale: str) -> Table:
@@ -174,7 +246,7 @@ def expand_fractions(table: Table, scale: str) -> Table:
                 spec = _spec(table, entry)
                 if spec.get("fraction", k == len(row["chain"]) - 1):
                     # the entry's own args: a shared step's are added by _spec
-                    args = [*map(str, entry.get("args", [])), FRACTION_ARG, str(f)]
+                    args = [*_flat_args(entry.get("args", [])), FRACTION_ARG, str(f)]
                     entry = {**entry, "args": args}
                 chain.append(entry)
             label = f"{float(f) * 100:g}%" if float(f) <= 1 else f"{int(f)} images"
@@ -182,6 +254,14 @@ def expand_fractions(table: Table, scale: str) -> Table:
             rows.append({**one, "name": f"{row['name']} ({label})", "chain": chain,
                          "label_fraction": f})  # fmt: skip
     return Table(**{**table.__dict__, "rows": rows})
+
+
+def _flat_args(args: list[Any]) -> list[str]:
+    """Arguments as strings; nested lists (a YAML alias of a shared list) are spliced in."""
+    out: list[str] = []
+    for a in args or []:
+        out += _flat_args(a) if isinstance(a, list) else [str(a)]
+    return out
 
 
 def _spec(table: Table, step: dict[str, Any]) -> dict[str, Any]:
@@ -264,16 +344,18 @@ def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
         if not (CONFIGS / config).is_file():
             raise ValueError(f"{table.path}: row {row['name']!r}: config {config} not found")
         seeded = spec.get("seeded", k == len(chain) - 1)
-        args = [*_scale_args(table, scale, config), *map(str, spec.get("args", [])),
+        args = [*_scale_args(table, scale, config), *_flat_args(spec.get("args", [])),
                 *_last_args(table, scale), *(extra or [])]  # fmt: skip
         step = Step(config, args, init=spec.get("init"), seed=seed if seeded else None,
-                    depends=list(steps))  # fmt: skip
+                    depends=list(steps), subcommand=spec.get("command", "fit"))  # fmt: skip
         resolved = _resolved(config, step.args, step.seed)
         step.resolved = resolved is not None
         if resolved is None:
             resolved = json.dumps([step.args, (CONFIGS / config).read_text()])
         identity = {"config": resolved, "seed": step.seed,
                     "init": [step.init, [s.key for s in steps]] if step.init else None}  # fmt: skip
+        if step.subcommand != "fit":  # keys of fit steps stay as they were
+            identity["subcommand"] = step.subcommand
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
         step.key = f"{Path(config).stem}-{digest}"
         steps.append(step)
@@ -295,7 +377,7 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     command = step.command(root)
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "status": "skipped"}
-    if (step.output(root) / "checkpoints" / "last.ckpt").is_file():
+    if step.subcommand == "fit" and (step.output(root) / "checkpoints" / "last.ckpt").is_file():
         command += ["--ckpt_path", "last"]  # an interrupted step resumes (exactly)
     if dry_run:
         print(f"(cd {folder} && python {REPO / 'experiments' / 'run.py'} {shlex.join(command)})")
@@ -365,7 +447,7 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
         dry_run: Print the commands only.
         extra: Arguments appended to every step (``--set``), e.g. the data root.
         rows: Run only these rows, each given as ``name`` or ``name [network]`` (the others
-            are left out of the records).
+            are left out of the records); a budget row also answers to its curve's name.
 
     Raises:
         ValueError: A key of ``requires`` is not set in ``extra``.
@@ -376,12 +458,13 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
         raise ValueError(f"table {table.name!r} needs " + " ".join(
             f"--set {k}=<value>" for k in missing) + " (e.g. the data set folder)")  # fmt: skip
     _scale_args(table, scale, "")  # an unknown or unavailable scale fails the whole table
-    table = expand_fractions(table, scale)
+    table = expand(table, scale)
     root = out.resolve() / table.name / scale  # steps run in their own folders: absolute paths
     records = []
     done: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table.rows):
-        names = {row["name"], f"{row['name']} [{row.get('network')}]"}
+        names = {n for base in (row["name"], row.get("curve")) if base
+                 for n in (base, f"{base} [{row.get('network')}]")}  # a curve by its name too
         if rows is not None and not names & set(rows):
             continue
         for seed in seeds:
@@ -397,6 +480,9 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
                 result = done.get(step.key) or run_step(step, root, dry_run)
                 done[step.key] = result
                 by_step.update({f"{k}@{position}": v for k, v in result["metrics"].items()})
+                label = _spec(table, row["chain"][position]).get("as")
+                if label:
+                    by_step.update({f"{k}@{label}": v for k, v in result["metrics"].items()})
                 if result["status"] == "failed":
                     break
             record = {"row": row["name"], "index": index, "seed": seed, **result}
@@ -424,7 +510,8 @@ def aggregate(table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any
         ok = [r for r in mine if r["status"] in ("done", "skipped")]
         failed = [r["log"] for r in mine if r["status"] == "failed"]
         entry: dict[str, Any] = {"row": row["name"], "network": row.get("network", ""),
-                                 "seeds": len(ok), "failed": failed}  # fmt: skip
+                                 "seeds": len(ok), "failed": failed,
+                                 "budget": row.get("budget"), "curve": row.get("curve")}
         for metric in table.metrics:
             values = [r["metrics"][metric] for r in ok if metric in r["metrics"]]
             mean = sum(values) / len(values) if values else math.nan
@@ -453,7 +540,12 @@ def _paper(stat: dict[str, Any]) -> str:
 
 def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
                   out: Path) -> dict[str, Path]:  # fmt: skip
-    """Write ``<scale>.md``, ``<scale>.csv`` and ``<scale>.png`` (ours vs paper) under ``out``."""
+    """Write ``<scale>.md``, ``<scale>.csv`` and ``<scale>.png`` (ours vs paper) under ``out``.
+
+    A table with a budget axis also gets ``<scale>_curves.png``: each metric against
+    optimiser steps per method (mean ± std over seeds), the rows without a budget (random
+    init) as horizontal lines.
+    """
     folder = out / table.name
     folder.mkdir(parents=True, exist_ok=True)
     has_paper = any(e[m]["paper"] for e in summary for m in table.metrics)
@@ -485,6 +577,9 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
                 writer.writerow([e["row"], e["network"], m, e[m]["mean"], e[m]["std"],
                                  e[m]["n"], paper, ";".join(e["failed"])])  # fmt: skip
     _bar_chart(table, scale, summary, paths["png"])
+    if any(e.get("budget") is not None for e in summary):
+        paths["curves"] = folder / f"{scale}_curves.png"
+        _curve_chart(table, scale, summary, paths["curves"])
     return paths
 
 
@@ -548,5 +643,62 @@ def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Pa
         ax.legend(fontsize=7)
     fig.suptitle(f"{table.name} ({scale})")
     fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _curve_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Path) -> None:
+    """Metric against optimiser steps per curve; baseline rows as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for e in summary:
+        if e.get("budget") is not None:
+            curves.setdefault(f"{e['curve']} [{e['network']}]" if e["network"] else e["curve"],
+                              []).append(e)
+    baselines = [e for e in summary if e.get("budget") is None]
+    steps = sorted({e["budget"] for e in summary if e.get("budget") is not None})
+    positive = [s for s in steps if s > 0]
+    # step 0 sits at a third of the first positive budget on the log axis, labelled 0
+    zero_at = positive[0] / 3 if positive else 1.0
+    fig, axes = plt.subplots(1, len(table.metrics), figsize=(4.5 * len(table.metrics), 3.8),
+                             squeeze=False)  # fmt: skip
+    for ax, metric in zip(axes[0], table.metrics, strict=True):
+        for name, entries in curves.items():
+            entries = sorted((e for e in entries if e[metric]["n"]), key=lambda e: e["budget"])
+            if not entries:
+                continue
+            x = [e["budget"] or zero_at for e in entries]
+            y = [e[metric]["mean"] for e in entries]
+            err = [e[metric]["std"] for e in entries]
+            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=name)
+        for k, e in enumerate(baselines):
+            if e[metric]["n"]:
+                mean, std = e[metric]["mean"], e[metric]["std"]
+                ax.axhline(mean, color="k", ls=("--", ":", "-.")[k % 3], lw=1,
+                           label=f"{e['row']} (baseline)")
+                if std:
+                    ax.axhspan(mean - std, mean + std, color="k", alpha=0.08)
+        if positive:
+            ax.set_xscale("log")
+            ticks = ([zero_at] if 0 in steps else []) + positive
+            ax.set_xticks(ticks, [("0" if t == zero_at else f"{t:g}") for t in ticks],
+                          fontsize=7)
+            ax.minorticks_off()
+        ax.set_xlabel("pretraining optimiser steps")
+        ax.set_title(metric, fontsize=9)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:  # the union of every panel's entries (some metrics skip a curve)
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7)
+    fig.suptitle(f"{table.name} ({scale}): metric against pretraining budget")
+    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -28,6 +28,8 @@ from lightning_modules.components.momentum import (
     ema_momentum,
     ema_update,
     shuffle_across_ranks,
+    shuffle_batch,
+    split_batch_norm,
     unshuffle_across_ranks,
 )
 from lightning_modules.embedding_task import EmbeddingTask
@@ -43,7 +45,10 @@ class MomentumTask(EmbeddingTask):
         temperature: InfoNCE temperature (0.2 in MoCo v2 and HCSC).
         queue_size: Keys in the queue (65,536 in MoCo v2, 16,384 in HCSC); any length.
         ema_momentum: Momentum ``m`` of the key encoder (0.999).
-        ema_schedule: ``constant`` or ``cosine`` (``m`` rising to 1 at the last step).
+        ema_schedule: ``constant`` or ``cosine`` (``m`` rising to ``ema_final`` at the last
+            step).
+        ema_final: Momentum at the last step of the cosine schedule (1 as BYOL; solo-learn's
+            MoCo v2+ recipes: 0.999).
         projector_hidden_dims: Hidden widths of the projector (MoCo v2: ``[2048]``).
         projector_out_dim: Key / query dimension (128).
         projector_batch_norm: BN in the projector (MoCo v2: none).
@@ -52,11 +57,20 @@ class MomentumTask(EmbeddingTask):
         exclude_own_keys: Queue keys of a query's own image (same dataset index, written in an
             earlier epoch) are not its negatives.  A queue longer than an epoch holds such
             keys for every query; the official code keeps them (off by default).
+        split_batch_norm: The official one-GPU substitute for shuffle-BN (MoCo's CIFAR demo):
+            every BatchNorm2d of both encoders normalises ``S`` sub-batches separately
+            (:class:`~lightning_modules.components.momentum.SplitBatchNorm2d`) and the key
+            batch is permuted before the key encoder (a permutation seeded by the step), so
+            a query's sub-batch statistics are not its key's.  1: off (plain BN).  Under DDP
+            use ``shuffle_bn`` instead.
+        decay_all_parameters: Weight decay on every parameter, biases and norm parameters
+            included, as the official MoCo / HCSC optimisers (``False``: those are exempt,
+            as SimCLR's LARS recipe).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     POSITIVE = (*EmbeddingTask.POSITIVE, "queue_size", "projector_out_dim")
-    UNIT = (*EmbeddingTask.UNIT, "ema_momentum")
+    UNIT = (*EmbeddingTask.UNIT, "ema_momentum", "ema_final")
 
     def __init__(
         self,
@@ -69,8 +83,13 @@ class MomentumTask(EmbeddingTask):
         projector_batch_norm: bool = False,
         shuffle_bn: bool = False,
         exclude_own_keys: bool = False,
+        ema_final: float = 1.0,
+        split_batch_norm: int = 1,
+        decay_all_parameters: bool = False,
         **kwargs: Any,
     ) -> None:
+        if split_batch_norm < 1:
+            raise ValueError(f"model.split_batch_norm must be >= 1, got {split_batch_norm}")
         kwargs.setdefault("optimizer", "sgd")
         kwargs.setdefault("lr", 0.03)
         kwargs.setdefault("warmup_epochs", 0.0)
@@ -81,6 +100,9 @@ class MomentumTask(EmbeddingTask):
         super().configure_models()
         hp = self.hparams
         ema_momentum(hp.ema_momentum, 0, 1, hp.ema_schedule)  # validates the schedule name
+        if hp.split_batch_norm > 1 and not split_batch_norm(self.encoder, hp.split_batch_norm):
+            raise ValueError(f"model.split_batch_norm {hp.split_batch_norm}: encoder "
+                             f"{hp.encoder!r} has no BatchNorm2d to split")  # fmt: skip
         self.projector = self.build_projector()
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
@@ -101,7 +123,8 @@ class MomentumTask(EmbeddingTask):
         if hp.ema_schedule == "constant":
             return float(hp.ema_momentum)
         total = int(self.trainer.estimated_stepping_batches) if self._trainer else 1
-        return ema_momentum(hp.ema_momentum, self.global_step, total, hp.ema_schedule)
+        return ema_momentum(hp.ema_momentum, self.global_step, total, hp.ema_schedule,
+                            hp.ema_final)  # fmt: skip
 
     @torch.no_grad()
     def update_key_encoder(self) -> float:
@@ -117,32 +140,56 @@ class MomentumTask(EmbeddingTask):
         return features, F.normalize(self.projector(features).float(), dim=1)
 
     @torch.no_grad()
-    def keys(self, images: Tensor) -> Tensor:
-        """Normalised float32 keys of the momentum encoder (shuffle-BN if configured)."""
+    def keys(self, images: Tensor, view: int = 1) -> Tensor:
+        """Normalised float32 keys of the momentum encoder (shuffle-BN if configured).
+
+        Args:
+            images: The key view.
+            view: Which view this is (salts the one-process key shuffle of
+                ``split_batch_norm``, so two key views are permuted differently).
+        """
         shuffle = self.hparams.shuffle_bn and dist_utils.is_distributed()
         if self.hparams.shuffle_bn and not shuffle and not getattr(self, "_warned_bn", False):
             rank_zero_warn("shuffle_bn has no effect on one process (use several DDP ranks)")
             self._warned_bn = True
+        local = self.hparams.split_batch_norm > 1 and not shuffle
         if shuffle:
             images, unshuffle = shuffle_across_ranks(images)
+        elif local:
+            images, unshuffle = shuffle_batch(images, seed=2 * self.global_step + view)
         keys = self.key_projector(self.key_encoder(images))
         if shuffle:
             keys = unshuffle_across_ranks(keys, unshuffle)
+        elif local:
+            keys = keys[unshuffle]
         return F.normalize(keys.float(), dim=1)
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """As the parent's; with ``decay_all_parameters`` one decayed group for the method."""
+        groups = super().parameter_groups()
+        if not self.hparams.decay_all_parameters:
+            return groups
+        method = [*groups[0]["params"], *groups[1]["params"]]
+        return [{"params": method}, *groups[2:]]
 
     @torch.no_grad()
     def prototype_features(self, images: Tensor) -> Tensor:
         """Momentum-encoder embeddings for clustering (HCSC): key projector, normalised."""
         return F.normalize(self.key_projector(self.key_encoder(images)).float(), dim=1)
 
-    def negative_keys(self, index: Tensor) -> Tensor | None:
+    def negative_keys(self, index: Tensor, queue: KeyQueue | None = None) -> Tensor | None:
         """``(n, K)`` bool: queue key ``j`` may be a negative of query ``i`` (``None``: all).
 
         With ``exclude_own_keys``, keys carrying the query's own dataset index are not.
+
+        Args:
+            index: Dataset index of each query.
+            queue: The queue (default ``self.queue``).
         """
         if not self.hparams.exclude_own_keys:
             return None
-        return (self.queue.indices[None, :] != index[:, None]) | (index[:, None] < 0)
+        queue = self.queue if queue is None else queue
+        return (queue.indices[None, :] != index[:, None]) | (index[:, None] < 0)
 
     @staticmethod
     def sample_indices(batch: dict[str, Any], n: int, device: torch.device) -> Tensor:

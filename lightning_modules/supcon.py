@@ -9,7 +9,12 @@ in the (DDP-gathered, with gradients) batch, :math:`\mathcal{L}^{sup}_{out}` (eq
         \log \frac{\exp(z_a^\top z_p / \tau)}{\sum_{b \ne a} \exp(z_a^\top z_b / \tau)}
 
 computed by the fused, mask-free :func:`~lightning_modules.losses.nt_xent_loss` path
-(:mod:`lightning_modules.losses.supcon`).  Images without a label (``-1``) fall back to
+(:mod:`lightning_modules.losses.supcon`).  As the official code (HobbitLong/SupContrast,
+``losses.py``), the loss is multiplied by :math:`\tau / \tau_{base}` with
+:math:`\tau_{base} = 0.07` (at :math:`\tau = 0.1` the loss and its gradients are x1.43, with
+SGD a 1.43x learning rate); ``base_temperature: null`` is the paper's eq. 2 as written.  The
+projector is the official one: ``Linear-ReLU-Linear`` without BatchNorm
+(``projector_batch_norm: true`` adds it).  Images without a label (``-1``) fall back to
 instance discrimination (their positives are their own other views), so the module also
 trains on partly labelled data.  SuperCon's stage 2 is
 :class:`~lightning_modules.classifier.ImageClassifier` initialised from this checkpoint.
@@ -37,8 +42,11 @@ class SupCon(EmbeddingTask):
         temperature: SupCon temperature (0.1 in Khosla et al.).
         projector_hidden_dims: Hidden widths of the projector.
         projector_out_dim: Projection dimension (128 in the paper).
-        projector_batch_norm: Batch norm in the projector's hidden layers.
+        projector_batch_norm: Batch norm in the projector's hidden layers (the official
+            head has none).
         gather_distributed: Contrast against every DDP rank's views (with gradients).
+        base_temperature: The official loss scale ``temperature / base_temperature``
+            (0.07); ``None``: no scale (the paper's eq. 2).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
@@ -47,8 +55,9 @@ class SupCon(EmbeddingTask):
         temperature: PositiveFloat = 0.1,
         projector_hidden_dims: Sequence[int] = (2048,),
         projector_out_dim: int = 128,
-        projector_batch_norm: bool = True,
+        projector_batch_norm: bool = False,
         gather_distributed: bool = True,
+        base_temperature: PositiveFloat | None = 0.07,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -73,4 +82,6 @@ class SupCon(EmbeddingTask):
         loss = nt_xent_loss(self.projector(features), labels=ids.repeat(len(views)),
                             temperature=self.temperature,
                             gather_distributed=self.hparams.gather_distributed)  # fmt: skip
+        if self.hparams.base_temperature is not None:
+            loss = loss * (self.temperature / float(self.hparams.base_temperature))
         return TaskLoss(loss, {"labelled": (labels >= 0).float().mean()}, embedding=features[:n])

@@ -157,7 +157,10 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "supcon_imbalanced", "classifier_imbalanced", "supcon_isic", "classifier_isic",
        "finetune_isic", "multidomain_medical",
        # issue 13: dataset condensation
-       "dcc_digits", "dcc_clutter", "dcc_cifar10"}  # fmt: skip
+       "dcc_digits", "dcc_clutter", "dcc_cifar10",
+       # issue 23: MoCo v2 / HCSC on the textured scenes, the digit-scene benchmark
+       "moco_v2_textured", "hcsc_textured", "simclr_digits", "moco_v2_digits", "hcsc_digits",
+       "finetune_digits", "glcnet_digits", "pixelcontrast_digits"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

@@ -79,7 +79,8 @@ def test_config_fit_smoke(
         assert any(k.startswith("val/") for k in metrics)  # unlabeled pretraining has none
 
 
-@pytest.mark.parametrize("stem", ["simclr_textured", "glcnet_textured"])
+@pytest.mark.parametrize("stem", ["simclr_textured", "glcnet_textured", "simclr_digits",
+                                  "glcnet_digits"])
 def test_textured_configs_fit_with_scenes_rendered_on_the_device(
     stem: str, data_roots: dict[str, Path], tmp_path: Path, monkeypatch
 ) -> None:

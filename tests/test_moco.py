@@ -15,9 +15,12 @@ from torch import Tensor, nn
 from lightning_modules import MoCoV2
 from lightning_modules.components.momentum import (
     KeyQueue,
+    SplitBatchNorm2d,
     ema_momentum,
     ema_update,
     shuffle_across_ranks,
+    shuffle_batch,
+    split_batch_norm,
     unshuffle_across_ranks,
 )
 from lightning_modules.losses.moco import queue_info_nce, queue_info_nce_loss
@@ -166,6 +169,10 @@ def test_ema_update_and_schedule() -> None:
     assert ema_momentum(0.99, 50, 100, "cosine") == pytest.approx(0.995)
     assert ema_momentum(0.99, 100, 100, "cosine") == pytest.approx(1.0)
     assert ema_momentum(0.99, 50, 100) == 0.99
+    # solo-learn's MoCo v2+: 0.99 -> 0.999, tau = final - (final - base)(cos(pi k / K) + 1) / 2
+    assert ema_momentum(0.99, 0, 100, "cosine", final=0.999) == pytest.approx(0.99)
+    assert ema_momentum(0.99, 50, 100, "cosine", final=0.999) == pytest.approx(0.9945)
+    assert ema_momentum(0.99, 100, 100, "cosine", final=0.999) == pytest.approx(0.999)
     with pytest.raises(ValueError, match="schedule"):
         ema_momentum(0.99, 0, 1, "linear")
     with pytest.raises(ValueError, match="differ"):
@@ -312,3 +319,88 @@ def test_ddp_loss_gradient_equals_one_process(ddp_out: list[dict]) -> None:
     assert mean_loss.item() == pytest.approx(loss.item(), rel=1e-6)
     for r in ddp_out:
         torch.testing.assert_close(r["grad"], ref.weight.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_split_batch_norm_equals_bn_per_sub_batch_and_loads_as_plain_bn() -> None:
+    torch.manual_seed(0)
+    plain = nn.BatchNorm2d(3)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5)
+        plain.bias.uniform_(-1, 1)
+    split = SplitBatchNorm2d(3, num_splits=4)
+    split.load_state_dict(plain.state_dict())
+    x = torch.randn(8, 3, 5, 5) * 2 + 1
+    out = split(x)
+    # reference: sample i is in sub-batch i mod 4, each normalised by its own statistics
+    means, variances = [], []
+    for s in range(4):
+        part = x[s::4]
+        one = nn.BatchNorm2d(3)
+        one.load_state_dict(plain.state_dict())
+        torch.testing.assert_close(out[s::4], one(part), rtol=1e-5, atol=1e-5)
+        means.append(one.running_mean)
+        variances.append(one.running_var)
+    torch.testing.assert_close(split.running_mean, torch.stack(means).mean(0))
+    torch.testing.assert_close(split.running_var, torch.stack(variances).mean(0))
+    assert int(split.num_batches_tracked) == 1
+    split.eval()
+    plain.load_state_dict(split.state_dict())  # same keys as a BatchNorm2d
+    plain.eval()
+    torch.testing.assert_close(split(x), plain(x))
+    with pytest.raises(ValueError, match="divisible"):
+        split.train()(torch.randn(6, 3, 2, 2))
+
+
+def test_split_batch_norm_converts_encoders_and_shuffles_keys() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    assert split_batch_norm(net, 2) == 2
+    assert all(type(m) is SplitBatchNorm2d for m in net.modules() if isinstance(m, nn.BatchNorm2d))
+    x = torch.arange(10.0)[:, None]
+    shuffled, unshuffle = shuffle_batch(x, seed=3)
+    assert not torch.equal(shuffled, x) and torch.equal(shuffled[unshuffle], x)
+    assert torch.equal(shuffle_batch(x, seed=3)[0], shuffled)  # seeded: a resume redraws it
+    torch.manual_seed(0)
+    model = _module(split_batch_norm=2)
+    assert any(type(m) is SplitBatchNorm2d for m in model.key_encoder.modules())
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    keys = model.keys(views[1])
+    # the key batch was permuted before the key encoder, and the keys restored to its order
+    images, back = shuffle_batch(views[1], seed=2 * model.global_step + 1)
+    with torch.no_grad():
+        expected = F.normalize(model.key_projector(model.key_encoder(images)), dim=1)[back]
+    torch.testing.assert_close(keys, expected)
+    with pytest.raises(ValueError, match="split_batch_norm"):
+        _module(split_batch_norm=0)
+
+
+def test_symmetric_loss_is_the_mean_of_both_directions_with_two_queues() -> None:
+    torch.manual_seed(0)
+    model = _module(symmetric=True)
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    index = torch.tensor([5, 6, 7, 8])
+    batch = {"views": views, "label": torch.tensor([0, 1, 2, -1]), "sample_index": index}
+    queue1, queue0 = model.queue.keys.clone(), model.queue_view0.keys.clone()
+    assert not torch.equal(queue0, queue1)
+    out = model.training_loss(batch)
+    with torch.no_grad():
+        q0 = F.normalize(model.projector(model.encoder(views[0])), dim=1)
+        q1 = F.normalize(model.projector(model.encoder(views[1])), dim=1)
+        k0 = F.normalize(model.key_projector(model.key_encoder(views[0])), dim=1)
+        k1 = F.normalize(model.key_projector(model.key_encoder(views[1])), dim=1)
+    expected = (_reference(q0, k1, queue1, 0.2) + _reference(q1, k0, queue0, 0.2)) / 2
+    assert out.loss.item() == pytest.approx(expected, rel=1e-4)
+    torch.testing.assert_close(model.queue.keys[:4], k1, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.queue_view0.keys[:4], k0, rtol=1e-4, atol=1e-5)
+    assert "queue_view0.keys" in model.state_dict()
+
+
+def test_decay_all_parameters_puts_norms_and_biases_in_the_decayed_group() -> None:
+    default, official = _module(), _module(decay_all_parameters=True)
+    assert len(default.parameter_groups()[1]["params"]) > 0  # biases / norms exempt
+    groups = official.parameter_groups()
+    probe = {id(p) for p in official.probe.parameters()}
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert "weight_decay" not in groups[0]
+    trainable = {id(p) for p in official.parameters() if p.requires_grad} - probe
+    assert decayed == trainable
+    assert {id(p) for p in groups[-1]["params"]} == probe

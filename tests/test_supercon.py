@@ -95,8 +95,14 @@ def test_supcon_module_loss_and_instance_fallback() -> None:
     out = model.training_loss(batch)
     z = model.projector(model.encoder(torch.cat(views)))
     ids = torch.tensor([0, 0, 1, -4]).repeat(2)
-    torch.testing.assert_close(out.loss, nt_xent_loss(z, ids, temperature=0.1))
+    # the official scale T / 0.07 (SupContrast losses.py) on the paper's eq. 2
+    paper = nt_xent_loss(z, ids, temperature=0.1)
+    torch.testing.assert_close(out.loss, paper * (0.1 / 0.07))
     assert out.logs["labelled"].item() == pytest.approx(0.75)
+    # the official head: Linear-ReLU-Linear without BatchNorm
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in model.projector.modules())
+    model.hparams.base_temperature = None  # the paper's form
+    torch.testing.assert_close(model.training_loss(batch).loss, paper)
 
 
 def test_classifier_counts_from_data_and_checkpointed(tmp_path) -> None:

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from experiments import tables
@@ -210,7 +211,7 @@ def test_shipped_tables_resolve_at_every_scale(path: Path) -> None:
     for scale, preset in load_table(str(path)).scales.items():
         if preset is None:
             continue
-        table = expand_fractions(load_table(str(path)), scale)
+        table = tables.expand(load_table(str(path)), scale)
         for row in table.rows:
             chain = resolve_row(table, row, scale, 0)
             assert chain[-1].seed == 0 and all(s.key for s in chain)
@@ -386,3 +387,78 @@ def test_condensation_tables(tmp_path: Path, capsys) -> None:
                           "--set", root]) == 0  # fmt: skip
         lines = capsys.readouterr().out.strip().splitlines()
         assert len(lines) == n_rows and all("dcc_cifar10.yaml" in line for line in lines)
+
+
+CURVE = {
+    "name": "tiny_curve",
+    "metrics": ["val/knn_acc@eval", "rank/effective_rank@eval", "val/miou"],
+    "budgets": [0, 2, 4],
+    "scales": {"smoke": {**TABLE["scales"]["smoke"], "budgets": [0, 2]}},
+    "steps": {
+        "simclr": {"config": "quickstart.yaml", "budget": True},
+        "eval": {"config": "quickstart.yaml", "command": "validate", "as": "eval",
+                 "init": {"from": 0, "arg": "--ckpt_path"},
+                 "args": ["--trainer.callbacks+=callbacks.EmbeddingRankMonitor",
+                          "--trainer.callbacks.every_n_epochs", "1",
+                          "--trainer.callbacks.num_samples", "8"]},
+        "finetune": {"config": "finetune_quickstart.yaml"},
+    },
+    "rows": [
+        {"name": "random init",
+         "chain": [{"step": "finetune", "args": ["--model.init_args.init_checkpoint", "null"]}]},
+        {"name": "SimCLR", "budgets": True,
+         "chain": [{"step": "simclr"}, {"step": "eval"},
+                   {"step": "finetune", "init": {"from": 0}}]},
+    ],
+}  # fmt: skip
+
+
+def test_budget_axis_runs_one_pretraining_and_evaluates_every_snapshot(tmp_path: Path) -> None:
+    """One pretraining to the largest budget; each budget's steps start from its snapshot."""
+    path = tmp_path / "tiny_curve.yaml"
+    path.write_text(yaml.safe_dump(CURVE))
+    table = tables.expand(load_table(str(path)), "smoke")  # the scale's budgets win: [0, 2]
+    assert [r["name"] for r in table.rows] == ["random init", "SimCLR (0 steps)",
+                                               "SimCLR (2 steps)"]  # fmt: skip
+    chains = [resolve_row(table, row, "smoke", 0) for row in table.rows[1:]]
+    assert chains[0][0].key == chains[1][0].key  # the pretraining is shared
+    pre = chains[0][0]
+    assert pre.args[pre.args.index("--trainer.max_steps") + 1] == "2"
+    assert "--trainer.callbacks+=callbacks.StepSnapshots" in pre.args
+    for budget, chain in zip((0, 2), chains, strict=True):
+        evaluate = chain[1].command(tmp_path)
+        assert evaluate[0] == "validate"
+        ckpt = evaluate[evaluate.index("--ckpt_path") + 1]
+        assert ckpt.endswith(f"checkpoints/step={budget:06d}.ckpt")
+        finetune = chain[2].command(tmp_path)
+        init = finetune[finetune.index("--model.init_args.init_checkpoint") + 1]
+        assert init.endswith(f"step={budget:06d}.ckpt")
+    assert chains[0][2].key != chains[1][2].key
+    rc = reproduce([str(path), "--scale", "smoke", "--seeds", "1", "--out",
+                    str(tmp_path / "out"), "--no-wandb"])  # fmt: skip
+    assert rc == 0
+    folder = pre.output(tmp_path / "out" / "tiny_curve" / "smoke") / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step=*.ckpt")) == ["step=000000.ckpt",
+                                                                  "step=000002.ckpt"]  # fmt: skip
+    zero = torch.load(folder / "step=000000.ckpt", map_location="cpu", weights_only=False)
+    two = torch.load(folder / "step=000002.ckpt", map_location="cpu", weights_only=False)
+    assert zero["global_step"] == 0 and two["global_step"] == 2
+    weight = "encoder.model.conv1.weight"
+    assert not torch.equal(zero["state_dict"][weight], two["state_dict"][weight])
+    rows = (tmp_path / "out" / "tiny_curve" / "smoke.csv").read_text().splitlines()
+    knn = [r.split(",") for r in rows if ",val/knn_acc@eval," in r]
+    assert [r[0] for r in knn] == ["random init", "SimCLR (0 steps)", "SimCLR (2 steps)"]
+    assert knn[0][5] == "0" and knn[1][5] == "1" and knn[2][5] == "1"
+    assert (tmp_path / "out" / "tiny_curve" / "smoke_curves.png").stat().st_size > 0
+
+
+def test_budget_rows_need_one_marked_step(tmp_path: Path) -> None:
+    bad = {**CURVE, "rows": [{"name": "x", "budgets": True, "chain": [{"step": "finetune"}]}]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="budget: true"):
+        load_table(str(path))
+    bad = {**CURVE, "rows": [{"name": "x", "chain": [{"step": "finetune", "command": "fitt"}]}]}
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ValueError, match="command must be one of"):
+        load_table(str(path))

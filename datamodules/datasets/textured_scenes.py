@@ -135,6 +135,7 @@ class TexturedScenes(Dataset):
         self.clutter, self.num_domains, self.domain, self.seed = clutter, num_domains, domain, seed
         self.imbalance_ratio, self.clutter_textured = imbalance_ratio, clutter_textured
         self.classes = list(TEXTURES[:num_classes])
+        self.num_textures = num_classes  # families drawn (digit scenes: all, as nuisance)
         exponents = torch.arange(num_classes, dtype=torch.float64) / (num_classes - 1)
         probs = imbalance_ratio ** (-exponents)
         self.class_probs = (probs / probs.sum()).float()
@@ -226,7 +227,7 @@ class TexturedScenes(Dataset):
             (blobs > 0).float(),  # isotropic blobs
             ((torch.sin(a / 2).abs() < 0.3) | (torch.sin(b / 2).abs() < 0.3)).float(),  # grid
         ]
-        return torch.stack(families[: self.num_classes])
+        return torch.stack(families[: self.num_textures])
 
     def _paint(self, p: Tensor, table: Tensor, distractor: bool) -> tuple:
         """Masks ``(N, K, H, W)``, colours ``(N, K, 3, H, W)`` and classes ``(N, K)``."""
@@ -251,11 +252,11 @@ class TexturedScenes(Dataset):
             classes = torch.full(p.shape[:2], -1, dtype=torch.long, device=p.device)
         else:
             if distractor:  # uniform families, whatever the objects' imbalance
-                classes = (p[..., cols["cls"]] * self.num_classes).long()
+                classes = (p[..., cols["cls"]] * self.num_textures).long()
             else:
                 u = p[..., cols["cls"]].contiguous()
                 classes = torch.searchsorted(self._cdf.to(p.device), u, right=True)
-            classes = classes.clamp(max=self.num_classes - 1)
+            classes = classes.clamp(max=self.num_textures - 1)
             patterns = self._textures(tu, tv, period, p[..., cols["tex_phase"]])
             t = patterns.gather(0, classes[None, ..., None, None].expand(1, *patterns.shape[1:]))[0]
         colour = c1[..., None, None] * t[:, :, None] + c2[..., None, None] * (1 - t[:, :, None])

@@ -3,7 +3,8 @@ r"""Momentum-encoder pieces of MoCo-style methods: EMA update, key queue, shuffl
 * :func:`ema_update`: :math:`\theta_k \leftarrow m\,\theta_k + (1 - m)\,\theta_q` over
   parameters (MoCo eq. 2; buffers such as BN statistics stay the key encoder's own).
 * :func:`ema_momentum`: constant :math:`m`, or BYOL's cosine schedule
-  :math:`m_t = 1 - (1 - m_0)(\cos(\pi t / T) + 1) / 2` rising to 1 at the last step.
+  :math:`m_t = m_1 - (m_1 - m_0)(\cos(\pi t / T) + 1) / 2` rising to :math:`m_1` (1 in
+  BYOL; 0.999 in solo-learn's MoCo v2+) at the last step.
 * :class:`KeyQueue`: the FIFO of past keys as **persistent buffers** (keys, the dataset
   index of each key, the write pointer, the fill count), so a checkpoint restores the
   queue exactly (lightly's memory bank is not persistent: lightly #993).  Under DDP the
@@ -13,6 +14,11 @@ r"""Momentum-encoder pieces of MoCo-style methods: EMA update, key queue, shuffl
 * :func:`shuffle_across_ranks` / :func:`unshuffle_across_ranks`: MoCo's shuffle-BN, the
   key batch permuted across ranks before the key encoder so that its BN statistics are
   not those of the query batch; the identity on one process.
+* :class:`SplitBatchNorm2d` / :func:`split_batch_norm` and :func:`shuffle_batch`: the
+  official one-GPU substitute for shuffle-BN (MoCo's CIFAR demo,
+  ``colab/moco_cifar10_demo.ipynb``): BN statistics of ``S`` sub-batches in training, and
+  the key batch permuted before the key encoder so that its sub-batches hold other images
+  than the queries'.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from lightning_modules.components import distributed as dist_utils
 
 __all__ = [
     "KeyQueue",
+    "SplitBatchNorm2d",
+    "shuffle_batch",
+    "split_batch_norm",
     "ema_momentum",
     "ema_update",
     "shuffle_across_ranks",
@@ -54,14 +63,16 @@ def ema_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
     torch._foreach_add_(dst, [p.detach() for p in src], alpha=1.0 - momentum)
 
 
-def ema_momentum(base: float, step: int, total_steps: int, schedule: str = "constant") -> float:
+def ema_momentum(base: float, step: int, total_steps: int, schedule: str = "constant",
+                 final: float = 1.0) -> float:  # fmt: skip
     """EMA momentum at optimiser step ``step`` of ``total_steps``.
 
     Args:
         base: Momentum ``m_0`` (0.999 in MoCo v2 at batch 256).
         step: Current step (0-based).
         total_steps: Steps of the whole run.
-        schedule: ``"constant"`` or ``"cosine"`` (to 1 at the last step).
+        schedule: ``"constant"`` or ``"cosine"`` (to ``final`` at the last step).
+        final: Momentum ``m_1`` at the last step of the cosine schedule.
 
     Returns:
         The momentum.
@@ -74,7 +85,7 @@ def ema_momentum(base: float, step: int, total_steps: int, schedule: str = "cons
     if schedule != "cosine":
         raise ValueError(f"EMA schedule must be 'constant' or 'cosine', got {schedule!r}")
     progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
-    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    return final - (final - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 class KeyQueue(nn.Module):
@@ -173,3 +184,84 @@ def unshuffle_across_ranks(x: Tensor, unshuffle: Tensor) -> Tensor:
         return x[unshuffle]
     gathered = dist_utils.gather_no_grad(x)
     return gathered[unshuffle.view(dist_utils.world_size(), -1)[dist_utils.rank()]]
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of ``num_splits`` sub-batches.
+
+    Sample ``i`` of a batch belongs to sub-batch ``i mod S`` (the official demo's
+    reshape to ``(n / S, S * C, H, W)``); the running statistics are the mean of the
+    sub-batches' updates.  In eval mode it is a plain BatchNorm2d, and its state dict is
+    a BatchNorm2d's, so a checkpoint loads into the unsplit network.
+
+    Args:
+        num_features: Channels.
+        num_splits: Sub-batches ``S`` (the batch must be divisible by it).
+        **kwargs: :class:`torch.nn.BatchNorm2d` arguments.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs: object) -> None:
+        super().__init__(num_features, **kwargs)
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be >= 1, got {num_splits}")
+        self.num_splits = num_splits
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % s:
+            raise ValueError(f"SplitBatchNorm2d: batch {n} is not divisible by num_splits {s}")
+        mean = self.running_mean.repeat(s)
+        var = self.running_var.repeat(s)
+        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean, var,
+                           self.weight.repeat(s) if self.weight is not None else None,
+                           self.bias.repeat(s) if self.bias is not None else None,
+                           True, self.momentum if self.momentum is not None else 0.1,
+                           self.eps).reshape(n, c, h, w)  # fmt: skip
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(dim=0))
+            self.running_var.copy_(var.view(s, c).mean(dim=0))
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+def split_batch_norm(module: nn.Module, num_splits: int) -> int:
+    """Replace every ``nn.BatchNorm2d`` of ``module`` in place by a :class:`SplitBatchNorm2d`.
+
+    Parameters and buffers are kept (the same tensors).
+
+    Returns:
+        How many layers were replaced.
+    """
+    count = 0
+    for name, child in list(module.named_children()):
+        if type(child) is nn.BatchNorm2d:
+            split = SplitBatchNorm2d(child.num_features, num_splits, eps=child.eps,
+                                     momentum=child.momentum, affine=child.affine,
+                                     track_running_stats=child.track_running_stats)  # fmt: skip
+            split.load_state_dict(child.state_dict())
+            split.train(child.training)
+            split.to(child.running_mean.device if child.running_mean is not None else "cpu")
+            setattr(module, name, split)
+            count += 1
+        else:
+            count += split_batch_norm(child, num_splits)
+    return count
+
+
+def shuffle_batch(x: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """A seeded permutation of the batch and its inverse (the one-process key shuffle).
+
+    Args:
+        x: ``(n, ...)`` batch.
+        seed: Seed of the permutation (e.g. from the optimiser step, so a resumed run
+            draws the same permutations).
+
+    Returns:
+        ``(x[perm], argsort(perm))``.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+    return x[perm], torch.argsort(perm)
