@@ -106,6 +106,20 @@ class RunCheckpoint(ModelCheckpoint):
         self.last_every_n_epochs = last_every_n_epochs
         self._last_written_step = -1  # global step of the newest last.ckpt of this process
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Resume a ``max_steps`` run as the epoch-structured run it is.
+
+        Lightning (2.6) treats every run with ``max_steps`` as iteration-based and then
+        restarts an *epoch-end* checkpoint as if inside the finished epoch: the resumed run
+        counts that epoch twice and trains on the next epoch's samples one epoch early (a
+        killed learning-curve run resumed with other data than the uninterrupted one).  The
+        runs here are epochs with a step limit, so they restart as epoch-based runs do,
+        which ``tests/test_resume.py`` and ``tests/test_run_checkpoint.py`` check bitwise
+        for epoch-end and mid-epoch checkpoints.
+        """
+        super().setup(trainer, pl_module, stage)
+        trainer.fit_loop._iteration_based_training = lambda: False  # type: ignore[method-assign]
+
     # ------------------------------------------------------------------ run folder
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Refuse (or, with ``overwrite``, clear) a folder with another run's checkpoints."""

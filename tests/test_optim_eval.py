@@ -429,3 +429,16 @@ def test_linear_probe_all_unlabeled_gives_zero_loss() -> None:
 def test_linear_probe_rejects_single_class() -> None:
     with pytest.raises(ValueError, match="num_classes"):
         OnlineLinearProbe(4, 1)
+
+
+def test_warmup_epochs_count_the_loaders_steps_when_max_steps_limits_the_run() -> None:
+    """``max_epochs: -1`` + ``max_steps`` (the budget curves): an epoch is the loader's steps."""
+    from types import SimpleNamespace
+
+    from lightning_modules.components.optim import steps_per_epoch
+
+    run = SimpleNamespace(num_training_batches=7, accumulate_grad_batches=2, max_epochs=-1)
+    assert steps_per_epoch(run, total=1000) == 4.0  # ceil(7 / 2), not 1000 / 1
+    unsized = SimpleNamespace(num_training_batches=float("inf"), accumulate_grad_batches=1,
+                              max_epochs=4)  # fmt: skip
+    assert steps_per_epoch(unsized, total=100) == 25.0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import quickstart_tiny
 
-from callbacks import RunCheckpoint
+from callbacks import RunCheckpoint, StepSnapshots
 from callbacks.checkpoint import CheckpointFolderInUseError
 from experiments.cli import main
 
@@ -253,3 +253,40 @@ def test_task_state_and_persistent_buffers_survive_a_checkpoint(tmp_path: Path) 
     fresh.load_state_dict(loaded["state_dict"])
     fresh.on_load_checkpoint(loaded)
     assert fresh.seen == 7 and torch.equal(fresh.queue, torch.full((4, 2), 3.0))
+
+
+def test_step_snapshots_of_a_killed_and_resumed_run_equal_the_uninterrupted_ones(
+        tmp_path: Path, monkeypatch) -> None:  # fmt: skip
+    """Snapshots at steps 0, 3 and 5 (2 steps per epoch, ``max_steps`` 5): a run killed at
+    step 3 and resumed from the epoch-end ``last.ckpt`` of step 2 writes bitwise the
+    uninterrupted run's step 3 and 5 files (Lightning alone would resume this ``max_steps``
+    run one epoch ahead: see ``RunCheckpoint.setup``)."""
+    snap = ["--trainer.callbacks+=callbacks.StepSnapshots", "--trainer.callbacks.steps",
+            "[0, 3, 5]", "--trainer.max_epochs", "-1", "--trainer.max_steps", "5"]  # fmt: skip
+    (tmp_path / "whole").mkdir()
+    monkeypatch.chdir(tmp_path / "whole")
+    _fit(*snap)
+    whole = {p.name: torch.load(p, weights_only=False)["state_dict"] for p in CKPTS.glob("step=*")}
+    assert sorted(whole) == ["step=000000.ckpt", "step=000003.ckpt", "step=000005.ckpt"]
+    (tmp_path / "killed").mkdir()
+    monkeypatch.chdir(tmp_path / "killed")
+    real = StepSnapshots._maybe_save
+
+    def killed_at_step_3(self: StepSnapshots, trainer: L.Trainer) -> None:
+        if trainer.global_step == 3:
+            raise RuntimeError("killed")  # after epoch 1's last.ckpt (step 2), before step 3's
+        real(self, trainer)
+
+    monkeypatch.setattr(StepSnapshots, "_maybe_save", killed_at_step_3)
+    with pytest.raises(RuntimeError, match="killed"):
+        _fit(*snap)
+    assert sorted(p.name for p in CKPTS.glob("step=*")) == ["step=000000.ckpt"]
+    assert torch.load(CKPTS / "last.ckpt", weights_only=False)["global_step"] == 2
+    monkeypatch.setattr(StepSnapshots, "_maybe_save", real)
+    _fit(*snap, "--ckpt_path", str(CKPTS / "last.ckpt"))
+    for name, state in whole.items():
+        resumed = torch.load(CKPTS / name, weights_only=False)["state_dict"]
+        bad = [k for k in state if not torch.equal(state[k], resumed[k])]
+        assert not bad, (name, bad[:5])
+    with pytest.raises(ValueError, match="steps"):
+        StepSnapshots([])

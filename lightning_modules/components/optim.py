@@ -197,6 +197,23 @@ def param_groups(module: nn.Module) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def steps_per_epoch(trainer: Any, total: int) -> float:
+    """Optimiser steps of one epoch: ``ceil(batches / accumulation)``, as Lightning counts them.
+
+    A run limited by ``max_steps`` (``max_epochs: -1``, the budget curves) has no epoch count
+    to divide the total by, so the epoch is measured on the training loader; without a sized
+    loader, ``total / max_epochs``.
+    """
+    batches = getattr(trainer, "num_training_batches", math.inf)
+    fit_loop = getattr(trainer, "fit_loop", None)
+    if not math.isfinite(batches) and fit_loop is not None:
+        fit_loop.setup_data()  # what estimated_stepping_batches does unless max_steps is set
+        batches = trainer.num_training_batches
+    if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
+        return float(math.ceil(batches / max(1, int(trainer.accumulate_grad_batches))))
+    return total / max(1, trainer.max_epochs or 1)
+
+
 def scheduled_optimizer(
     groups: list[dict],
     trainer: Any,
@@ -217,7 +234,7 @@ def scheduled_optimizer(
         ``{"optimizer": ..., "lr_scheduler": {"scheduler": ..., "interval": "step"}}``.
     """
     optimizer = build_optimizer(groups, **optim_kwargs)
-    total = int(trainer.estimated_stepping_batches)
-    warmup = int(round(warmup_epochs * total / max(1, trainer.max_epochs or 1)))
+    total = int(trainer.estimated_stepping_batches)  # (this also sets the training data up)
+    warmup = int(round(warmup_epochs * steps_per_epoch(trainer, total)))
     scheduler = warmup_cosine_schedule(optimizer, warmup, total, min_lr_ratio)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
