@@ -64,6 +64,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -377,13 +378,21 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     command = step.command(root)
     if result_file.is_file():
         return {**json.loads(result_file.read_text()), "status": "skipped"}
-    if step.subcommand == "fit" and (step.output(root) / "checkpoints" / "last.ckpt").is_file():
+    checkpoints = step.output(root) / "checkpoints"
+    resumable = step.subcommand == "fit" and (checkpoints / "last.ckpt").is_file()
+    if resumable:
         command += ["--ckpt_path", "last"]  # an interrupted step resumes (exactly)
     if dry_run:
         print(f"(cd {folder} && python {REPO / 'experiments' / 'run.py'} {shlex.join(command)})")
         return {"status": "dry-run", "metrics": {}, "log": str(folder / "log.txt")}
     from experiments.cli import main
 
+    if step.subcommand == "fit" and not resumable and checkpoints.is_dir():
+        # killed before its first resumable checkpoint (only budget snapshots, or none):
+        # nothing to resume, and the checkpoint callback refuses a folder holding files of
+        # another run, so this step's own folder (keyed by its content) starts clean
+        print(f"{step.key}: no last.ckpt to resume; clearing {checkpoints}", flush=True)
+        shutil.rmtree(checkpoints)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "log.txt"
     cwd = Path.cwd()

@@ -434,6 +434,10 @@ def test_budget_axis_runs_one_pretraining_and_evaluates_every_snapshot(tmp_path:
         init = finetune[finetune.index("--model.init_args.init_checkpoint") + 1]
         assert init.endswith(f"step={budget:06d}.ckpt")
     assert chains[0][2].key != chains[1][2].key
+    # a pretraining killed after its step-0 snapshot, before any last.ckpt: it starts clean
+    stale = pre.output(tmp_path / "out" / "tiny_curve" / "smoke") / "checkpoints"
+    stale.mkdir(parents=True)
+    (stale / "step=000000.ckpt").write_bytes(b"killed while writing")
     rc = reproduce([str(path), "--scale", "smoke", "--seeds", "1", "--out",
                     str(tmp_path / "out"), "--no-wandb"])  # fmt: skip
     assert rc == 0
