@@ -673,9 +673,13 @@ def _curve_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: 
     positive = [s for s in steps if s > 0]
     # step 0 sits at a third of the first positive budget on the log axis, labelled 0
     zero_at = positive[0] / 3 if positive else 1.0
-    fig, axes = plt.subplots(1, len(table.metrics), figsize=(4.5 * len(table.metrics), 3.8),
-                             squeeze=False)  # fmt: skip
-    for ax, metric in zip(axes[0], table.metrics, strict=True):
+    cols = min(3, len(table.metrics))  # three panels a row: readable at page width
+    nrows = math.ceil(len(table.metrics) / cols)
+    fig, grid = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.6 * nrows + 0.6), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(table.metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes, table.metrics, strict=False):
         for name, entries in curves.items():
             entries = sorted((e for e in entries if e[metric]["n"]), key=lambda e: e["budget"])
             if not entries:
@@ -700,14 +704,15 @@ def _curve_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: 
         ax.set_xlabel("pretraining optimiser steps")
         ax.set_title(metric, fontsize=9)
         ax.grid(alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:  # the union of every panel's entries (some metrics skip a curve)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1 : len(table.metrics)]:  # the union of the panels' entries
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=7)
     fig.suptitle(f"{table.name} ({scale}): metric against pretraining budget")
-    fig.tight_layout(rect=(0, 0.08 + 0.04 * (len(labels) // 4), 1, 1))
+    legend_rows = math.ceil(len(labels) / 4)
+    fig.tight_layout(rect=(0, (0.3 + 0.16 * legend_rows) / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -96,6 +96,8 @@ class DigitScenes(TexturedScenes):
         ValueError: On arguments outside their ranges.
     """
 
+    _EXTRA_OBJECT_FIELDS = _DIGIT_FIELDS
+
     def __init__(
         self,
         num_samples: int = 2048,
@@ -145,17 +147,6 @@ class DigitScenes(TexturedScenes):
     def pool_size(self) -> int:
         """Glyphs in this generator's pool."""
         return int(self._pool[torch.device("cpu")][1].numel())
-
-    def _draw(self, index: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """As the textured scenes', each object with ``_DIGIT_FIELDS`` more numbers."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        k, n_f = self.max_objects, len(_OBJ_FIELDS) + len(_DIGIT_FIELDS)
-        objects = torch.rand(k, n_f, generator=g)
-        background = torch.rand(16, generator=g)
-        count = torch.randint(self.min_objects, self.max_objects + 1, (1,), generator=g)
-        noise_seed = torch.randint(0, 2**31 - 1, (1,), generator=g)
-        clutter = torch.rand(self.clutter, len(_OBJ_FIELDS), generator=g)
-        return objects, clutter, background, count, noise_seed
 
     def glyph_indices(self, index: int) -> list[int]:
         """Pool indices of scene ``index``'s digits in painting order."""

@@ -95,6 +95,9 @@ class TexturedScenes(Dataset):
         ValueError: On arguments outside their ranges.
     """
 
+    # names of per-object random numbers a subclass draws after ``_OBJ_FIELDS`` (same stream)
+    _EXTRA_OBJECT_FIELDS: tuple[str, ...] = ()
+
     def __init__(
         self,
         num_samples: int = 2048,
@@ -162,7 +165,7 @@ class TexturedScenes(Dataset):
         """Random numbers of one scene: objects, distractors, background, count, noise seed."""
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
         k, n_f = self.max_objects, len(_OBJ_FIELDS)
-        objects = torch.rand(k, n_f, generator=g)
+        objects = torch.rand(k, n_f + len(self._EXTRA_OBJECT_FIELDS), generator=g)
         background = torch.rand(_BG_FIELDS, generator=g)
         count = torch.randint(self.min_objects, self.max_objects + 1, (1,), generator=g)
         noise_seed = torch.randint(0, 2**31 - 1, (1,), generator=g)
