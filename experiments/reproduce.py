@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from experiments.tables import (  # noqa: E402
+    TableInUseError,
     aggregate,
     expand,
     load_table,
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = run_table(table, args.scale, list(range(args.seeds)), Path(args.out),
                             args.dry_run, extra, args.rows)  # fmt: skip
-    except ValueError as err:
+    except (ValueError, TableInUseError) as err:
         parser.error(str(err))
     if args.dry_run:
         return 0

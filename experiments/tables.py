@@ -68,6 +68,7 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ import yaml
 __all__ = [
     "Step",
     "Table",
+    "TableInUseError",
     "aggregate",
     "expand",
     "load_table",
@@ -363,12 +365,45 @@ def resolve_row(table: Table, row: dict[str, Any], scale: str, seed: int,
     return steps
 
 
-def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
-    """Run ``step`` in-process through the CLI unless its ``result.json`` exists.
+def _previous_result(result_file: Path, needs: Sequence[str]) -> dict[str, Any] | None:
+    """A finished step's ``result.json`` if it holds every metric in ``needs``, else ``None``.
+
+    A truncated or corrupt file (a kill while it was written by an older version, a full
+    disk) and one without a needed metric are named on the console; the step runs again.
+    """
+    if not result_file.is_file():
+        return None
+    try:
+        result = json.loads(result_file.read_text())
+        metrics = result["metrics"]
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"{result_file}: unreadable ({type(err).__name__}: {err}); running the step "
+              "again", flush=True)  # fmt: skip
+        return None
+    missing = [m for m in needs if m not in metrics]
+    if missing:
+        print(f"{result_file}: no {missing}; running the step again (a finished checkpoint "
+              "is validated)", flush=True)  # fmt: skip
+        return None
+    return result
+
+
+def run_step(step: Step, root: Path, dry_run: bool = False,
+             needs: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Run ``step`` in-process through the CLI unless its ``result.json`` has what is needed.
 
     The step runs with its folder as working directory (so ``outputs/`` and ``splits/`` of
     the config land there) and its console output and log in ``log.txt``.  A step that was
     interrupted (a ``last.ckpt`` but no ``result.json``) resumes with ``--ckpt_path last``.
+    A ``fit`` whose metrics lack one of ``needs`` (killed after its final checkpoint, before
+    ``result.json``: the resume has nothing left to train and logs nothing) is then scored
+    by a ``validate`` run on its ``last.ckpt``.
+
+    Args:
+        step: The step.
+        root: The table's output folder at this scale.
+        dry_run: Print the command only.
+        needs: Metrics the table reads from this step.
 
     Returns:
         ``{"status": "done" | "failed" | "skipped" | "dry-run", "metrics": {...}, "log": path}``.
@@ -376,8 +411,9 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     folder = step.folder(root)
     result_file = folder / "result.json"
     command = step.command(root)
-    if result_file.is_file():
-        return {**json.loads(result_file.read_text()), "status": "skipped"}
+    previous = _previous_result(result_file, needs)
+    if previous is not None:
+        return {**previous, "status": "skipped"}
     checkpoints = step.output(root) / "checkpoints"
     resumable = step.subcommand == "fit" and (checkpoints / "last.ckpt").is_file()
     if resumable:
@@ -414,6 +450,19 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
                 cli = main(command)
                 metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
                 status = "done" if cli.trainer.state.status.value == "finished" else "failed"
+                last = checkpoints / "last.ckpt"
+                if (status == "done" and step.subcommand == "fit" and last.is_file()
+                        and any(m not in metrics for m in needs)):  # fmt: skip
+                    _finish_wandb()
+                    check = ["validate", *command[1:command.index("--run_name")],
+                             "--ckpt_path", str(last), "--run_name", step.key]  # fmt: skip
+                    check = [a for i, a in enumerate(check)  # drop the fit's "--ckpt_path last"
+                             if not (a == "--ckpt_path" and check[i + 1] == "last")
+                             and not (a == "last" and check[i - 1] == "--ckpt_path")]
+                    print("metrics missing after fit; validating the final checkpoint:",
+                          shlex.join(check), flush=True)  # fmt: skip
+                    cli = main(check)
+                    metrics.update({k: float(v) for k, v in cli.trainer.callback_metrics.items()})
             except (Exception, SystemExit) as err:  # a failed row must not stop the table
                 traceback.print_exc(file=stream)
                 print(f"step failed: {type(err).__name__}: {err}", file=stream)
@@ -430,10 +479,48 @@ def run_step(step: Step, root: Path, dry_run: bool = False) -> dict[str, Any]:
     result = {"status": status, "metrics": metrics, "log": str(log), "command": command,
               "seconds": seconds}  # fmt: skip
     if status == "done":
-        tmp = result_file.with_suffix(".tmp")
+        tmp = result_file.with_name(f".result.{os.getpid()}.tmp")  # unique per writer
         tmp.write_text(json.dumps(result, indent=1))
         os.replace(tmp, result_file)
     return result
+
+
+class TableInUseError(RuntimeError):
+    """Another runner holds the output folder of this table and scale."""
+
+
+@contextlib.contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """Hold ``root/.lock`` (an advisory ``flock``, released by the OS if the holder dies).
+
+    Two runners on one output folder would run every step twice in the same folders; the
+    second one refuses, naming the holder's pid.
+
+    Raises:
+        TableInUseError: The lock is held by another process.
+    """
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise TableInUseError(f"{root} is in use by another reproduce.py (pid {holder}); "
+                                  "wait for it to finish, or use another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _finish_wandb() -> None:
@@ -469,6 +556,26 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
     _scale_args(table, scale, "")  # an unknown or unavailable scale fails the whole table
     table = expand(table, scale)
     root = out.resolve() / table.name / scale  # steps run in their own folders: absolute paths
+    if dry_run:
+        return _run_rows(table, scale, seeds, root, True, extra, rows)
+    with _exclusive(root):
+        return _run_rows(table, scale, seeds, root, False, extra, rows)
+
+
+def _needs(table: Table, position: int, label: str | None, last: bool) -> list[str]:
+    """Metrics the table reads from the step at ``position`` of a chain.
+
+    The last step's unsuffixed metrics and a labelled step's ``metric@label`` ones; the
+    positional ``metric@k`` ones are optional (a row may have no such step).
+    """
+    needs = [m for m in table.metrics if "@" not in m] if last else []
+    if label:
+        needs += [m[: -len(label) - 1] for m in table.metrics if m.endswith(f"@{label}")]
+    return needs
+
+
+def _run_rows(table: Table, scale: str, seeds: list[int], root: Path, dry_run: bool,
+              extra: list[str] | None, rows: list[str] | None) -> list[dict[str, Any]]:  # fmt: skip
     records = []
     done: dict[str, dict[str, Any]] = {}
     for index, row in enumerate(table.rows):
@@ -485,17 +592,22 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
                 continue
             result: dict[str, Any] = {}
             by_step: dict[str, float] = {}
+            sources: dict[str, str] = {}  # metric -> key of the step that logged it
             for position, step in enumerate(chain):
-                result = done.get(step.key) or run_step(step, root, dry_run)
-                done[step.key] = result
-                by_step.update({f"{k}@{position}": v for k, v in result["metrics"].items()})
                 label = _spec(table, row["chain"][position]).get("as")
-                if label:
-                    by_step.update({f"{k}@{label}": v for k, v in result["metrics"].items()})
+                needs = _needs(table, position, label, position == len(chain) - 1)
+                result = done.get(step.key) or run_step(step, root, dry_run, needs)
+                done[step.key] = result
+                names = [f"{{}}@{position}", *(["{}@" + label] if label else []),
+                         *(["{}"] if position == len(chain) - 1 else [])]
+                for k, v in result["metrics"].items():
+                    for name in names:
+                        by_step[name.format(k)] = v
+                        sources[name.format(k)] = step.key
                 if result["status"] == "failed":
                     break
             record = {"row": row["name"], "index": index, "seed": seed, **result}
-            record["metrics"] = {**by_step, **result.get("metrics", {})}
+            record["metrics"], record["sources"] = by_step, sources
             # a step metric ("name@k") may be absent by design (e.g. no pretraining step)
             missing = [m for m in table.metrics if m not in record["metrics"] and "@" not in m]
             if record["status"] in ("done", "skipped") and missing:
@@ -522,7 +634,11 @@ def aggregate(table: Table, records: list[dict[str, Any]]) -> list[dict[str, Any
                                  "seeds": len(ok), "failed": failed,
                                  "budget": row.get("budget"), "curve": row.get("curve")}
         for metric in table.metrics:
-            values = [r["metrics"][metric] for r in ok if metric in r["metrics"]]
+            # one value per run: a step shared by the seeds (an unseeded pretraining's kNN)
+            # is one measurement, not one per seed
+            runs = {r.get("sources", {}).get(metric, f"record {k}"): r["metrics"][metric]
+                    for k, r in enumerate(ok) if metric in r["metrics"]}  # fmt: skip
+            values = list(runs.values())
             mean = sum(values) / len(values) if values else math.nan
             var = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)
                    if len(values) > 1 else 0.0)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -59,11 +60,11 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     calls: list[str] = []
     real = tables.run_step
 
-    def interrupted(step, root, dry_run=False):  # noqa: ANN001, ANN202
+    def interrupted(step, root, dry_run=False, needs=()):  # noqa: ANN001, ANN202
         if len(calls) == 2 and not (step.folder(root) / "result.json").exists():
             raise KeyboardInterrupt  # the table is killed before its third step
         calls.append(step.key)
-        return real(step, root, dry_run)
+        return real(step, root, dry_run, needs)
 
     monkeypatch.setattr(tables, "run_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -98,7 +99,8 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
                       resolve_row(table, table.rows[1], "smoke", 0)[0].key / "result.json"
                       ).read_text())  # fmt: skip
     knn = next(r.split(",") for r in rows if r.startswith("SimCLR,DeepLabV3+,val/knn_acc@0"))
-    assert float(knn[3]) == pytest.approx(pre["metrics"]["val/knn_acc"]) and knn[5] == "2"
+    assert float(knn[3]) == pytest.approx(pre["metrics"]["val/knn_acc"])
+    assert knn[5] == "1"  # the pretraining is shared by both seeds: one measurement, no spread
     random_knn = next(r.split(",") for r in rows if r.startswith("random init,DeepLabV3+,val/knn"))
     assert random_knn[5] == "0"
     # a W&B Table of the aggregate (offline here)
@@ -466,3 +468,77 @@ def test_budget_rows_need_one_marked_step(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ValueError, match="command must be one of"):
         load_table(str(path))
+
+
+@pytest.mark.slow
+def test_quickstart_digits_table_runs_at_smoke_scale(tmp_path: Path) -> None:
+    """`make quickstart`'s table: one shared pretraining, its kNN, both rows' probes and tunings."""
+    out = tmp_path / "tables"
+    assert reproduce(["quickstart_digits", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb"]) == 0  # fmt: skip
+    md = (out / "quickstart_digits" / "smoke.md").read_text()
+    assert "| random init | DeepLabV3+ | 0." in md and "| SimCLR (2 steps) | DeepLabV3+ | 0." in md
+    assert "failed" not in md
+    table = tables.expand(load_table("quickstart_digits"), "smoke")
+    chain = resolve_row(table, table.rows[1], "smoke", 1)
+    assert chain[0].seed is None and chain[-1].seed == 1  # seeds vary the fine-tuning only
+
+
+def test_a_step_killed_before_its_result_or_with_a_corrupt_one_is_scored_again(
+        tiny: Path, tmp_path: Path, capsys) -> None:  # fmt: skip
+    """A SIGKILL after the final checkpoint but before ``result.json`` (the resume has nothing
+    to train and logs nothing): the checkpoint is validated.  A truncated ``result.json`` is
+    named and its step run again.  Finished steps with their metrics are not touched."""
+    out = tmp_path / "tables"
+    argv = [str(tiny), "--scale", "smoke", "--seeds", "1", "--out", str(out), "--no-wandb",
+            "--rows", "random init", "SimCLR"]  # fmt: skip
+    assert reproduce(argv) == 0
+    table = load_table(str(tiny))
+    root = out / "tiny" / "smoke"
+    random_ft = resolve_row(table, table.rows[0], "smoke", 0)[-1]
+    pretrain, simclr_ft = resolve_row(table, table.rows[1], "smoke", 0)
+    before = {s.key: json.loads((s.folder(root) / "result.json").read_text())["metrics"]
+              for s in (random_ft, simclr_ft)}  # fmt: skip
+    stamp = (pretrain.folder(root) / "result.json").stat().st_mtime_ns
+    (random_ft.folder(root) / "result.json").unlink()  # killed before writing it
+    corrupt = simclr_ft.folder(root) / "result.json"
+    corrupt.write_text(corrupt.read_text()[:40])  # truncated
+    capsys.readouterr()
+    assert reproduce(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{corrupt}: unreadable" in printed
+    md = (root.parent / "smoke.md").read_text()
+    assert "failed" not in md and "| random init | DeepLabV3+ | 0." in md
+    for step in (random_ft, simclr_ft):
+        log = (step.folder(root) / "log.txt").read_text()
+        assert "validating the final checkpoint" in log
+        after = json.loads((step.folder(root) / "result.json").read_text())["metrics"]
+        # the validation of the final weights gives the fit's last validation metrics
+        assert after["val/miou"] == pytest.approx(before[step.key]["val/miou"], abs=1e-6)
+    assert (pretrain.folder(root) / "result.json").stat().st_mtime_ns == stamp
+
+
+def test_a_second_runner_on_the_same_folder_refuses(tiny: Path, tmp_path: Path, capsys) -> None:
+    """Two processes: the holder of ``.lock`` is named; the lock dies with its holder."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "tables" / "tiny" / "smoke"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from experiments.tables import _exclusive\n"
+         f"with _exclusive(Path({str(root)!r})):\n print('held', flush=True); time.sleep(120)"],
+        cwd=tables.REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as exit_info:
+            reproduce([str(tiny), "--scale", "smoke", "--seeds", "1", "--out",
+                       str(tmp_path / "tables"), "--no-wandb"])  # fmt: skip
+        assert exit_info.value.code == 2
+        assert f"in use by another reproduce.py (pid {holder.pid})" in capsys.readouterr().err
+        assert not (root / "steps").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    with tables._exclusive(root):  # a killed holder leaves no stale lock behind
+        assert (root / ".lock").read_text().strip() == str(os.getpid())
