@@ -10,8 +10,9 @@ run's, writes in place, and saves ``last.ckpt`` even under ``fast_dev_run``.
   ``last_every_n_steps``, every N optimiser steps (mid-epoch resume points);
 * keeps ``best.ckpt`` by ``monitor`` (if given) and ``epoch=NNN.ckpt`` snapshots every
   ``every_n_epochs`` epochs, all separate files;
-* writes every file atomically (a temporary file renamed over the old one), so a kill
-  during the write leaves the previous checkpoint intact;
+* writes every file atomically (a temporary file beside it, renamed over the old one), so a
+  kill during the write leaves the previous checkpoint intact and nothing in ``/tmp``; the
+  temporary file of a failed write is removed, that of a killed writer at the next start;
 * never writes a checkpoint whose weights are not finite (the previous one is kept);
 * refuses to start a fresh run in a folder that already holds checkpoints (another
   run's), unless resuming (``--ckpt_path``) or ``overwrite=True``;
@@ -21,17 +22,19 @@ run's, writes in place, and saves ``last.ckpt`` even under ``fast_dev_run``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 __all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "StepSnapshots", "non_finite_tensors",
-           "save_atomically"]
+           "remove_stale_temporaries", "save_atomically"]
 
 
 class CheckpointFolderInUseError(RuntimeError):
@@ -55,11 +58,78 @@ def save_atomically(trainer: L.Trainer, filepath: str, weights_only: bool = Fals
         rank_zero_warn(f"not writing {filepath} at step {trainer.global_step}: {len(bad)} tensors "
                        f"are not finite (e.g. {bad[:3]}); the previous checkpoint is kept")
         return False
-    tmp = f"{filepath}.tmp"
-    trainer.save_checkpoint(tmp, weights_only)
+    target = Path(filepath)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # unique to this writer
+    strategy = trainer.strategy
+    original = strategy.checkpoint_io
+    default_io = type(original) is TorchCheckpointIO
+    if default_io:  # Lightning's own save stages the whole file in the system temp folder
+        strategy.checkpoint_io = _DirectCheckpointIO()
+    try:
+        trainer.save_checkpoint(tmp, weights_only)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or an error leaves no partial file behind
+        raise
+    finally:
+        if default_io:
+            strategy.checkpoint_io = original
     if trainer.is_global_zero:
-        os.replace(tmp, filepath)
-    trainer.strategy.barrier("save_atomically.rename")
+        os.replace(tmp, target)
+    strategy.barrier("save_atomically.rename")
+    return True
+
+
+class _DirectCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` straight into the given (temporary) path.
+
+    Lightning's :class:`TorchCheckpointIO` saves through an ``fsspec`` transaction, which
+    stages the file with ``mkstemp`` in the *system* temp folder: a kill during the write
+    left a checkpoint-sized orphan in ``/tmp`` (35-61 MB seen).  :func:`save_atomically`
+    already writes to a temporary name beside the target and renames it, so the staging
+    adds nothing but the orphan.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:  # fmt: skip
+        if storage_options is not None:
+            raise TypeError("contraseg's checkpoint writer takes no storage_options")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+_TMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files a killed writer left in ``folder``; return them.
+
+    Files named ``.<name>.<pid>.tmp`` whose writer process is gone, and ``*.ckpt.tmp``
+    (the names of earlier versions).
+    """
+    removed = []
+    for path in Path(folder).glob("*.tmp"):
+        match = _TMP_NAME.match(path.name)
+        if match and _alive(int(match["pid"])):
+            continue
+        if match or path.name.endswith(".ckpt.tmp"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
     return True
 
 
@@ -122,7 +192,14 @@ class RunCheckpoint(ModelCheckpoint):
 
     # ------------------------------------------------------------------ run folder
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Refuse (or, with ``overwrite``, clear) a folder with another run's checkpoints."""
+        """Refuse (or, with ``overwrite``, clear) a folder with another run's checkpoints.
+
+        Temporary files of a writer killed mid-save are removed first (with a notice).
+        """
+        if self.dirpath and trainer.is_global_zero and not trainer.fast_dev_run:
+            for path in remove_stale_temporaries(self.dirpath):
+                rank_zero_info(f"RunCheckpoint: removed {path}, left by a run killed while "
+                               "writing a checkpoint")  # fmt: skip
         if trainer.fast_dev_run or trainer.ckpt_path is not None or not self.dirpath:
             return
         existing = sorted(Path(self.dirpath).glob("*.ckpt"))

@@ -104,6 +104,79 @@ def test_a_kill_during_the_write_keeps_the_previous_file(tmp_path: Path, monkeyp
         callback._save_checkpoint(trainer, str(tmp_path / "last.ckpt"))
     assert (tmp_path / "last.ckpt").read_bytes() == good
     torch.load(tmp_path / "last.ckpt", weights_only=True)  # still a whole checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the torn file went
+
+
+def test_checkpoints_are_not_staged_in_the_system_temp_folder(tmp_path: Path,
+                                                             monkeypatch) -> None:  # fmt: skip
+    import tempfile
+
+    def no_staging(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a checkpoint went through the system temp folder")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_staging)
+    trainer = _tiny_trainer(tmp_path, RunCheckpoint(dirpath=str(tmp_path / "c")), max_epochs=2)
+    trainer.fit(_Tiny())
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["last.ckpt"]
+    assert type(trainer.strategy.checkpoint_io).__name__ == "TorchCheckpointIO"  # restored
+
+
+_KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import lightning as L, torch
+sys.path.insert(0, {tests!r})
+from test_run_checkpoint import _Tiny
+from callbacks import RunCheckpoint
+
+folder = Path({folder!r})
+trainer = L.Trainer(max_epochs=1, callbacks=[RunCheckpoint(dirpath=str(folder))], logger=False,
+                    enable_progress_bar=False, default_root_dir=str(folder.parent))
+trainer.fit(_Tiny())  # a whole last.ckpt
+
+def slow_save(obj, f, *args, **kwargs):
+    f.write(b"half a checkpoint")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(120)  # SIGKILLed here
+
+torch.save = slow_save
+trainer.checkpoint_callback._save_checkpoint(trainer, str(folder / "last.ckpt"))
+"""
+
+
+def test_a_sigkill_during_a_save_leaves_the_old_file_and_nothing_in_tmp(tmp_path: Path) -> None:
+    """A real SIGKILL mid-write: ``last.ckpt`` is the previous one, the system temp folder is
+    empty, and the writer's temporary file is removed when the next run starts."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    folder, system_tmp = tmp_path / "run" / "checkpoints", tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    script = _KILLED_WRITER.format(tests=str(Path(__file__).parent), folder=str(folder))
+    env = {**os.environ, "TMPDIR": str(system_tmp)}
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=env, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        good = (folder / "last.ckpt").read_bytes()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    orphan = folder / f".last.ckpt.{writer.pid}.tmp"
+    assert orphan.read_bytes() == b"half a checkpoint"
+    # no file outside the run (imported libraries leave empty folders there, e.g. W&B's)
+    assert [p for p in system_tmp.rglob("*") if p.is_file()] == []
+    assert (folder / "last.ckpt").read_bytes() == good
+    live = folder / f".last.ckpt.{os.getppid()}.tmp"  # a writer still running: kept
+    live.write_bytes(b"x")
+    (folder / "last.ckpt.tmp").write_bytes(b"y")  # an earlier version's name
+    trainer = _tiny_trainer(tmp_path / "run", RunCheckpoint(dirpath=str(folder)), max_epochs=2)
+    trainer.fit(_Tiny(), ckpt_path=str(folder / "last.ckpt"))
+    assert sorted(p.name for p in folder.iterdir()) == [live.name, "last.ckpt"]
 
 
 def _writes(monkeypatch, callback: RunCheckpoint) -> list[tuple[str, int, int]]:
