@@ -12,7 +12,9 @@ evaluators) are linked into the model arguments of the same name, where the mode
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,14 @@ from experiments.compose import expand_configs
 from lightning_modules.components.checkpoint_init import load_checkpoint_file
 
 LINKED = ("in_channels", "num_classes", "probe_classes")
+TRUST_ENV = "CONTRASEG_TRUST_CHECKPOINTS"
+
+
+def _unsafe_load_requested(config: Any) -> bool:
+    """Whether the run asks torch to unpickle checkpoints fully (``weights_only=False``)."""
+    forced = os.environ.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "").lower() in ("1", "y", "yes",
+                                                                               "true")  # fmt: skip
+    return forced or config.get("weights_only") is False
 
 
 class LoggerSaveConfigCallback(SaveConfigCallback):
@@ -70,30 +80,63 @@ class ContrasegCLI(LightningCLI):
         return None
 
     def _parse_ckpt_path(self) -> None:
-        """Check ``--ckpt_path``: readable, and written by the config's model class.
+        """Check ``--ckpt_path``: readable as weights only, and written by the config's model.
 
         An unreadable file, or a checkpoint of another model class than the config's (which
         Lightning would silently switch to), is a parser error naming the file and classes.
+        ``last`` (and ``best``) are checked the same way once the trainer knows its checkpoint
+        folder (:meth:`_run_subcommand`).
         """
         sub = self.config.get("subcommand")
         path = self.config[sub].get("ckpt_path") if sub else None
         if path and path not in ("last", "best", "hpc"):
             if not Path(path).is_file():
                 self.parser.error(f"--ckpt_path {path}: no such file")
-            try:
-                hparams = load_checkpoint_file(path).get("hyper_parameters") or {}
-            except ValueError as err:
-                self.parser.error(f"--ckpt_path: {err}")
-            theirs = hparams.get("_class_path")
-            ours = (self.config[sub].get("model") or {}).get("class_path")
-            if theirs and ours and theirs != ours:
-                self.parser.error(
-                    f"--ckpt_path {path} is a checkpoint of {theirs}, but the config's model is "
-                    f"{ours}: resume with the config that wrote it, or initialise this model's "
-                    f"encoder with --model.init_args.init_checkpoint {path}"
-                )
+            self._check_checkpoint(str(path), sub)
         # Lightning would now overwrite the config's model arguments with the checkpoint's
         # hyper-parameters; the config stays the one source of truth here (same class checked)
+
+    def _check_checkpoint(self, path: str, sub: str) -> None:
+        """The class check and the weights-only policy (``docs/checkpoints.md``) for ``path``.
+
+        contraseg writes checkpoints of tensors and plain data: they load with
+        ``weights_only=True``, which cannot run code.  A file that does not (a pickle with
+        objects, a file of unknown origin) is refused, also when the user asked for
+        ``weights_only=False`` (``--weights_only false`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``),
+        because unpickling it runs any code it holds, unless ``CONTRASEG_TRUST_CHECKPOINTS=1``
+        says the user trusts it.
+        """
+        try:
+            hparams = load_checkpoint_file(path).get("hyper_parameters") or {}
+        except ValueError as err:
+            if _unsafe_load_requested(self.config[sub]) and os.environ.get(TRUST_ENV) == "1":
+                warnings.warn(f"--ckpt_path {path} is not a weights-only checkpoint; loading it "
+                              f"with weights_only=False ({TRUST_ENV}=1) runs any code the file "
+                              "holds", stacklevel=2)  # fmt: skip
+                return
+            self.parser.error(
+                f"--ckpt_path: {err}. contraseg loads checkpoints as weights only: unpickling "
+                "anything else (weights_only=False) runs any code the file holds. For a file you "
+                f"trust, set {TRUST_ENV}=1 and pass --weights_only false"
+            )
+        theirs = hparams.get("_class_path")
+        ours = (self.config[sub].get("model") or {}).get("class_path")
+        if theirs and ours and theirs != ours:
+            self.parser.error(
+                f"--ckpt_path {path} is a checkpoint of {theirs}, but the config's model is "
+                f"{ours}: resume with the config that wrote it, or initialise this model's "
+                f"encoder with --model.init_args.init_checkpoint {path}"
+            )
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Check ``--ckpt_path last`` / ``best`` as an explicit path, then run."""
+        name = self.config_init[subcommand].get("ckpt_path")
+        callback = self.trainer.checkpoint_callback
+        if name in ("last", "best") and callback is not None and callback.dirpath:
+            path = Path(callback.dirpath) / f"{name}.ckpt"
+            if path.is_file():
+                self._check_checkpoint(str(path), subcommand)
+        super()._run_subcommand(subcommand)
 
     def instantiate_classes(self) -> None:
         """Instantiate, turning constructor validation errors into parser errors."""

@@ -286,6 +286,61 @@ def test_ckpt_path_of_another_model_class_is_an_error(tmp_path: Path, monkeypatc
     assert "the config's model is lightning_modules.SegmentationFineTune" in err
 
 
+def test_ckpt_path_last_gets_the_class_check(tmp_path: Path, monkeypatch, capsys) -> None:
+    """``--ckpt_path last`` of a folder holding another model's checkpoint: the same error."""
+    monkeypatch.chdir(tmp_path)
+    _fit("--trainer.max_epochs", "1")
+    ckpt = torch.load(CKPTS / "last.ckpt", weights_only=True)
+    ckpt["hyper_parameters"]["_class_path"] = "lightning_modules.MoCoV2"  # a MoCo run's file
+    torch.save(ckpt, CKPTS / "last.ckpt")
+    with pytest.raises(SystemExit):
+        _fit("--trainer.max_epochs", "2", "--ckpt_path", "last")
+    err = capsys.readouterr().err
+    assert f"--ckpt_path {(CKPTS / 'last.ckpt').resolve()} is a checkpoint of " in err
+    assert "lightning_modules.MoCoV2, but the config's model is lightning_modules.SimCLR" in err
+
+
+class _Payload:
+    """A pickle that runs code when loaded with ``weights_only=False`` (here: a marker file)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_with_code_is_refused_even_with_weights_only_false(
+        tmp_path: Path, monkeypatch, capsys) -> None:  # fmt: skip
+    """The weights-only policy: refused as an explicit path and as ``last``, whatever
+    ``--weights_only`` or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` say; nothing runs.  With
+    ``CONTRASEG_TRUST_CHECKPOINTS=1`` the user's choice stands (and the code does run)."""
+    monkeypatch.chdir(tmp_path)
+    _fit("--trainer.max_epochs", "1")
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker)}, evil)
+    for extra, env in ((["--weights_only", "false"], {}),
+                       ([], {"TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"})):  # fmt: skip
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        with pytest.raises(SystemExit):
+            _fit("--trainer.max_epochs", "2", "--ckpt_path", str(evil), *extra)
+        err = capsys.readouterr().err
+        assert f"cannot read checkpoint {evil}" in err and "runs any code" in err
+        assert "CONTRASEG_TRUST_CHECKPOINTS=1" in err
+        assert not marker.exists()
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    (CKPTS / "last.ckpt").write_bytes(evil.read_bytes())  # the same file as a run's last.ckpt
+    with pytest.raises(SystemExit):
+        _fit("--trainer.max_epochs", "2", "--ckpt_path", "last", "--weights_only", "false")
+    assert "runs any code" in capsys.readouterr().err and not marker.exists()
+    monkeypatch.setenv("CONTRASEG_TRUST_CHECKPOINTS", "1")
+    with pytest.warns(UserWarning, match="runs any code"), pytest.raises(Exception):  # noqa: B017
+        _fit("--trainer.max_epochs", "2", "--ckpt_path", str(evil), "--weights_only", "false")
+    assert marker.exists()  # the user insisted: Lightning unpickled it (then found no weights)
+
+
 def test_unreadable_checkpoints_are_named(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     text = tmp_path / "notes.ckpt"
