@@ -2,7 +2,11 @@
 
 :class:`VolumeStore` reads a subject once per process (each DataLoader worker keeps its own
 copy) and optionally writes it as ``.npy`` under ``cache_dir``, which later runs and
-workers memory-map instead of decompressing the ``.nii.gz`` again.  The stored arrays keep
+workers memory-map instead of decompressing the ``.nii.gz`` again.  A cache entry is keyed by
+its source: the image and label files' resolved paths, sizes and modification times, the slice
+size, the protocol and :data:`CACHE_VERSION`; an edited file or changed option gets a new
+entry (the stale one is deleted with a warning), and two folders sharing one cache never see
+each other's volumes.  The stored arrays keep
 the file's dtype; slices are normalised per modality when served
 (:func:`~datamodules.datasets.nifti.normalize_intensity`).  ``reads`` counts
 decompressions (``benchmarks/medical.py`` and the tests use it).
@@ -21,7 +25,10 @@ Datasets over a store:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +51,16 @@ from datamodules.datasets.nifti import (
 from datamodules.datasets.synthetic_volumes import SyntheticVolumes
 
 __all__ = [
+    "CACHE_VERSION",
     "PatchDataset",
     "SliceDataset",
     "VolumeDataset",
     "VolumeStore",
     "foreground_weighted_index",
 ]
+
+
+CACHE_VERSION = 2  # bump when what a cache entry holds changes (old entries are rebuilt)
 
 
 @dataclass
@@ -135,30 +146,83 @@ class VolumeStore:
         spacing = (image.spacing[0], image.spacing[1] * h / size, image.spacing[2] * w / size)
         return Loaded(x.numpy(), y.to(torch.uint8).numpy(), spacing, stats)
 
-    def _paths(self, subject_id: str) -> tuple[Path, Path, Path]:
-        base = self.cache_dir / f"{subject_id}_{self.slice_size or 'native'}"
+    def _source(self, subject_id: str) -> dict:
+        """What a cache entry is a function of: the files (path, size, mtime) and the options.
+
+        Synthetic subjects: the generator's arguments.  A changed label file, another folder
+        sharing the cache or other reading options give another key.
+        """
+        options = {"slice_size": self.slice_size, "protocol": repr(self.protocol),
+                   "version": CACHE_VERSION}  # fmt: skip
+        if self.synthetic is not None:
+            g = self.synthetic
+            return {**options, "synthetic": [g.num_subjects, list(g.shape), g.num_structures,
+                                             g.domain, g.seed]}  # fmt: skip
+        files = {}
+        subject = self.subjects[subject_id]
+        for role, path in (("image", subject.image), ("label", subject.label)):
+            if path is not None:
+                stat = Path(path).stat()
+                files[role] = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+        return {**options, "files": files}
+
+    def _paths(self, subject_id: str, key: str) -> tuple[Path, Path, Path]:
+        base = self.cache_dir / f"{subject_id}_{self.slice_size or 'native'}_{key}"
         return Path(f"{base}_image.npy"), Path(f"{base}_label.npy"), Path(f"{base}_meta.json")
 
     def _from_npy(self, subject_id: str) -> Loaded | None:
         if self.cache_dir is None:
             return None
-        image, label, meta = self._paths(subject_id)
-        if not (image.is_file() and label.is_file() and meta.is_file()):
-            return None
-        info = json.loads(meta.read_text())
-        return Loaded(
-            np.load(image, mmap_mode="r"),
-            np.load(label, mmap_mode="r"),
-            tuple(info["spacing"]),
-            info["stats"],
-        )
+        source = self._source(subject_id)
+        key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+        image, label, meta = self._paths(subject_id, key)
+        info = None
+        if image.is_file() and label.is_file() and meta.is_file():
+            try:
+                info = json.loads(meta.read_text())
+            except ValueError:
+                info = None
+        if info is not None and info.get("source") == source:
+            return Loaded(np.load(image, mmap_mode="r"), np.load(label, mmap_mode="r"),
+                          tuple(info["spacing"]), info["stats"])  # fmt: skip
+        self._drop_stale(subject_id, source)
+        return None
+
+    def _drop_stale(self, subject_id: str, source: dict) -> None:
+        """Delete this subject's entries made from the same files before they changed.
+
+        Entries of other files (another folder sharing the cache) are left for their owners.
+        """
+        ours = {role: entry[0] for role, entry in source.get("files", {}).items()}
+        for meta in self.cache_dir.glob(f"{subject_id}_{self.slice_size or 'native'}_*_meta.json"):
+            try:
+                theirs = json.loads(meta.read_text()).get("source", {})
+            except ValueError:
+                theirs = {}
+            same_files = ours and {r: e[0] for r, e in theirs.get("files", {}).items()} == ours
+            if same_files or not theirs:
+                warnings.warn(f"{meta}: cache entry of subject {subject_id} is stale (its source "
+                              "files or reading options changed); rebuilding it", stacklevel=3)
+                stem = meta.name[: -len("_meta.json")]
+                for path in (meta, meta.with_name(f"{stem}_image.npy"),
+                             meta.with_name(f"{stem}_label.npy")):  # fmt: skip
+                    path.unlink(missing_ok=True)
 
     def _to_npy(self, subject_id: str, loaded: Loaded) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        image, label, meta = self._paths(subject_id)
-        np.save(image, loaded.image)
-        np.save(label, loaded.label)
-        meta.write_text(json.dumps({"spacing": list(loaded.spacing), "stats": loaded.stats}))
+        source = self._source(subject_id)
+        key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+        image, label, meta = self._paths(subject_id, key)
+        tag = f".{os.getpid()}.tmp"  # workers may write the same entry at once: each renames
+        for path, array in ((image, loaded.image), (label, loaded.label)):
+            tmp = path.with_name(path.name + tag)
+            with tmp.open("wb") as handle:
+                np.save(handle, array)
+            os.replace(tmp, path)
+        tmp = meta.with_name(meta.name + tag)
+        tmp.write_text(json.dumps({"spacing": list(loaded.spacing), "stats": loaded.stats,
+                                   "source": source}))  # fmt: skip
+        os.replace(tmp, meta)  # last: an entry counts only once its meta exists
 
     def normalized(self, loaded: Loaded, array: np.ndarray) -> np.ndarray:
         """``array`` (part of ``loaded.image``) normalised for this protocol's modality."""

@@ -199,6 +199,36 @@ def test_store_reads_each_subject_once_and_npy_cache(tmp_path: Path) -> None:
     assert abs(float(data[0]["image"].mean())) < 3  # MR z-scored
 
 
+def test_two_folders_sharing_one_cache_and_an_edited_label(tmp_path: Path) -> None:
+    """Entries are keyed by their source files: never another folder's or a stale volume."""
+    cache = str(tmp_path / "c")
+    first = write_hippocampus(tmp_path / "a", n=2)
+    second = write_hippocampus(tmp_path / "b", n=2)  # same subject ids, other voxels below
+    sid = "hippocampus_000"
+    image = nib.load(str(second / "imagesTr" / f"{sid}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) * 2 + 7, image.affine),
+             str(second / "imagesTr" / f"{sid}.nii.gz"))  # fmt: skip
+    a = HippocampusDataModule(str(first), num_workers=0, cache_dir=cache).store
+    b = HippocampusDataModule(str(second), num_workers=0, cache_dir=cache).store
+    a_image = np.array(a.load(sid).image)
+    b_image = np.array(b.load(sid).image)  # read from its own file, not a's entry
+    assert b.reads == 1 and not np.array_equal(a_image, b_image)
+    np.testing.assert_array_equal(b_image, read_nifti(second / "imagesTr" / f"{sid}.nii.gz").array)
+    fresh_a = HippocampusDataModule(str(first), num_workers=0, cache_dir=cache).store
+    np.testing.assert_array_equal(fresh_a.load(sid).image, a_image)
+    assert fresh_a.reads == 0  # both folders' entries live side by side
+    # an edited label file: the entry is rebuilt with a warning, the new labels served
+    label_path = first / "labelsTr" / f"{sid}.nii.gz"
+    label = nib.load(str(label_path))
+    edited = np.zeros(label.shape, np.uint8)
+    nib.save(nib.Nifti1Image(edited, label.affine), str(label_path))
+    store = HippocampusDataModule(str(first), num_workers=0, cache_dir=cache).store
+    with pytest.warns(UserWarning, match=f"cache entry of subject {sid} is stale"):
+        served = store.load(sid)
+    assert store.reads == 1 and int(np.asarray(served.label).max()) == 0
+    assert len(list((tmp_path / "c").rglob(f"{sid}_native_*_meta.json"))) == 2  # a's new + b's
+
+
 def test_context_channels_and_foreground_share() -> None:
     store = VolumeStore(SyntheticVolumes(2).protocol, synthetic=SyntheticVolumes(2))
     data = SliceDataset(store, store.ids, context=1)
