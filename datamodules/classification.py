@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,23 +242,36 @@ class ISICDataModule(PretrainDataModule):
         year: 2018 or 2019.
         val_fraction: Share of images held out (whole lesions).
         split_seed: Seed of the lesion split.
+        split_by: ``lesion`` (the lesion metadata CSV must exist: an error naming it
+            otherwise) or ``image`` (a per-image split, with a warning: images of one lesion
+            can land on both sides and inflate validation scores).
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
     log_counts = True
 
     def __init__(self, root: str, year: int = 2018, val_fraction: float = 0.2,
-                 split_seed: int = 0, **kwargs: Any) -> None:  # fmt: skip
+                 split_seed: int = 0, split_by: Literal["lesion", "image"] = "lesion",
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__(**kwargs)
         if not 0 < val_fraction < 1:
             raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        if split_by not in ("lesion", "image"):
+            raise ValueError(f"data.split_by must be 'lesion' or 'image', got {split_by!r}")
+        self.split_by = split_by
         self.root, self.year = root, year
         self.val_fraction, self.split_seed = val_fraction, split_seed
         self.class_names = ISIC2018_CLASSES if year == 2018 else ISIC2019_CLASSES
         self.num_classes = len(self.class_names)
 
     def build_datasets(self) -> tuple[Dataset, Dataset]:  # noqa: D102
-        full = ISICClassification(self.root, self.year)
-        train, val = lesion_split(full.names, full.lesions, self.val_fraction, self.split_seed)
-        return (ISICClassification(self.root, self.year, train),
-                ISICClassification(self.root, self.year, val))  # fmt: skip
+        by_lesion = self.split_by == "lesion"
+        full = ISICClassification(self.root, self.year, require_lesions=by_lesion)
+        if not by_lesion:
+            warnings.warn(f"ISIC {self.year} ({self.root}): split_by image: images of one lesion "
+                          "can land in both training and validation (inflated validation "
+                          "scores)", stacklevel=2)  # fmt: skip
+        lesions = full.lesions if by_lesion else {}
+        train, val = lesion_split(full.names, lesions, self.val_fraction, self.split_seed)
+        return (ISICClassification(self.root, self.year, train, by_lesion),
+                ISICClassification(self.root, self.year, val, by_lesion))  # fmt: skip

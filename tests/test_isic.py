@@ -39,9 +39,27 @@ def test_isic_module_counts_and_imbalance(tmp_path: Path) -> None:
 
 
 def test_isic2019_nine_columns(tmp_path: Path) -> None:
-    root = write_isic_diagnosis(tmp_path / "isic19", year=2019)
-    data = ISICClassification(root, 2019)
+    root = write_isic_diagnosis(tmp_path / "isic19", year=2019)  # no metadata CSV written
+    data = ISICClassification(root, 2019, require_lesions=False)
     assert data.classes[-1] == "UNK" and max(data.labels) == 7 and data.lesions == {}
+
+
+def test_a_lesion_split_without_lesion_metadata_is_an_error(tmp_path: Path) -> None:
+    """Without HAM10000_metadata.csv a by-lesion split is impossible: an error naming the file,
+    never a silent per-image split; ``split_by: image`` accepts the leak with a warning."""
+    root = write_isic_diagnosis(tmp_path / "isic")
+    (root / "HAM10000_metadata.csv").unlink()
+    dm = ISICDataModule(str(root), batch_size=4, num_workers=0, val_fraction=0.25)
+    with pytest.raises(DataFormatError, match=r"HAM10000_metadata.csv: lesion metadata not found"
+                       r".*split_by image"):  # fmt: skip
+        dm.setup("fit")
+    dm = ISICDataModule(str(root), batch_size=4, num_workers=0, val_fraction=0.25,
+                        split_by="image")  # fmt: skip
+    with pytest.warns(UserWarning, match="split_by image: images of one lesion can land in both"):
+        dm.setup("fit")
+    assert len(dm._raw_datasets()[1]) == 6
+    with pytest.raises(DataFormatError, match="ISIC_2019_Training_Metadata.csv: lesion metadata"):
+        ISICClassification(write_isic_diagnosis(tmp_path / "isic19", year=2019), 2019)
 
 
 def test_isic_bad_inputs(tmp_path: Path) -> None:

@@ -103,9 +103,21 @@ def read_isic_labels(csv_path: str | Path, classes: Sequence[str]) -> dict[str, 
     return labels
 
 
-def read_lesion_ids(csv_path: Path | None, id_column: str) -> dict[str, str]:
-    """``image id -> lesion id`` from a metadata CSV (empty cells and a missing file: none)."""
+def read_lesion_ids(csv_path: Path | None, id_column: str, required: bool = False
+                    ) -> dict[str, str]:  # fmt: skip
+    """``image id -> lesion id`` from a metadata CSV (empty cells: none).
+
+    Raises:
+        DataFormatError: ``required`` and the file is missing (a split without lesion ids
+            would put one lesion's images on both sides), or a column is missing.
+    """
     if csv_path is None or not csv_path.is_file():
+        if required:
+            raise DataFormatError(
+                f"{csv_path}: lesion metadata not found; it is needed to split by lesion (one "
+                "lesion's images on both sides of a split inflate validation scores). Put the "
+                "file there, or set data.init_args.split_by image to accept a per-image split"
+            )
         return {}
     rows = _rows(csv_path)
     if rows and ("lesion_id" not in rows[0] or id_column not in rows[0]):
@@ -139,11 +151,13 @@ class ISICClassification(Dataset):
         root: Folder holding the year's input folder and CSVs.
         year: 2018 (task 3 / HAM10000, 7 classes) or 2019 (9 classes incl. UNK).
         names: Image ids to serve (default all rows of the CSV).
+        require_lesions: The metadata CSV with lesion ids must exist (splits by lesion).
     """
 
     def __init__(
-        self, root: str | Path, year: int = 2018, names: Sequence[str] | None = None
-    ) -> None:
+        self, root: str | Path, year: int = 2018, names: Sequence[str] | None = None,
+        require_lesions: bool = True,
+    ) -> None:  # fmt: skip
         if year not in _LAYOUT:
             raise ValueError(f"ISIC year must be 2018 or 2019, got {year}")
         self.root = require_dir(root, f"ISIC {year} root")
@@ -166,7 +180,7 @@ class ISICClassification(Dataset):
                 stacklevel=2,
             )
         self.ignored = len(extra)
-        self.lesions = read_lesion_ids(self.root / meta, id_column)
+        self.lesions = read_lesion_ids(self.root / meta, id_column, require_lesions)
         self.all_labels = labels
         self.names = sorted(labels) if names is None else list(names)
         self.files = files
