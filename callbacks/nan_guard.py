@@ -14,6 +14,12 @@ gradients:
   otherwise hold the NaN), log the running count as ``train/skipped_batches``, and stop
   once more than ``max_skips`` batches were skipped.
 
+Before every training, validation and test batch the floating-point *inputs* are checked as
+well (``check_inputs``): a NaN or inf pixel or voxel is a data defect, not a numerical blow-up,
+so it stops the run in any ``action`` mode, naming the stage, the batch and the samples
+(their ``name``/``path`` entries: the files).  Validation batches matter most here: a NaN
+voxel in a validation volume otherwise gives plausible-looking Dice scores and exit code 0.
+
 Under fp16 mixed precision inf/NaN gradients are the loss scaler's normal overflow signal
 (it skips those steps itself), so only the loss terms are checked there.  Checkpoints are
 protected separately: :class:`~callbacks.checkpoint.RunCheckpoint` never writes
@@ -28,7 +34,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-__all__ = ["NaNGuard", "NonFiniteError"]
+__all__ = ["NaNGuard", "NonFiniteError", "non_finite_inputs"]
 
 
 class NonFiniteError(RuntimeError):
@@ -50,28 +56,95 @@ def _non_finite_grads(module: torch.nn.Module) -> list[str]:
     return [n for (n, _), ok in zip(named, finite.tolist(), strict=True) if not ok]
 
 
+_NAME_KEYS = ("path", "file", "name", "subject")
+
+
+def _float_inputs(batch: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+    """``(key, tensor)`` of every floating-point tensor in a batch (dicts, lists, tuples)."""
+    if isinstance(batch, torch.Tensor):
+        return [(prefix or "batch", batch)] if batch.is_floating_point() else []
+    if isinstance(batch, dict):
+        items = batch.items()
+    elif isinstance(batch, list | tuple):
+        items = ((str(i), v) for i, v in enumerate(batch))
+    else:
+        return []
+    out = []
+    for key, value in items:
+        out += _float_inputs(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def non_finite_inputs(batch: Any) -> list[str]:
+    """One line per input tensor with NaN or inf: its key and the samples' names (files)."""
+    names = next((batch[k] for k in _NAME_KEYS if isinstance(batch, dict) and k in batch), None)
+    lines = []
+    for key, tensor in _float_inputs(batch):
+        if tensor.numel() == 0 or bool(torch.isfinite(tensor).all()):
+            continue
+        if tensor.ndim > 1:
+            bad = (~torch.isfinite(tensor.detach().flatten(1)).all(1)).nonzero().flatten()
+            rows = bad.tolist()
+        else:
+            rows = []
+        if names is not None and rows and len(names) == len(tensor):
+            which = [str(names[i]) for i in rows]
+        else:
+            which = [f"sample {i}" for i in rows] or ["(a batch-level tensor)"]
+        lines.append(f"{key}: {len(rows) or 'some'} non-finite sample(s): {which[:5]}")
+    return lines
+
+
 class NaNGuard(L.Callback):
-    """Check loss terms and gradients before every optimiser step.
+    """Check inputs, loss terms and gradients (see the module docstring).
 
     Args:
-        action: ``stop`` the run, or ``skip`` the batch.
+        action: ``stop`` the run, or ``skip`` the batch (non-finite loss or gradients).
         max_skips: With ``skip``: stop once more than this many batches were skipped.
         check_gradients: Also check gradients (not only the loss terms).
+        check_inputs: Check every training, validation and test batch's floating-point
+            inputs; a non-finite one stops the run naming the samples.
     """
 
     def __init__(self, action: Literal["stop", "skip"] = "stop", max_skips: int = 10,
-                 check_gradients: bool = True) -> None:  # fmt: skip
+                 check_gradients: bool = True, check_inputs: bool = True) -> None:  # fmt: skip
         if action not in ("stop", "skip"):
             raise ValueError(f"NaNGuard.action must be 'stop' or 'skip', got {action!r}")
         if max_skips < 0:
             raise ValueError(f"NaNGuard.max_skips must be >= 0, got {max_skips}")
         self.action, self.max_skips, self.check_gradients = action, max_skips, check_gradients
+        self.check_inputs = check_inputs
         self.skipped = 0
         self._batch_idx = -1
 
+    def _check_inputs(self, trainer: L.Trainer, stage: str, batch: Any, batch_idx: int) -> None:
+        if not self.check_inputs:
+            return
+        lines = non_finite_inputs(batch)
+        if lines:
+            raise NonFiniteError(
+                f"NaNGuard: non-finite input in {stage} batch {batch_idx} (epoch "
+                f"{trainer.current_epoch}, global step {trainer.global_step}): "
+                + "; ".join(lines) + ". Fix or drop these samples: a NaN input makes every "
+                "loss and score computed from it meaningless."
+            )
+
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                  batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:  # fmt: skip
+        """Check the validation batch's inputs."""
+        self._check_inputs(trainer, "validation", batch, batch_idx)
+
+    def on_test_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                            batch: Any, batch_idx: int,
+                            dataloader_idx: int = 0) -> None:  # fmt: skip
+        """Check the test batch's inputs."""
+        self._check_inputs(trainer, "test", batch, batch_idx)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule,
                              batch: Any, batch_idx: int) -> None:  # fmt: skip
-        """Remember the batch index for the message."""
+        """Check the inputs; remember the batch index for the step's message."""
+        self._check_inputs(trainer, "training", batch, batch_idx)
         self._batch_idx = batch_idx
         pl_module.last_loss_terms = {}
         if self.action == "skip":  # the forward pass may write NaN into running statistics

@@ -52,6 +52,15 @@ def test_read_nifti_canonical_orientation_dtype_and_spacing(tmp_path: Path) -> N
     assert vol.spacing == pytest.approx((2.5, 0.8, 0.8))
 
 
+def test_nan_voxels_are_an_error_naming_the_file(tmp_path: Path) -> None:
+    volume = np.ones((6, 6, 4), np.float32)
+    volume[2, 3, 1] = np.nan
+    volume[0, 0, 0] = np.inf
+    path = _save(tmp_path / "la_003.nii.gz", volume)
+    with pytest.raises(DataFormatError, match=r"la_003.nii.gz: 2 of 144 voxels are not finite"):
+        read_nifti(path)
+
+
 def test_truncated_nifti_names_the_file(tmp_path: Path) -> None:
     path = _save(tmp_path / "full.nii.gz", np.zeros((20, 20, 20), np.int16))
     data = gzip.decompress(path.read_bytes())

@@ -123,3 +123,64 @@ def test_guard_arguments_are_validated() -> None:
         NaNGuard(action="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_skips"):
         NaNGuard(max_skips=-1)
+
+
+class _Named(L.LightningModule):
+    """Training and validation batches of named samples; one validation sample has a NaN."""
+
+    def __init__(self, bad_split: str) -> None:
+        super().__init__()
+        self.bad_split = bad_split
+        self.layer = torch.nn.Linear(4, 1)
+
+    def _loader(self, split: str) -> torch.utils.data.DataLoader:
+        images = torch.ones(4, 4)
+        if split == self.bad_split:
+            images[3, 2] = float("nan")
+        items = [{"image": images[i], "name": f"{split}/case_{i}.nii.gz:7"} for i in range(4)]
+        return torch.utils.data.DataLoader(items, batch_size=2)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self.layer(batch["image"]).sum()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/x", self.layer(batch["image"]).sum())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        return self._loader("val")
+
+
+@pytest.mark.parametrize("split, stage", [("val", "validation"), ("train", "training")])
+def test_non_finite_inputs_are_named_in_every_stage(tmp_path: Path, split: str,
+                                                    stage: str) -> None:  # fmt: skip
+    """A NaN voxel in a validation sample stops the run (it would give plausible scores and
+    exit 0), naming the sample's file; the same for training, before any step."""
+    trainer = L.Trainer(max_epochs=1, callbacks=[NaNGuard()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))  # fmt: skip
+    with pytest.raises(NonFiniteError) as info:
+        trainer.fit(_Named(split))
+    message = str(info.value)
+    assert f"non-finite input in {stage} batch 1" in message
+    assert f"image: 1 non-finite sample(s): ['{split}/case_3.nii.gz:7']" in message
+    guard = NaNGuard(check_inputs=False, check_gradients=False)
+    trainer = L.Trainer(max_epochs=1, callbacks=[guard], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, default_root_dir=str(tmp_path))  # fmt: skip
+    trainer.fit(_Named(split))  # switched off: the run goes through, NaN and all
+
+
+def test_non_finite_inputs_walks_nested_batches() -> None:
+    from callbacks.nan_guard import non_finite_inputs
+
+    views = [torch.zeros(3, 2, 2), torch.zeros(3, 2, 2)]
+    views[1][2, 0, 0] = float("inf")
+    batch = {"views": views, "label": torch.tensor([0, 1, 2]), "path": ["a.png", "b.png", "c.png"]}
+    assert non_finite_inputs(batch) == ["views.1: 1 non-finite sample(s): ['c.png']"]
+    assert non_finite_inputs({"views": [torch.zeros(2, 3)]}) == []

@@ -112,7 +112,15 @@ def read_nifti(path: str | Path, what: str = "NIfTI volume") -> Volume:
             f"{path}: cannot read this NIfTI file ({type(err).__name__}: {err}); "
             "it is truncated, corrupt or not NIfTI-1/2 (.nii or .nii.gz)"
         ) from err
-    return canonical(np.asarray(array), image.affine, str(path))
+    array = np.asarray(array)
+    if array.dtype.kind in "fc":  # one NaN voxel makes losses and scores NaN or meaningless
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise DataFormatError(
+                f"{path}: {bad} of {array.size} voxels are not finite (NaN or inf); replace them "
+                "(e.g. with the background value) before training or evaluating on this volume"
+            )
+    return canonical(array, image.affine, str(path))
 
 
 def write_nifti(path: str | Path, array: np.ndarray, affine: np.ndarray) -> None:
