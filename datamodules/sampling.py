@@ -25,6 +25,7 @@ is reseeded from ``(seed, epoch, batch)`` by ``BaseTask.on_train_batch_start``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -37,6 +38,7 @@ from datamodules.batch_augment import collate_plans
 __all__ = [
     "SampleKey",
     "SeededSampler",
+    "loader_state",
     "mix_seed",
     "realign_train_loader",
     "run_seed",
@@ -126,7 +128,51 @@ class SeededSampler(DistributedSampler):
         return iter(SampleKey(i, epoch, mix_seed(self.seed, epoch, i)) for i in indices[skip:])
 
 
-def realign_train_loader(trainer: Any) -> bool:
+def _seeded_loaders(trainer: Any) -> list[DataLoader]:
+    combined = getattr(trainer.fit_loop, "_combined_loader", None)
+    if combined is None:
+        return []
+    return [d for d in combined.flattened if isinstance(getattr(d, "sampler", None), SeededSampler)]
+
+
+def loader_state(trainer: Any) -> list[dict[str, Any]]:
+    """What a resumed run's training order depends on, per seeded train loader.
+
+    Saved in every checkpoint (``BaseTask.on_save_checkpoint``) and compared on resume by
+    :func:`realign_train_loader`.
+    """
+    return [{"batch_size": int(d.batch_size or 1), "dataset_size": len(d.sampler.dataset),
+             "shuffle": bool(d.sampler.shuffle), "weighted": d.sampler.weights is not None,
+             "num_replicas": int(d.sampler.num_replicas), "seed": int(d.sampler.seed)}
+            for d in _seeded_loaders(trainer)]  # fmt: skip
+
+
+_ORDER_KEYS = {"dataset_size": "training samples (data.num_train, the data set, label_fraction)",
+               "shuffle": "shuffling", "weighted": "class-balanced sampling",
+               "num_replicas": "processes (devices x nodes)", "seed": "seed (seed_everything)"}
+
+
+def _check_resume(saved: dict[str, Any], now: dict[str, Any], mid_epoch: bool) -> None:
+    """Raise when the resumed loader would not continue the checkpoint's sample order."""
+    for key, what in _ORDER_KEYS.items():
+        if key in saved and saved[key] != now[key]:
+            raise ValueError(
+                f"resume: the checkpoint's training order used {what} = {saved[key]}, this run "
+                f"{now[key]}: the resumed run would not continue the interrupted one. Resume "
+                "with the checkpoint's settings (its config.yaml), or start a new run"
+            )
+    if saved.get("batch_size", now["batch_size"]) != now["batch_size"]:
+        message = (f"resume: the checkpoint was written with batch size {saved['batch_size']}, "
+                   f"this run uses {now['batch_size']}")  # fmt: skip
+        if mid_epoch:  # the skipped count would be in the new size: samples seen twice or never
+            raise ValueError(f"{message}; it stopped inside an epoch, whose consumed samples "
+                             "cannot be skipped in batches of another size. Resume with "
+                             f"data.batch_size {saved['batch_size']}")  # fmt: skip
+        warnings.warn(f"{message} (from an epoch end: the sample order is unaffected; the "
+                      "learning-rate schedule and step counts change)", stacklevel=3)
+
+
+def realign_train_loader(trainer: Any, saved: list[dict[str, Any]] | None = None) -> bool:
     """Point a resumed fit's train loader at the restored epoch and batch; ``True`` if moved.
 
     Called at ``on_train_start`` (``BaseTask``), when Lightning has restored and processed
@@ -135,17 +181,29 @@ def realign_train_loader(trainer: Any) -> bool:
     before the checkpoint is restored, and workers prefetch at once), so the sampler gets
     the restored epoch and the samples to skip (mid-epoch: ``batches done x batch size``)
     and the fetcher's iterator is recreated, as Lightning itself does at an epoch start.
+
+    Args:
+        trainer: The trainer.
+        saved: :func:`loader_state` of the checkpoint (``None``: not known, e.g. an older
+            checkpoint): a resume with another data size, shuffling, sampling, process count
+            or seed is an error, a mid-epoch one with another batch size too.
+
+    Raises:
+        ValueError: The resumed order would not continue the checkpoint's.
     """
     loop = trainer.fit_loop
     fetcher = getattr(loop, "_data_fetcher", None)
-    combined = getattr(loop, "_combined_loader", None)
-    if fetcher is None or combined is None:
+    if fetcher is None or getattr(loop, "_combined_loader", None) is None:
         return False
     epoch = int(loop.epoch_progress.current.processed)
     done = int(loop.epoch_loop.batch_progress.current.ready) if loop.restarting else 0
+    loaders = _seeded_loaders(trainer)
+    if saved:
+        for before, now in zip(saved, loader_state(trainer), strict=False):
+            _check_resume(before, now, mid_epoch=done > 0)
     moved = False
-    for loader in combined.flattened:
-        sampler = getattr(loader, "sampler", None)
+    for loader in loaders:
+        sampler = loader.sampler
         if isinstance(sampler, SeededSampler):
             skip = done * (loader.batch_size or 1)
             if (sampler.iter_epoch, sampler.iter_skip) != (epoch, skip):
@@ -184,6 +242,13 @@ def train_loader(
         collate_fn: Batch assembly (default: ``default_collate`` plus the photometric plans).
     """
     sampler = SeededSampler(dataset, run_seed(), shuffle=shuffle, weights=weights)
+    if drop_last and sampler.num_samples < batch_size:
+        per = f" ({sampler.num_samples} per process)" if sampler.num_replicas > 1 else ""
+        raise ValueError(
+            f"an epoch yields no batch: {len(dataset)} training samples{per} and data.batch_size "
+            f"{batch_size} with the incomplete batch dropped; lower data.batch_size or use more "
+            "training data (data.num_train, label_fraction)"
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,

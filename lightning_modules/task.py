@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from datamodules.sampling import mix_seed, realign_train_loader, run_seed
+from datamodules.sampling import loader_state, mix_seed, realign_train_loader, run_seed
 from lightning_modules.components.checkpoint_init import (
     check_init_report,
     load_encoder_from_checkpoint,
@@ -168,14 +168,21 @@ class BaseTask(L.LightningModule):
         state = self.task_state()
         if state:
             checkpoint["task_state"] = state
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            checkpoint["train_loader"] = loader_state(self.trainer)  # checked on resume
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
         if "task_state" in checkpoint:
             self.load_task_state(checkpoint["task_state"])
+        self._saved_loader = checkpoint.get("train_loader")
 
     def on_train_start(self) -> None:
-        """A resumed fit continues the restored epoch's order (``realign_train_loader``)."""
-        realign_train_loader(self.trainer)
+        """A resumed fit continues the restored epoch's order (``realign_train_loader``).
+
+        A resume with other data, sampling, process count or seed than the checkpoint's, or
+        a mid-epoch one with another batch size, is an error (the order would not continue).
+        """
+        realign_train_loader(self.trainer, getattr(self, "_saved_loader", None))
 
     def compile_targets(self) -> list[torch.nn.Module]:
         """What ``compile=True`` compiles: the encoder and the trainable head modules.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -418,3 +419,48 @@ def test_step_snapshots_of_a_killed_and_resumed_run_equal_the_uninterrupted_ones
         assert not bad, (name, bad[:5])
     with pytest.raises(ValueError, match="steps"):
         StepSnapshots([])
+
+
+def test_an_epoch_without_a_batch_is_an_error(tmp_path: Path, monkeypatch) -> None:
+    """batch_size > num_train with the last batch dropped: no silent zero-step 'success'."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"an epoch yields no batch: 16 training samples and "
+                       r"data.batch_size 32"):  # fmt: skip
+        _fit("--trainer.max_epochs", "1", "--data.init_args.batch_size", "32")
+
+
+class _KillAfterStep(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")  # right after the mid-epoch last.ckpt
+
+
+def test_a_resume_must_continue_the_checkpoint_order(tmp_path: Path, monkeypatch) -> None:
+    """Mid-epoch with another batch size, or with other data: an error naming the setting;
+    from an epoch end another batch size only warns (the order is unaffected)."""
+    monkeypatch.chdir(tmp_path)
+    cli = main(["--config", QUICK, *TINY, "--trainer.max_epochs", "2"], run=False)
+    next(c for c in cli.trainer.callbacks if isinstance(c, RunCheckpoint)).last_every_n_steps = 1
+    cli.trainer.callbacks.append(_KillAfterStep(1))
+    with pytest.raises(RuntimeError, match="killed"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    saved = torch.load(CKPTS / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 1 and saved["train_loader"] == [
+        {"batch_size": 8, "dataset_size": 16, "shuffle": True, "weighted": False,
+         "num_replicas": 1, "seed": 0}]  # fmt: skip
+    with pytest.raises(ValueError, match=r"written with batch size 8, this run uses 4; it "
+                       r"stopped inside an epoch"):  # fmt: skip
+        _fit("--trainer.max_epochs", "2", "--ckpt_path", "last",
+             "--data.init_args.batch_size", "4")  # fmt: skip
+    with pytest.raises(ValueError, match=r"used training samples .* = 16, this run 24"):
+        _fit("--trainer.max_epochs", "2", "--ckpt_path", "last",
+             "--data.init_args.num_train", "24")  # fmt: skip
+    resumed = _fit("--trainer.max_epochs", "1", "--ckpt_path", "last")  # the same settings
+    assert resumed.trainer.global_step == 2
+    with pytest.warns(UserWarning, match=r"batch size 8, this run uses 4 \(from an epoch end"):
+        again = _fit("--trainer.max_epochs", "2", "--ckpt_path", "last",
+                     "--data.init_args.batch_size", "4")  # fmt: skip
+    assert again.trainer.global_step == 2 + 4
