@@ -61,6 +61,24 @@ def test_nan_voxels_are_an_error_naming_the_file(tmp_path: Path) -> None:
         read_nifti(path)
 
 
+def test_an_oblique_affine_gets_a_notice_with_its_angle(tmp_path: Path) -> None:
+    angle = np.deg2rad(12.0)
+    affine = np.eye(4)
+    affine[:3, :3] = [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0],
+                      [0, 0, 2.0]]  # fmt: skip
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3), np.int16), affine), str(path))
+    with pytest.warns(UserWarning, match=r"oblique.nii.gz: the voxel axes are oblique .* by up to "
+                      r"12.00 degrees"):  # fmt: skip
+        read_nifti(path)
+    straight = _save(tmp_path / "straight.nii.gz", np.zeros((4, 4, 3), np.int16))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_nifti(straight)  # the fixtures' axis-aligned affine: no notice
+
+
 def test_truncated_nifti_names_the_file(tmp_path: Path) -> None:
     path = _save(tmp_path / "full.nii.gz", np.zeros((20, 20, 20), np.int16))
     data = gzip.decompress(path.read_bytes())

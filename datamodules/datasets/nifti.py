@@ -17,6 +17,7 @@ affine or spacing differs from its image, label values outside the protocol's ta
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,9 @@ __all__ = [
     "read_nifti",
     "write_nifti",
 ]
+
+# scanners write tiny rotations (rounding): below this angle no notice
+OBLIQUE_NOTICE_DEGREES = 0.5
 
 
 @dataclass
@@ -76,6 +80,12 @@ def canonical(array: np.ndarray, affine: np.ndarray, path: str = "") -> Volume:
         array = array[..., 0]
     if array.ndim != 3:
         raise DataFormatError(f"{path}: expected a 3-D volume, got shape {array.shape}")
+    oblique = float(np.degrees(np.max(nib.affines.obliquity(affine))))
+    if oblique > OBLIQUE_NOTICE_DEGREES:
+        warnings.warn(f"{path}: the voxel axes are oblique to the world axes by up to "
+                      f"{oblique:.2f} degrees; they are taken as the nearest world axes (RAS+) "
+                      "without resampling, so world positions are off by that rotation",
+                      stacklevel=2)  # fmt: skip
     current = nib.orientations.io_orientation(affine)
     target = nib.orientations.axcodes2ornt(("R", "A", "S"))
     transform = nib.orientations.ornt_transform(current, target)
