@@ -73,15 +73,50 @@ def _substitute(tree: Any, name: str) -> Any:
     return tree
 
 
+_CLASS_KEYS = {"class_path", "init_args", "dict_kwargs"}
+
+
+def _check_class_entries(tree: Any, path: Path, where: str = "") -> None:
+    """A key beside ``class_path`` is an argument at the wrong indentation: name it.
+
+    (jsonargparse rejects it too, but only by printing the whole entry as "given value".)
+    """
+    if isinstance(tree, list):
+        for k, item in enumerate(tree):
+            _check_class_entries(item, path, f"{where}[{k}]")
+        return
+    if not isinstance(tree, dict):
+        return
+    if "class_path" in tree:
+        stray = [k for k in tree if k not in _CLASS_KEYS]
+        if stray:
+            key = f"{where}.{stray[0]}" if where else stray[0]
+            raise ValueError(
+                f"config file {path}: {key} sits beside {where or 'the'} class_path; a class's "
+                f"arguments go under {where + '.' if where else ''}init_args (indent {stray[0]!r} "
+                "one level deeper)"
+            )
+    for key, value in tree.items():
+        _check_class_entries(value, path, f"{where}.{key}" if where else str(key))
+
+
 def _load(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in chain:
         raise ValueError(f"config defaults form a cycle: {' -> '.join(map(str, (*chain, path)))}")
     if not path.is_file():
         where = f" (listed in the defaults of {chain[-1]})" if chain else ""
         raise FileNotFoundError(f"config file {path} does not exist{where}")
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"config file {path} is not valid YAML: {problem}{where} (a key "
+                         "indented differently from its siblings?)") from err  # fmt: skip
     if not isinstance(config, dict):
         raise ValueError(f"config file {path} must hold a mapping, got {type(config).__name__}")
+    _check_class_entries(config, path)
     defaults = config.pop("defaults", None) or []
     if isinstance(defaults, str):
         defaults = [defaults]
@@ -143,7 +178,10 @@ def expand_configs(argv: list[str]) -> list[str]:
             i += 1
             continue
         path = Path(value)
-        if path.is_file() and path.suffix in (".yaml", ".yml") and _needs_compose(path):
-            value = yaml.safe_dump(compose_file(path, name), sort_keys=False)
+        if path.is_file() and path.suffix in (".yaml", ".yml"):
+            if _needs_compose(path):
+                value = yaml.safe_dump(compose_file(path, name), sort_keys=False)
+            else:
+                _load(path.resolve())  # the same YAML and indentation checks
         out += ["--config", value]
     return out

@@ -84,3 +84,22 @@ def test_method_configs_hold_only_their_own_trainer_settings() -> None:
         trainer = cfg.get("trainer", {})
         assert not {"logger", "default_root_dir", "accelerator", "devices"} & set(trainer), path
         assert "in_channels" not in cfg.get("model", {}).get("init_args", {}), path.name  # linked
+
+
+def test_yaml_and_indentation_errors_name_the_file_and_key(tmp_path: Path) -> None:
+    beside = tmp_path / "beside.yaml"
+    beside.write_text("model:\n  class_path: lightning_modules.SimCLR\n  init_args:\n"
+                      "    temperature: 0.2\n  encoder: resnet18\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"beside.yaml: model.encoder sits beside model "
+                       r"class_path; .* model.init_args"):  # fmt: skip
+        expand_configs(["fit", "--config", str(beside)])
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("trainer:\n  callbacks:\n    - class_path: callbacks.NaNGuard\n"
+                      "      action: skip\n")  # fmt: skip
+    with pytest.raises(ValueError, match=r"trainer.callbacks\[0\].action sits beside"):
+        expand_configs(["fit", "--config", str(listed)])
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("defaults: []\ntrainer:\n  max_epochs: 1\n   devices: 1\n")
+    with pytest.raises(ValueError, match=r"broken.yaml is not valid YAML: mapping values are not "
+                       r"allowed here at line 4, column 11"):  # fmt: skip
+        expand_configs(["fit", "--config", str(broken)])

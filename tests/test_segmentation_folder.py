@@ -96,6 +96,34 @@ def test_bad_input_names_the_file(tmp_path: Path, defect: str) -> None:
         ds[ds.names.index("train_002")]
 
 
+@pytest.mark.parametrize("defect", ["size", "no_palette", "two_channels"])
+def test_mask_layout_and_size_are_checked_at_setup(tmp_path: Path, defect: str) -> None:
+    """From the headers, before any sample is drawn (a short run used to pass a bad mask)."""
+    root = write_segmentation_folder(tmp_path / defect)
+    mask = root / "masks" / "train" / "train_004.png"
+    if defect == "size":
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)
+        match = r"train_004\.png is \(40, 48\) but its mask .*train_004\.png is \(8, 8\)"
+    elif defect == "no_palette":
+        Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(mask)
+        match = r"train_004\.png is a colour image but the class table has no palette"
+    else:
+        Image.fromarray(np.zeros((40, 48, 2), np.uint8), mode="LA").save(mask)
+        match = r"train_004\.png has 2 channels"
+    info = read_class_table(root / "classes.yaml")
+    with pytest.raises(DataFormatError, match=match):
+        SegmentationFolder(root, "train", info)  # nothing read yet
+    SegmentationFolder(root, "train", info, check_headers=False)  # found when drawn instead
+
+
+def test_a_missing_mask_names_the_suffix_argument(tmp_path: Path) -> None:
+    root = write_segmentation_folder(tmp_path / "m")
+    info = read_class_table(root / "classes.yaml")
+    with pytest.raises(DataFormatError, match=r"train_000_segmentation\.png .*"
+                       r"mask_suffix='_segmentation' \(data.init_args.mask_suffix"):  # fmt: skip
+        SegmentationFolder(root, "train", info, mask_suffix="_segmentation")
+
+
 def test_missing_root_and_skip(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="data.root"):
         SegmentationFolderDataModule(str(tmp_path / "nowhere"))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
+import tifffile
 import torch
 import yaml
 from PIL import Image
@@ -116,6 +117,24 @@ def _read_array(path: Path, what: str) -> np.ndarray:
         ) from err
 
 
+def _header(path: Path, what: str) -> tuple[tuple[int, int], int]:
+    """``((H, W), channels)`` of an image file from its header, without decoding the pixels."""
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                shape = dict(zip(series.axes, series.shape, strict=True))
+            bands = shape.get("S", 1) * shape.get("C", 1)
+            return (int(shape["Y"]), int(shape["X"])), int(bands)
+        with Image.open(path) as img:
+            width, height = img.size
+            return (height, width), len(img.getbands()) if img.mode != "P" else 1
+    except Exception as err:  # PIL / tifffile raise many types for corrupt files
+        raise DataFormatError(
+            f"Could not read the header of {what} {path}: {type(err).__name__}: {err}"
+        ) from err
+
+
 class SegmentationFolder(Dataset[dict[str, Any]]):
     """One split of a segmentation folder (module docstring).
 
@@ -129,6 +148,8 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
             (e.g. ``_segmentation`` for ISIC).
         names: Restrict to these image names (without extension).
         missing: ``error`` (an image without mask raises) or ``skip`` it.
+        check_headers: Check every mask's channels and every pair's size at construction
+            from the file headers (about 1 ms a pair).
 
     Raises:
         FileNotFoundError: A folder is missing.
@@ -146,6 +167,7 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
         mask_suffix: str = "",
         names: list[str] | None = None,
         missing: Literal["error", "skip"] = "error",
+        check_headers: bool = True,
     ) -> None:
         hint = (f"expected root/{image_dir} and root/{mask_dir} with masks named "
                 f"<image>{mask_suffix}.png")  # fmt: skip
@@ -170,7 +192,9 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
                 if missing == "error":
                     raise DataFormatError(
                         f"image {image} has no mask {self.mask_dir / (name + mask_suffix)}.png "
-                        f"(or .tif); pass missing='skip' to leave such images out"
+                        f"(or .tif/.tiff/.bmp): masks are named <image name><mask_suffix> with "
+                        f"mask_suffix={mask_suffix!r} (data.init_args.mask_suffix, e.g. "
+                        "'_segmentation' for ISIC); pass missing='skip' to leave such images out"
                     )
                 continue
             self.items.append((name, image, mask))
@@ -178,6 +202,35 @@ class SegmentationFolder(Dataset[dict[str, Any]]):
         self.names = [name for name, _, _ in self.items]
         palette = info.palette
         self._colours = ColourTable(palette, range(len(palette))) if palette else None
+        if check_headers:
+            self._check_headers()
+
+    def _check_headers(self) -> None:
+        """Every mask's channel layout and every pair's size, from the file headers only.
+
+        A bad mask is then an error at setup, not only when a run happens to draw it (a
+        2-batch run could pass where a full epoch fails).  Label values need the pixels and
+        stay checked when a mask is read.
+        """
+        colour_ok = self._colours is not None
+        for _, image_path, mask_path in self.items:
+            mask_size, mask_bands = _header(mask_path, "mask")
+            if mask_bands in (3, 4) and not colour_ok:
+                raise DataFormatError(
+                    f"mask {mask_path} is a colour image but the class table has no palette "
+                    "(give one, or store class indices in a single-channel mask)"
+                )
+            if mask_bands not in (1, 3, 4):
+                raise DataFormatError(
+                    f"mask {mask_path} has {mask_bands} channels: expected an (H, W) map of "
+                    "class indices or an RGB palette image"
+                )
+            image_size, _ = _header(image_path, "image")
+            if image_size != mask_size:
+                raise DataFormatError(
+                    f"image {image_path} is {image_size} but its mask {mask_path} is "
+                    f"{mask_size}; expected equal sizes"
+                )
 
     def __len__(self) -> int:
         return len(self.items)
