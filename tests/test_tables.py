@@ -484,37 +484,60 @@ def test_quickstart_digits_table_runs_at_smoke_scale(tmp_path: Path) -> None:
     assert chain[0].seed is None and chain[-1].seed == 1  # seeds vary the fine-tuning only
 
 
+_KILL_AT_RESULT = """
+import os, signal, sys
+from experiments.reproduce import main
+real = os.replace
+
+def replace(src, dst):  # SIGKILL just before the first step's result.json lands
+    if str(dst).endswith("result.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(src, dst)
+
+os.replace = replace
+main(sys.argv[1:])
+"""
+
+
 def test_a_step_killed_before_its_result_or_with_a_corrupt_one_is_scored_again(
         tiny: Path, tmp_path: Path, capsys) -> None:  # fmt: skip
-    """A SIGKILL after the final checkpoint but before ``result.json`` (the resume has nothing
-    to train and logs nothing): the checkpoint is validated.  A truncated ``result.json`` is
-    named and its step run again.  Finished steps with their metrics are not touched."""
+    """A real SIGKILL after a step's final checkpoint but before its ``result.json`` (the
+    resume has nothing to train and logs nothing): the checkpoint is validated.  A truncated
+    ``result.json`` is named and its step run again.  Finished steps are not touched."""
+    import signal
+    import subprocess
+    import sys
+
     out = tmp_path / "tables"
     argv = [str(tiny), "--scale", "smoke", "--seeds", "1", "--out", str(out), "--no-wandb",
             "--rows", "random init", "SimCLR"]  # fmt: skip
-    assert reproduce(argv) == 0
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_RESULT, *argv], cwd=tables.REPO,
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     table = load_table(str(tiny))
     root = out / "tiny" / "smoke"
     random_ft = resolve_row(table, table.rows[0], "smoke", 0)[-1]
     pretrain, simclr_ft = resolve_row(table, table.rows[1], "smoke", 0)
-    before = {s.key: json.loads((s.folder(root) / "result.json").read_text())["metrics"]
-              for s in (random_ft, simclr_ft)}  # fmt: skip
+    assert (random_ft.output(root) / "checkpoints" / "last.ckpt").is_file()
+    assert not (random_ft.folder(root) / "result.json").exists()
+    assert reproduce(argv) == 0
+    log = (random_ft.folder(root) / "log.txt").read_text()
+    assert "validating the final checkpoint" in log
+    metrics = json.loads((random_ft.folder(root) / "result.json").read_text())["metrics"]
+    assert all(m in metrics for m in ("val/miou", "val/overall_accuracy"))
+    md = (root.parent / "smoke.md").read_text()
+    assert "failed" not in md and "| random init | DeepLabV3+ | 0." in md
+    before = json.loads((simclr_ft.folder(root) / "result.json").read_text())["metrics"]
     stamp = (pretrain.folder(root) / "result.json").stat().st_mtime_ns
-    (random_ft.folder(root) / "result.json").unlink()  # killed before writing it
     corrupt = simclr_ft.folder(root) / "result.json"
     corrupt.write_text(corrupt.read_text()[:40])  # truncated
     capsys.readouterr()
     assert reproduce(argv) == 0
-    printed = capsys.readouterr().out
-    assert f"{corrupt}: unreadable" in printed
-    md = (root.parent / "smoke.md").read_text()
-    assert "failed" not in md and "| random init | DeepLabV3+ | 0." in md
-    for step in (random_ft, simclr_ft):
-        log = (step.folder(root) / "log.txt").read_text()
-        assert "validating the final checkpoint" in log
-        after = json.loads((step.folder(root) / "result.json").read_text())["metrics"]
-        # the validation of the final weights gives the fit's last validation metrics
-        assert after["val/miou"] == pytest.approx(before[step.key]["val/miou"], abs=1e-6)
+    assert f"{corrupt}: unreadable" in capsys.readouterr().out
+    assert "validating the final checkpoint" in (simclr_ft.folder(root) / "log.txt").read_text()
+    after = json.loads(corrupt.read_text())["metrics"]
+    # the validation of the final weights gives the fit's last validation metrics
+    assert after["val/miou"] == pytest.approx(before["val/miou"], abs=1e-6)
     assert (pretrain.folder(root) / "result.json").stat().st_mtime_ns == stamp
 
 
