@@ -191,7 +191,8 @@ class VolumeStore:
     def _drop_stale(self, subject_id: str, source: dict) -> None:
         """Delete this subject's entries made from the same files before they changed.
 
-        Entries of other files (another folder sharing the cache) are left for their owners.
+        Entries of other files (another folder sharing the cache) are left for their owners,
+        with a notice that this folder gets its own.
         """
         ours = {role: entry[0] for role, entry in source.get("files", {}).items()}
         for meta in self.cache_dir.glob(f"{subject_id}_{self.slice_size or 'native'}_*_meta.json"):
@@ -199,8 +200,13 @@ class VolumeStore:
                 theirs = json.loads(meta.read_text()).get("source", {})
             except ValueError:
                 theirs = {}
-            same_files = ours and {r: e[0] for r, e in theirs.get("files", {}).items()} == ours
-            if same_files or not theirs:
+            their_files = {r: e[0] for r, e in theirs.get("files", {}).items()}
+            if theirs and ours and their_files != ours:
+                warnings.warn(f"{meta}: the cache holds subject {subject_id} read from other files "
+                              f"({sorted(their_files.values())}); building an entry for "
+                              f"{sorted(ours.values())} beside it", stacklevel=3)  # fmt: skip
+                continue
+            if their_files == ours or not theirs:
                 warnings.warn(f"{meta}: cache entry of subject {subject_id} is stale (its source "
                               "files or reading options changed); rebuilding it", stacklevel=3)
                 stem = meta.name[: -len("_meta.json")]

@@ -238,7 +238,8 @@ def test_two_folders_sharing_one_cache_and_an_edited_label(tmp_path: Path) -> No
     a = HippocampusDataModule(str(first), num_workers=0, cache_dir=cache).store
     b = HippocampusDataModule(str(second), num_workers=0, cache_dir=cache).store
     a_image = np.array(a.load(sid).image)
-    b_image = np.array(b.load(sid).image)  # read from its own file, not a's entry
+    with pytest.warns(UserWarning, match=f"holds subject {sid} read from other files"):
+        b_image = np.array(b.load(sid).image)  # read from its own file, not a's entry
     assert b.reads == 1 and not np.array_equal(a_image, b_image)
     np.testing.assert_array_equal(b_image, read_nifti(second / "imagesTr" / f"{sid}.nii.gz").array)
     fresh_a = HippocampusDataModule(str(first), num_workers=0, cache_dir=cache).store
