@@ -77,10 +77,19 @@ def _float_inputs(batch: Any, prefix: str = "") -> list[tuple[str, torch.Tensor]
 
 def non_finite_inputs(batch: Any) -> list[str]:
     """One line per input tensor with NaN or inf: its key and the samples' names (files)."""
+    tensors = [(k, t) for k, t in _float_inputs(batch) if t.numel()]
+    if not tensors:
+        return []
+    try:  # one device sync per batch for the common case: everything finite
+        flags = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+        if bool(flags.all()):
+            return []
+    except RuntimeError:  # tensors on several devices: checked one by one below
+        pass
     names = next((batch[k] for k in _NAME_KEYS if isinstance(batch, dict) and k in batch), None)
     lines = []
-    for key, tensor in _float_inputs(batch):
-        if tensor.numel() == 0 or bool(torch.isfinite(tensor).all()):
+    for key, tensor in tensors:
+        if bool(torch.isfinite(tensor).all()):
             continue
         if tensor.ndim > 1:
             bad = (~torch.isfinite(tensor.detach().flatten(1)).all(1)).nonzero().flatten()
