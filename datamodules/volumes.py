@@ -100,6 +100,7 @@ class VolumeStore:
         self.ids = list(self.subjects) if subjects is not None else list(synthetic.ids)
         self.cache_dir = None if cache_dir is None else Path(cache_dir) / protocol.name
         self._cache: dict[str, Loaded] = {}
+        self._keys: dict[str, tuple[dict, str]] = {}
         self.reads = 0
 
     def __getstate__(self) -> dict:  # workers start with an empty cache of their own
@@ -166,6 +167,14 @@ class VolumeStore:
                 files[role] = [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
         return {**options, "files": files}
 
+    def _keyed(self, subject_id: str) -> tuple[dict, str]:
+        """The subject's source description and its cache key (computed once per process)."""
+        if subject_id not in self._keys:
+            source = self._source(subject_id)
+            digest = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+            self._keys[subject_id] = (source, digest)
+        return self._keys[subject_id]
+
     def _paths(self, subject_id: str, key: str) -> tuple[Path, Path, Path]:
         base = self.cache_dir / f"{subject_id}_{self.slice_size or 'native'}_{key}"
         return Path(f"{base}_image.npy"), Path(f"{base}_label.npy"), Path(f"{base}_meta.json")
@@ -173,8 +182,7 @@ class VolumeStore:
     def _from_npy(self, subject_id: str) -> Loaded | None:
         if self.cache_dir is None:
             return None
-        source = self._source(subject_id)
-        key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+        source, key = self._keyed(subject_id)
         image, label, meta = self._paths(subject_id, key)
         info = None
         if image.is_file() and label.is_file() and meta.is_file():
@@ -216,8 +224,7 @@ class VolumeStore:
 
     def _to_npy(self, subject_id: str, loaded: Loaded) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        source = self._source(subject_id)
-        key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
+        source, key = self._keyed(subject_id)  # as looked up: the files are stat'ed once
         image, label, meta = self._paths(subject_id, key)
         tag = f".{os.getpid()}.tmp"  # workers may write the same entry at once: each renames
         for path, array in ((image, loaded.image), (label, loaded.label)):
