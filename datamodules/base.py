@@ -9,6 +9,7 @@ dataloaders.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -87,8 +88,8 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
             recipes (e.g. GLCNet's plain first view and strongly augmented second view);
             a list sets the number of views.
         n_views: Views per image.
-        eval_size: Evaluation crop size (default: ``augment.size``).
-        eval_resize: Shorter-side resize before the evaluation crop (default: ``eval_size``).
+        eval_size: Evaluation crop size (``null``: ``augment.size``).
+        eval_resize: Shorter-side resize before the evaluation crop (``null``: ``eval_size``).
         knn_bank_size: Training images in the kNN bank (``None``: all, 0: no kNN).
         index_maps: Also produce pixel-index maps for dense methods.
         seed: Seed of the kNN bank subset.
@@ -107,7 +108,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
         self,
         batch_size: int = 256,
         num_workers: int = 4,
-        augment: ViewAugmentation | list[ViewAugmentation] | None = None,
+        augment: ViewAugmentation | list[ViewAugmentation] = ViewAugmentation(),  # noqa: B008
         n_views: int = 2,
         eval_size: int | None = None,
         eval_resize: int | None = None,
@@ -138,7 +139,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
             augment = augment[0]
         else:
             self.view_augments = None
-        self.augment = augment or ViewAugmentation()
+        self.augment = replace(augment)  # the signature's default instance stays untouched
         self.n_views, self.index_maps, self.seed = n_views, index_maps, seed
         self.eval_size = eval_size or self.augment.size
         self.eval_resize = eval_resize

@@ -43,15 +43,21 @@ class CIFAR10DataModule(PretrainDataModule):
 
     Args:
         root: Folder containing ``cifar-10-batches-py`` (or that folder itself).
+        augment: View augmentation (default: solo-learn's 32 px recipe with CIFAR-10's
+            statistics).
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
     variant: Literal["cifar10", "cifar100"] = "cifar10"
-    stats = (CIFAR10_MEAN, CIFAR10_STD)
 
-    def __init__(self, root: str, **kwargs: Any) -> None:
-        kwargs.setdefault("augment", small_image_views(*self.stats))
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        root: str,
+        augment: ViewAugmentation | list[ViewAugmentation] = small_image_views(  # noqa: B008
+            CIFAR10_MEAN, CIFAR10_STD),
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(augment=augment, **kwargs)
         self.root = require_dir(root, f"data.root ({self.variant} data set)")
         self.num_classes = 10 if self.variant == "cifar10" else 100
 
@@ -63,10 +69,24 @@ class CIFAR10DataModule(PretrainDataModule):
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 (fine labels) from the official pickles (``root/cifar-100-python``)."""
+    """CIFAR-100 (fine labels) from the official pickles (``root/cifar-100-python``).
+
+    Args:
+        root: Folder containing ``cifar-100-python`` (or that folder itself).
+        augment: View augmentation (default: the 32 px recipe with CIFAR-100's statistics).
+        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+    """
 
     variant = "cifar100"
-    stats = (CIFAR100_MEAN, CIFAR100_STD)
+
+    def __init__(
+        self,
+        root: str,
+        augment: ViewAugmentation | list[ViewAugmentation] = small_image_views(  # noqa: B008
+            CIFAR100_MEAN, CIFAR100_STD),
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(root, augment=augment, **kwargs)
 
 
 class SVHNDataModule(PretrainDataModule):
@@ -75,14 +95,21 @@ class SVHNDataModule(PretrainDataModule):
     Args:
         root: Folder with the ``.mat`` files.
         use_extra: Add the 531k ``extra`` images to the training set.
+        augment: View augmentation (default: the 32 px recipe with SVHN's statistics).
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
     num_classes = 10
 
-    def __init__(self, root: str, use_extra: bool = False, **kwargs: Any) -> None:
-        kwargs.setdefault("augment", small_image_views(SVHN_MEAN, SVHN_STD))
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        root: str,
+        use_extra: bool = False,
+        augment: ViewAugmentation | list[ViewAugmentation] = small_image_views(  # noqa: B008
+            SVHN_MEAN, SVHN_STD),
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(augment=augment, **kwargs)
         self.root = require_dir(root, "data.root (SVHN .mat files)")
         self.use_extra = use_extra
 
@@ -101,18 +128,25 @@ class DigitsDataModule(PretrainDataModule):
         test_fraction: Stratified held-out fraction (the validation / test split).
         split_seed: Seed of the split.
         background: Amplitude of class-irrelevant backgrounds (gratings + blobs; 0: none).
+        augment: View augmentation (default: crops of half the image or more, mild jitter,
+            no flips: digits are not mirror-symmetric); its ``size`` must equal ``size``.
         **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
     """
 
     num_classes = 10
 
     def __init__(self, size: int = 32, test_fraction: float = 0.3, split_seed: int = 0,
-                 background: float = 0.0, **kwargs: Any) -> None:  # fmt: skip
-        kwargs.setdefault("augment", ViewAugmentation(
-            size=size, crop_scale=(0.5, 1.0), brightness=0.4, contrast=0.4, saturation=0.0,
-            hue=0.0, blur_prob=0.0, grayscale_prob=0.0, hflip_prob=0.0,
-            mean=list(DIGITS_MEAN), std=list(DIGITS_STD)))  # fmt: skip
-        super().__init__(**kwargs)
+                 background: float = 0.0,
+                 augment: ViewAugmentation | list[ViewAugmentation] = ViewAugmentation(  # noqa: B008
+                     size=32, crop_scale=(0.5, 1.0), brightness=0.4, contrast=0.4,
+                     saturation=0.0, hue=0.0, blur_prob=0.0, grayscale_prob=0.0, hflip_prob=0.0,
+                     mean=list(DIGITS_MEAN), std=list(DIGITS_STD)),
+                 **kwargs: Any) -> None:  # fmt: skip
+        views = augment if isinstance(augment, list) else [augment]
+        if any(view.size != size for view in views):
+            raise ValueError(f"data.augment size {[view.size for view in views]} must equal "
+                             f"data.size ({size}): set both")  # fmt: skip
+        super().__init__(augment=augment, **kwargs)
         self.size, self.test_fraction, self.split_seed = size, test_fraction, split_seed
         self.background = background
 

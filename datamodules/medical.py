@@ -57,12 +57,6 @@ __all__ = [
 ]
 
 
-def _default(kwargs: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``kwargs[key]`` when absent or ``None`` (the CLI passes unset arguments as ``None``)."""
-    if kwargs.get(key) is None:
-        kwargs[key] = value
-
-
 class MedicalDataModule(SegmentationDataModule):
     """Slices of subjects for training, volumes for evaluation (see the module docstring).
 
@@ -78,6 +72,10 @@ class MedicalDataModule(SegmentationDataModule):
         cache_dir: Folder for ``.npy`` copies of the decoded volumes.
         labelled_subjects: Number of labelled training subjects (overrides
             ``label_fraction``, which reads ``1`` as 100%).
+        crop_size: Training crop side (``null``: ``slice_size``, else 64).
+        mean: Normalisation mean per input channel (``null``: 0.5 for CT, whose windowed
+            intensities lie in [0, 1]; 0 for MR, z-scored per volume).
+        std: Normalisation std (``null``: 0.5 for CT, 1 for MR).
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
             (``label_fraction`` counts subjects here).
     """
@@ -101,6 +99,9 @@ class MedicalDataModule(SegmentationDataModule):
         foreground_share: float | None = 0.8,
         cache_dir: str | None = None,
         labelled_subjects: int | None = None,
+        crop_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         protocol = self.protocol  # set by the subclass before calling this constructor
@@ -113,10 +114,12 @@ class MedicalDataModule(SegmentationDataModule):
         norm = (0.5,) if protocol.modality == "ct" else (0.0,)
         scale = (0.5,) if protocol.modality == "ct" else (1.0,)
         n_ch = channels or 2 * context + 1
-        _default(kwargs, "mean", list(norm) * n_ch)
-        _default(kwargs, "std", list(scale) * n_ch)
-        _default(kwargs, "crop_size", slice_size or 64)
-        super().__init__(**kwargs)
+        super().__init__(
+            crop_size=crop_size if crop_size is not None else slice_size or 64,
+            mean=list(norm) * n_ch if mean is None else mean,
+            std=list(scale) * n_ch if std is None else std,
+            **kwargs,
+        )
         self.val_subjects_arg = val_subjects
         if labelled_subjects is not None:
             if labelled_subjects < 1:
@@ -235,6 +238,7 @@ class SyntheticMedicalDataModule(MedicalDataModule):
         num_structures: Labelled structures.
         domain: 0 CT-like, >= 1 MR-like acquisition regime.
         volume_seed: Seed of the subjects (``seed`` picks the labelled ones).
+        crop_size: Training crop side (``null``: the slice height, ``shape[1]``).
         **kwargs: :class:`MedicalDataModule` arguments.
     """
 
@@ -245,12 +249,12 @@ class SyntheticMedicalDataModule(MedicalDataModule):
         num_structures: int = 4,
         domain: int = 0,
         volume_seed: int = 0,
+        crop_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         self.volumes = SyntheticVolumes(num_subjects, shape, num_structures, domain, volume_seed)
-        _default(kwargs, "crop_size", shape[1])
         self.protocol = self.volumes.protocol
-        super().__init__(**kwargs)
+        super().__init__(crop_size=shape[1] if crop_size is None else crop_size, **kwargs)
 
     def make_store(self) -> VolumeStore:  # noqa: D102
         return VolumeStore(

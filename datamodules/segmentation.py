@@ -107,17 +107,19 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
     Args:
         batch_size: Images per step and process.
         num_workers: DataLoader workers.
-        crop_size: Training crop size (default: the data set's ``default_crop_size``).
+        crop_size: Training crop size (``null``: the data set's ``DatasetInfo.crop_size``;
+            concrete data modules show their value).
         resize_range: Shorter-side range of the random rescale (``None``: no rescale).
         hflip_prob: Horizontal flip probability.
-        mean: Normalisation mean, one value per input channel (default: ImageNet's).
-        std: Normalisation std (default: ImageNet's).
+        mean: Normalisation mean, one value per input channel (``null``: the data set's
+            ``DatasetInfo.mean``, ImageNet's without one).
+        std: Normalisation std (``null``: as ``mean``).
         label_fraction: Fraction (``0.01`` = 1%) or number of labeled training
             images; ``None`` uses all.
         split_file: Explicit list of labeled training names (overrides ``label_fraction``).
         split_dir: Where generated split files are written and read.
         seed: Seed of the labeled subset.
-        val_batch_size: Evaluation batch size (default ``batch_size``).
+        val_batch_size: Evaluation batch size (``null``: ``batch_size``).
         pretrain_views: Switch to *pretraining* mode: training batches are unlabeled
             multi-view samples of the whole training split (``views``, ``masks``,
             ``index_maps``) and validation batches carry ``label = -1``.

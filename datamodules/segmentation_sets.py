@@ -23,11 +23,11 @@ from datamodules.datasets.voc import VOC, VOCSegmentation
 from datamodules.segmentation import SegmentationDataModule
 
 
-def _band_defaults(kwargs: dict[str, Any], info: DatasetInfo, n_bands: int) -> None:
-    """Unset (or ``None``) normalisation: the data set's statistics of the first ``n_bands``."""
-    for key in ("mean", "std"):
-        if kwargs.get(key) is None:
-            kwargs[key] = list(getattr(info, key)[:n_bands])
+def _band_stats(info: DatasetInfo, n_bands: int, mean: Sequence[float] | None,
+                std: Sequence[float] | None) -> dict[str, list[float]]:
+    """``null`` normalisation: the data set's statistics of the first ``n_bands``."""
+    return {"mean": list(info.mean[:n_bands] if mean is None else mean),
+            "std": list(info.std[:n_bands] if std is None else std)}  # fmt: skip
 
 
 class CityscapesDataModule(SegmentationDataModule):
@@ -35,14 +35,19 @@ class CityscapesDataModule(SegmentationDataModule):
 
     Args:
         root: Folder with ``leftImg8bit/`` and ``gtFine/``.
+        crop_size: Training crop side (Cityscapes's default from its ``DatasetInfo``).
+        mean: Normalisation mean (Cityscapes's default: ImageNet's).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = CITYSCAPES
     check_splits = True
 
-    def __init__(self, root: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, root: str, crop_size: int = CITYSCAPES.crop_size,
+                 mean: Sequence[float] = CITYSCAPES.mean, std: Sequence[float] = CITYSCAPES.std,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(crop_size=crop_size, mean=mean, std=std, **kwargs)
         self.root = require_dir(root, "data.root (Cityscapes: leftImg8bit/ and gtFine/)")
 
     def train_names(self) -> list[str]:  # noqa: D102
@@ -58,6 +63,9 @@ class VOCDataModule(SegmentationDataModule):
     Args:
         root: ``VOC2012`` folder (or a folder containing ``VOCdevkit/VOC2012``).
         sbd_root: SBD ``benchmark_RELEASE`` folder for the augmented training set.
+        crop_size: Training crop side (VOC's default from its ``DatasetInfo``).
+        mean: Normalisation mean (VOC's default: ImageNet's).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -65,8 +73,10 @@ class VOCDataModule(SegmentationDataModule):
     check_splits = True
     tiny_crop = 32
 
-    def __init__(self, root: str, sbd_root: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, root: str, sbd_root: str | None = None, crop_size: int = VOC.crop_size,
+                 mean: Sequence[float] = VOC.mean, std: Sequence[float] = VOC.std,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(crop_size=crop_size, mean=mean, std=std, **kwargs)
         self.root = require_dir(root, "data.root (PASCAL VOC 2012)")
         self.sbd_root = require_dir(sbd_root, "data.sbd_root (SBD)") if sbd_root else None
         self.train_split = "trainaug" if sbd_root else "train"
@@ -94,8 +104,10 @@ class PotsdamDataModule(SegmentationDataModule):
         missing: ``error`` or ``skip`` listed crops that are not on disk.
         strict_colours: A label pixel of a colour outside the six Potsdam classes is an error
             naming the file (default: it becomes the ignore index and is counted).
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
-            (default normalisation is GLCNet's).
+        crop_size: Training crop side (GLCNet's 256).
+        mean: Normalisation mean; ``null``: GLCNet's statistics of the chosen ``bands``.
+        std: Normalisation std; ``null``: as ``mean``.
+        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = POTSDAM
@@ -110,11 +122,14 @@ class PotsdamDataModule(SegmentationDataModule):
         val_list: str = "val",
         missing: Literal["error", "skip"] = "error",
         strict_colours: bool = False,
+        crop_size: int = POTSDAM.crop_size,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
-        _band_defaults(kwargs, self.info, n_bands)
-        super().__init__(**kwargs)
+        super().__init__(crop_size=crop_size, **_band_stats(self.info, n_bands, mean, std),
+                         **kwargs)  # fmt: skip
         self.strict_colours = strict_colours
         if len(self.mean) != n_bands:
             raise ValueError(f"data.mean has {len(self.mean)} values but bands={bands!r}")
@@ -155,6 +170,9 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         label_variant: ``full`` or ``noBoundary`` (eroded boundaries ignored).
         samples_per_epoch: Random training windows per epoch.
         strict_colours: Unknown label colours are an error naming the tile (default: ignored).
+        crop_size: Training crop side (512-px windows).
+        mean: Normalisation mean; ``null``: GLCNet's statistics of the chosen ``bands``.
+        std: Normalisation std; ``null``: as ``mean``.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -172,11 +190,14 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         label_variant: Literal["full", "noBoundary"] = "noBoundary",
         samples_per_epoch: int = 4000,
         strict_colours: bool = False,
+        crop_size: int = POTSDAM_TILES.crop_size,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         n_bands = 4 if bands == "rgbir" else 3
-        _band_defaults(kwargs, self.info, n_bands)
-        super().__init__(**kwargs)
+        super().__init__(crop_size=crop_size, **_band_stats(self.info, n_bands, mean, std),
+                         **kwargs)  # fmt: skip
         self.root = require_dir(root, "data.root (Potsdam tiles)")
         self.bands, self.label_variant = bands, label_variant
         self.samples_per_epoch, self.strict_colours = samples_per_epoch, strict_colours
@@ -265,14 +286,19 @@ class ISICSegmentationDataModule(SegmentationDataModule):
     Args:
         root: Folder holding the task-1 input and ground-truth folders.
         val_fraction: Held-out share when there is no official validation folder.
+        crop_size: Training crop side (ISIC's default from its ``DatasetInfo``).
+        mean: Normalisation mean (ISIC's default: ImageNet's).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = ISIC_SEG
     check_splits = True
 
-    def __init__(self, root: str, val_fraction: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, root: str, val_fraction: float = 0.2, crop_size: int = ISIC_SEG.crop_size,
+                 mean: Sequence[float] = ISIC_SEG.mean, std: Sequence[float] = ISIC_SEG.std,
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(crop_size=crop_size, mean=mean, std=std, **kwargs)
         self.root = require_dir(root, "ISIC 2018 task 1 root")
         self.val_fraction = val_fraction
         self.official_val = (self.root / "ISIC2018_Task1-2_Validation_Input").is_dir()

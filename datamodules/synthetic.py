@@ -92,6 +92,9 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
         num_object_classes: Object classes (``num_classes = num_object_classes + 1``).
         max_objects: Maximum objects per image.
         data_seed: Seed of the generated data.
+        crop_size: Training crop side (``null``: ``image_size``, the whole scene).
+        mean: Normalisation mean (the scenes' 0.5 grey).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -111,13 +114,13 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
         num_object_classes: int = 6,
         max_objects: int = 3,
         data_seed: int = 0,
+        crop_size: int | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
         **kwargs: Any,
     ) -> None:
-        # explicit None (as the CLI passes defaults) also means "this data set's default"
-        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
-            if kwargs.get(key) is None:
-                kwargs[key] = value
-        super().__init__(**kwargs)
+        super().__init__(crop_size=image_size if crop_size is None else crop_size, mean=mean,
+                         std=std, **kwargs)  # fmt: skip
         self.num_train, self.num_val, self.image_size = num_train, num_val, image_size
         self.max_objects, self.data_seed = max_objects, data_seed
         self.classes = ["background", *SHAPES[:num_object_classes]]

@@ -235,6 +235,9 @@ class TexturedSegmentationDataModule(_SceneSegmentation):
             scenes on the training device and make the views, masks and pixel-index maps
             there (as :class:`TexturedScenesDataModule`'s option; masks and index maps by
             nearest sampling, exact).  Fine-tuning and validation render in the workers.
+        crop_size: Training crop side (``null``: ``image_size``, the whole scene).
+        mean: Normalisation mean (the scenes' 0.5 grey).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -257,12 +260,13 @@ class TexturedSegmentationDataModule(_SceneSegmentation):
         data_seed: int = 0,
         clutter_textured: bool = False,
         render_on_device: bool = False,
+        crop_size: int | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
         **kwargs: Any,
     ) -> None:
-        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
-            if kwargs.get(key) is None:
-                kwargs[key] = value
-        super().__init__(**kwargs)
+        super().__init__(crop_size=image_size if crop_size is None else crop_size, mean=mean,
+                         std=std, **kwargs)  # fmt: skip
         self.render_on_device = render_on_device
         self.num_train, self.num_val = num_train, num_val
         self.classes = ["background", *TEXTURES[:num_object_classes]]
@@ -355,6 +359,9 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
         data_seed: Seed of the generated scenes.
         render_on_device: Render pretraining scenes on the device (see
             :class:`TexturedSegmentationDataModule`).
+        crop_size: Training crop side (``null``: ``image_size``, the whole scene).
+        mean: Normalisation mean (the scenes' 0.5 grey).
+        std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
@@ -375,12 +382,13 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
         holdout_fraction: float = 0.25,
         data_seed: int = 0,
         render_on_device: bool = False,
+        crop_size: int | None = None,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.25, 0.25, 0.25),
         **kwargs: Any,
     ) -> None:
-        for key, value in (("crop_size", image_size), ("mean", [0.5] * 3), ("std", [0.25] * 3)):
-            if kwargs.get(key) is None:
-                kwargs[key] = value
-        super().__init__(**kwargs)
+        super().__init__(crop_size=image_size if crop_size is None else crop_size, mean=mean,
+                         std=std, **kwargs)  # fmt: skip
         self.render_on_device = render_on_device
         self.num_train, self.num_val = num_train, num_val
         self.classes = ["background", *DIGIT_CLASSES]

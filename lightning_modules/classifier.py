@@ -49,6 +49,9 @@ class ImageClassifier(EmbeddingTask):
         focal_gamma: Focusing parameter of ``focal``.
         focal_weighted: Use the class weights in ``focal`` too.
         logit_adjust_tau: ``tau`` of ``logit_adjusted``.
+        optimizer: The optimiser (a supervised baseline: AdamW, not the pretraining LARS).
+        lr: Peak learning rate.
+        warmup_epochs: Linear warm-up epochs.
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
@@ -61,14 +64,14 @@ class ImageClassifier(EmbeddingTask):
         focal_gamma: float = 2.0,
         focal_weighted: bool = False,
         logit_adjust_tau: float = 1.0,
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        warmup_epochs: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"model.loss must be one of {LOSSES}, got {loss!r}")
-        kwargs.setdefault("optimizer", "adamw")
-        kwargs.setdefault("lr", 1e-3)
-        kwargs.setdefault("warmup_epochs", 0.0)
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs, **kwargs)
 
     @property
     def classes(self) -> int:

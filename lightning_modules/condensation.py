@@ -97,6 +97,8 @@ class DatasetCondensation(BaseTask):
         velocity_every: Epochs between kernel-velocity measurements of the first
             evaluation network (0: none).
         velocity_probe: Test images of the kernel-velocity probe.
+        optimizer: Optimiser of the :class:`BaseTask` contract (the condensation loops use
+            their own SGD optimisers on images and networks).
         **kwargs: :class:`~lightning_modules.task.BaseTask` arguments (``in_channels``).
     """
 
@@ -117,7 +119,7 @@ class DatasetCondensation(BaseTask):
                  eval_epochs: int | None = None, eval_lr: float = 0.01,
                  eval_batch_size: int = 256, eval_augment: bool | None = None,
                  herding_epochs: int = 5, velocity_every: int = 0, velocity_probe: int = 32,
-                 **kwargs: Any) -> None:  # fmt: skip
+                 optimizer: str = "sgd", **kwargs: Any) -> None:  # fmt: skip
         if method not in METHODS:
             raise ValueError(f"model.method must be one of {METHODS}, got {method!r}")
         if init not in INITS:
@@ -130,8 +132,7 @@ class DatasetCondensation(BaseTask):
         self.loops = (inner_loop, net_steps) if inner_loop is not None else official_loops(ipc)
         if self.loops[0] < 1 or self.loops[1] < 0:
             raise ValueError(f"model.inner_loop must be >= 1 and net_steps >= 0, got {self.loops}")
-        kwargs.setdefault("optimizer", "sgd")
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, **kwargs)
         self.automatic_optimization = False
         self.eval_history: dict[int, dict[str, Any]] = {}
 

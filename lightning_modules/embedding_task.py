@@ -38,6 +38,9 @@ class EmbeddingTask(BaseTask):
         probe_lr: Learning rate of the online linear probe (no weight decay, no LARS).
         knn_k: Neighbours of the kNN evaluator.
         knn_temperature: Vote temperature of the kNN evaluator.
+        optimizer: As :class:`~lightning_modules.task.BaseTask`; SimCLR's LARS here.
+        lr: Peak learning rate (SimCLR's 0.3 x batch / 256 at batch 256).
+        warmup_epochs: Linear warm-up epochs (SimCLR: 10).
         **kwargs: :class:`~lightning_modules.task.BaseTask` arguments (optimiser,
             ``in_channels``, ``init_checkpoint``, ``freeze_encoder``, ...).
     """
@@ -50,12 +53,12 @@ class EmbeddingTask(BaseTask):
         probe_lr: PositiveFloat = 0.1,
         knn_k: int = 200,
         knn_temperature: PositiveFloat = 0.1,
+        optimizer: str = "lars",
+        lr: float = 0.3,
+        warmup_epochs: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("optimizer", "lars")
-        kwargs.setdefault("lr", 0.3)
-        kwargs.setdefault("warmup_epochs", 10.0)
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs, **kwargs)
 
     def encoder_channels(self) -> int:
         """Input channels of the encoder (tasks with extra inputs override it)."""

@@ -40,6 +40,7 @@ class HCSC(MomentumTask):
         masked_negatives: ``zero`` (official: a dropped logit becomes 0 and ``exp(0)`` stays
             in the denominator) or ``drop`` (removed).
         selection_on_local: Multi-crop queries use the instance selection masks too.
+        queue_size: Keys in the queue (HCSC's official 16,384).
         **kwargs: :class:`~lightning_modules.momentum_task.MomentumTask` arguments.
     """
 
@@ -49,13 +50,13 @@ class HCSC(MomentumTask):
         prototype_selection: bool = True,
         masked_negatives: str = "zero",
         selection_on_local: bool = True,
+        queue_size: int = 16384,
         **kwargs: Any,
     ) -> None:
         if masked_negatives not in MASKED_MODES:
             raise ValueError(f"model.masked_negatives must be one of {MASKED_MODES}, "
                              f"got {masked_negatives!r}")  # fmt: skip
-        kwargs.setdefault("queue_size", 16384)
-        super().__init__(**kwargs)
+        super().__init__(queue_size=queue_size, **kwargs)
         self.prototypes: Prototypes | None = None
         self.prototypes_epoch = -1
 

@@ -66,6 +66,9 @@ class MomentumTask(EmbeddingTask):
         decay_all_parameters: Weight decay on every parameter, biases and norm parameters
             included, as the official MoCo / HCSC optimisers (``False``: those are exempt,
             as SimCLR's LARS recipe).
+        optimizer: MoCo's SGD (momentum 0.9).
+        lr: MoCo v2's 0.03 at batch 256.
+        warmup_epochs: None in MoCo v2.
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
@@ -86,14 +89,14 @@ class MomentumTask(EmbeddingTask):
         ema_final: float = 1.0,
         split_batch_norm: int = 1,
         decay_all_parameters: bool = False,
+        optimizer: str = "sgd",
+        lr: float = 0.03,
+        warmup_epochs: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if split_batch_norm < 1:
             raise ValueError(f"model.split_batch_norm must be >= 1, got {split_batch_norm}")
-        kwargs.setdefault("optimizer", "sgd")
-        kwargs.setdefault("lr", 0.03)
-        kwargs.setdefault("warmup_epochs", 0.0)
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs, **kwargs)
 
     def configure_models(self) -> None:
         """Encoder and probe (parent), projector, then the momentum copies and the queue."""

@@ -1,0 +1,126 @@
+"""Every default is visible to the CLI: a task built in Python (``cls()``) and one built from
+the values ``--print_config`` shows for a config that sets nothing have the same
+hyper-parameters (defaults live in signatures, never in ``kwargs.setdefault``)."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+import yaml
+
+import lightning_modules as lm
+from experiments.cli import main
+
+TASKS = sorted(name for name in lm.__all__
+               if inspect.isclass(getattr(lm, name)) and issubclass(getattr(lm, name), lm.BaseTask)
+               and getattr(lm, name) is not lm.BaseTask)  # fmt: skip
+# arguments linked from the data module (absent from a data-less --print_config)
+LINKED = {"ImageClassifier": {"num_classes": 2}}
+
+
+def printed_init_args(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--model", f"lightning_modules.{name}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+
+
+def plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("name", TASKS)
+def test_python_and_cli_defaults_agree(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cls = getattr(lm, name)
+    printed = printed_init_args(name, capsys)
+    from_python = dict(cls(**LINKED.get(name, {})).hparams)
+    from_cli = dict(cls(**{**printed, **LINKED.get(name, {})}).hparams)
+    differences = {key: (plain(from_python.get(key)), plain(from_cli.get(key)))
+                   for key in set(from_python) | set(from_cli)
+                   if plain(from_python.get(key)) != plain(from_cli.get(key))}  # fmt: skip
+    assert not differences, f"{name}: Python default != CLI default: {differences}"
+    hidden = set(from_python) - set(printed) - {"in_channels", "probe_classes", "num_classes"}
+    assert not hidden, f"{name}: hyper-parameters --print_config does not show: {hidden}"
+
+
+def test_every_exported_task_is_checked() -> None:
+    assert len(TASKS) >= 16 and {"SimCLR", "MoCoV2", "HCSC", "DatasetCondensation"} <= set(TASKS)
+
+
+# ------------------------------------------------------------------ data modules
+import dataclasses  # noqa: E402
+import re  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import datamodules as dm  # noqa: E402
+from tests.conftest import _png, write_segmentation_folder  # noqa: E402
+
+# not built from the command line alone: a bank of tensors, and wrappers of other data modules
+NOT_CLI = {"ClassBank", "CondensationDataModule", "MultiDomainDataModule"}
+DATA = sorted(name for name in dm.__all__ if inspect.isclass(getattr(dm, name)) and name not in NOT_CLI)
+
+
+def data_root(name: str, tmp_path: Path) -> str:
+    if name == "SegmentationFolderDataModule":
+        return str(write_segmentation_folder(tmp_path / "folder"))
+    if name == "ImageFolderDataModule":
+        import numpy as np
+
+        _png(tmp_path / "images" / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
+        return str(tmp_path / "images")
+    return str(tmp_path)
+
+
+def plain_state(module: Any) -> dict[str, Any]:
+    """A data module's configuration: its public plain attributes (dataclasses as dicts)."""
+
+    def plain_value(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return [plain_value(v) for v in value]
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return plain_value(dataclasses.asdict(value))
+        if isinstance(value, dict):
+            return {k: plain_value(v) for k, v in value.items()}
+        return value
+
+    kinds = (int, float, str, bool, type(None), list, tuple, dict, Path)
+    return {key: plain_value(value) for key, value in vars(module).items()
+            if not key.startswith("_") and (isinstance(value, kinds) or dataclasses.is_dataclass(value))}  # fmt: skip
+
+
+def documented_null(cls: type, key: str) -> bool:
+    """Some class of the MRO documents what ``null`` means for ``key`` in its Args."""
+    for klass in cls.__mro__:
+        for match in re.finditer(rf"^ {{8}}{key}:(.*(?:\n {{12}}.*)*)", klass.__doc__ or "", re.M):
+            if "``null``" in match.group(1):
+                return True
+    return False
+
+
+@pytest.mark.parametrize("name", DATA)
+def test_data_module_python_and_cli_defaults_agree(name: str, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    cls = getattr(dm, name)
+    required = [p.name for p in inspect.signature(cls).parameters.values()
+                if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]  # fmt: skip
+    root = data_root(name, tmp_path)
+    args = ["--model", "lightning_modules.SimCLR", "--data", f"datamodules.{name}",
+            "--trainer.logger", "false"]  # fmt: skip
+    for key in required:
+        args += [f"--data.init_args.{key}", root]
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]
+    from_python = plain_state(cls(**dict.fromkeys(required, root)))
+    from_cli = plain_state(main(args, run=False).datamodule)
+    differences = {key: (from_python.get(key), from_cli.get(key))
+                   for key in set(from_python) | set(from_cli)
+                   if from_python.get(key) != from_cli.get(key)}  # fmt: skip
+    assert not differences, f"{name}: Python default != CLI default: {differences}"
+    undocumented = [key for key, value in printed.items()
+                    if value is None and from_cli.get(key) is not None
+                    and not documented_null(cls, key)]  # fmt: skip
+    assert not undocumented, f"{name}: --print_config shows null for {undocumented}, which run " \
+                             "with a value its docstring does not explain (``null``: ...)"
