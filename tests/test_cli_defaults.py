@@ -4,18 +4,23 @@ hyper-parameters (defaults live in signatures, never in ``kwargs.setdefault``)."
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
+from conftest import _png, write_segmentation_folder
 
+import datamodules as dm
 import lightning_modules as lm
 from experiments.cli import main
 
-TASKS = sorted(name for name in lm.__all__
-               if inspect.isclass(getattr(lm, name)) and issubclass(getattr(lm, name), lm.BaseTask)
-               and getattr(lm, name) is not lm.BaseTask)  # fmt: skip
+TASKS = sorted(name for name in lm.__all__ if inspect.isclass(getattr(lm, name))
+               and issubclass(getattr(lm, name), lm.BaseTask) and name != "BaseTask")  # fmt: skip
 # arguments linked from the data module (absent from a data-less --print_config)
 LINKED = {"ImageClassifier": {"num_classes": 2}}
 
@@ -50,24 +55,17 @@ def test_every_exported_task_is_checked() -> None:
 
 
 # ------------------------------------------------------------------ data modules
-import dataclasses  # noqa: E402
-import re  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import datamodules as dm  # noqa: E402
-from tests.conftest import _png, write_segmentation_folder  # noqa: E402
 
 # not built from the command line alone: a bank of tensors, and wrappers of other data modules
 NOT_CLI = {"ClassBank", "CondensationDataModule", "MultiDomainDataModule"}
-DATA = sorted(name for name in dm.__all__ if inspect.isclass(getattr(dm, name)) and name not in NOT_CLI)
+DATA = sorted(name for name in dm.__all__
+              if inspect.isclass(getattr(dm, name)) and name not in NOT_CLI)  # fmt: skip
 
 
 def data_root(name: str, tmp_path: Path) -> str:
     if name == "SegmentationFolderDataModule":
         return str(write_segmentation_folder(tmp_path / "folder"))
     if name == "ImageFolderDataModule":
-        import numpy as np
-
         _png(tmp_path / "images" / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
         return str(tmp_path / "images")
     return str(tmp_path)
@@ -87,7 +85,8 @@ def plain_state(module: Any) -> dict[str, Any]:
 
     kinds = (int, float, str, bool, type(None), list, tuple, dict, Path)
     return {key: plain_value(value) for key, value in vars(module).items()
-            if not key.startswith("_") and (isinstance(value, kinds) or dataclasses.is_dataclass(value))}  # fmt: skip
+            if not key.startswith("_")
+            and (isinstance(value, kinds) or dataclasses.is_dataclass(value))}  # fmt: skip
 
 
 def documented_null(cls: type, key: str) -> bool:
@@ -100,11 +99,12 @@ def documented_null(cls: type, key: str) -> bool:
 
 
 @pytest.mark.parametrize("name", DATA)
-def test_data_module_python_and_cli_defaults_agree(name: str, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_data_module_python_and_cli_defaults_agree(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cls = getattr(dm, name)
     required = [p.name for p in inspect.signature(cls).parameters.values()
-                if p.default is inspect.Parameter.empty and p.kind is p.POSITIONAL_OR_KEYWORD]  # fmt: skip
+                if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]  # fmt: skip
     root = data_root(name, tmp_path)
     args = ["--model", "lightning_modules.SimCLR", "--data", f"datamodules.{name}",
             "--trainer.logger", "false"]  # fmt: skip
@@ -122,5 +122,5 @@ def test_data_module_python_and_cli_defaults_agree(name: str, tmp_path: Path,
     undocumented = [key for key, value in printed.items()
                     if value is None and from_cli.get(key) is not None
                     and not documented_null(cls, key)]  # fmt: skip
-    assert not undocumented, f"{name}: --print_config shows null for {undocumented}, which run " \
-                             "with a value its docstring does not explain (``null``: ...)"
+    assert not undocumented, (f"{name}: --print_config shows null for {undocumented}, which "
+                              "run with a value its docstring does not explain (``null``: ...)")
