@@ -6,7 +6,6 @@ from callbacks.condensed_images import CondensedImages
 from callbacks.confusion import ConfusionMatrixPlot
 from callbacks.loggers import WandbLogger
 from callbacks.nan_guard import NaNGuard
-from callbacks.prototypes import PrototypeUpdate
 from callbacks.rank_monitor import EmbeddingRankMonitor
 from callbacks.segmentation_vis import ColourPredictionWriter, SegmentationOverlays
 
@@ -17,7 +16,6 @@ __all__ = [
     "ConfusionMatrixPlot",
     "EmbeddingRankMonitor",
     "NaNGuard",
-    "PrototypeUpdate",
     "RunCheckpoint",
     "SegmentationOverlays",
     "StepSnapshots",

@@ -2,7 +2,7 @@
 
 CLAWS (Herrera-Gerena et al. 2021) reports NMI of a Gaussian mixture fitted to
 low-dimensional embeddings.  At the end of selected validation epochs this callback embeds
-an evaluation split (every image once, sharded over DDP ranks, :mod:`callbacks.extraction`;
+an evaluation split (every image once, sharded over DDP ranks, :mod:`contraseg.extraction`;
 through the task's ``eval_inputs`` so attention masks apply), optionally reduces it with
 PCA, fits scikit-learn's ``GaussianMixture`` with one component per class, and logs
 
@@ -23,8 +23,8 @@ from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.mixture import GaussianMixture
 
-from callbacks.extraction import extract_features
-from callbacks.figures import save_and_log_figure
+from contraseg.extraction import extract_features
+from contraseg.figures import save_and_log_figure
 
 __all__ = ["ClusterEvaluation", "gmm_scores"]
 

@@ -1,4 +1,4 @@
-"""Image grids of a condensed set (one row per class) during dataset condensation."""
+"""Figures of dataset condensation: image grids of the set and kernel-velocity curves."""
 
 from __future__ import annotations
 
@@ -7,9 +7,22 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
-from callbacks.figures import save_and_log_figure
+from contraseg.figures import save_and_log_figure
 
-__all__ = ["CondensedImages", "condensed_grid"]
+__all__ = ["CondensedImages", "condensed_grid", "velocity_figure"]
+
+
+def velocity_figure(curve: list[tuple[int, float]], title: str) -> Figure:
+    """Kernel velocity per epoch of an evaluation network (log scale)."""
+    fig = Figure(figsize=(4.5, 3))
+    ax = fig.subplots()
+    ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch of the evaluation net")
+    ax.set_ylabel("kernel velocity (per epoch)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def condensed_grid(images: torch.Tensor, labels: torch.Tensor, mean: list[float],
@@ -48,6 +61,10 @@ def condensed_grid(images: torch.Tensor, labels: torch.Tensor, mean: list[float]
 class CondensedImages(L.Callback):
     """PNG (``<log_dir>/condensed_images/epoch_XXXX.png``) and W&B image of the set.
 
+    Also the kernel-velocity curve of every evaluation that measured one (the module's
+    ``velocity_every``): ``<log_dir>/kernel_velocity/epoch_XXXX.png``, drawn at the end of
+    the epoch that evaluated (the final evaluation: when the fit ends).
+
     Args:
         every_n_epochs: Outer iterations between grids (and one at the start).
         max_per_class: Images per class row.
@@ -60,6 +77,7 @@ class CondensedImages(L.Callback):
             raise ValueError(f"CondensedImages every_n_epochs must be >= 1, got {every_n_epochs}")
         self.every = every_n_epochs
         self.max_per_class, self.max_classes = max_per_class, max_classes
+        self._velocity_drawn: set[int] = set()
 
     @rank_zero_only
     def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule, iteration: int) -> None:
@@ -75,3 +93,28 @@ class CondensedImages(L.Callback):
         """The set before outer iteration ``epoch`` (every ``every_n_epochs``, and at 0)."""
         if trainer.current_epoch % self.every == 0:
             self._draw(trainer, pl_module, trainer.current_epoch)
+
+    @rank_zero_only
+    def _draw_velocity(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        hp = pl_module.hparams
+        name = f"{hp.method}{' + DSA' if hp.dsa else ''}, ipc {hp.ipc}"
+        for iteration, res in sorted(getattr(pl_module, "eval_history", {}).items()):
+            if res.get("velocity") and iteration not in self._velocity_drawn:
+                self._velocity_drawn.add(iteration)
+                fig = velocity_figure(res["velocity"], f"{name}, outer iteration {iteration}")
+                save_and_log_figure(trainer, fig, "val/kernel_velocity_curve",
+                                    trainer.log_dir or trainer.default_root_dir,
+                                    "kernel_velocity", type(self).__name__)  # fmt: skip
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The velocity curve of this epoch's evaluation (made at the epoch's start)."""
+        self._draw_velocity(trainer, pl_module)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The final evaluation's curve.
+
+        The module evaluates in ``on_fit_end``, after the callbacks' ``on_fit_end``; the
+        loggers are finalised after this hook.
+        """
+        if stage == "fit":
+            self._draw_velocity(trainer, pl_module)

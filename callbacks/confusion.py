@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import numpy as np
 from matplotlib.figure import Figure
 
-from callbacks.figures import save_and_log_figure
+from contraseg.figures import save_and_log_figure
 
 __all__ = ["ConfusionMatrixPlot", "confusion_figure"]
 

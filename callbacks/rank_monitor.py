@@ -36,9 +36,9 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from callbacks.extraction import extract_features
-from callbacks.figures import image_loggers, save_and_log_figure
 from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
+from contraseg.extraction import extract_features
+from contraseg.figures import image_loggers, save_and_log_figure
 
 __all__ = ["EmbeddingRankMonitor"]
 

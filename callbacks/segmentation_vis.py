@@ -40,7 +40,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from callbacks.figures import image_loggers, save_and_log_figure
+from contraseg.figures import image_loggers, save_and_log_figure
 from datamodules.datasets.palette import (
     IGNORE_INDEX,
     colourize,

@@ -18,9 +18,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+from contraseg.seeding import SampleKey, seeded_call
 from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
 from datamodules.batch_augment import DeviceAugmentHooks
-from datamodules.sampling import SampleKey, seeded_call, train_loader
+from datamodules.sampling import eval_loader, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
@@ -32,7 +33,7 @@ from datamodules.transforms import (
 class TransformedDataset(Dataset):
     """Apply a sample-level transform to every item of a dataset.
 
-    Indexed by a :class:`~datamodules.sampling.SampleKey` (the training sampler's), the
+    Indexed by a :class:`~contraseg.seeding.SampleKey` (the training sampler's), the
     raw data set gets the key's epoch (``set_epoch``, if it has one) and the item is read
     and transformed under torch's RNG seeded by the key: augmentations are a function of
     ``(seed, epoch, index)`` whatever the worker count.
@@ -255,16 +256,10 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
         return bank
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return eval_loader(dataset, self.batch_size, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        """Seeded order and augmentations (:mod:`datamodules.sampling`), resumable exactly."""
+        """Seeded order and augmentations (:mod:`contraseg.seeding`), resumable exactly."""
         weights = None
         if self.class_balanced:
             labels, counts = self.train_labels(), self.class_counts().float()
@@ -290,9 +285,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
         bank = self.knn_bank()
         if bank is None:
             return None
-        return DataLoader(bank, batch_size=self.batch_size, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())  # fmt: skip
+        return eval_loader(bank, self.batch_size, self.num_workers, sampler)
 
     def test_dataloader(self) -> DataLoader:
         """Held-out split (the ``val`` split of these data sets)."""

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from datamodules.base import PretrainDataModule
+from datamodules.sampling import eval_loader
 
 __all__ = ["ClassBank", "CondensationDataModule"]
 
@@ -183,5 +184,5 @@ class CondensationDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         """The source's held-out split (normalised, no augmentation)."""
         dataset = self.source.eval_dataset("val")
-        return DataLoader(dataset, batch_size=self.test_batch_size or self.source.batch_size,
-                          num_workers=self.num_workers)  # fmt: skip
+        return eval_loader(dataset, self.test_batch_size or self.source.batch_size,
+                           self.num_workers)  # fmt: skip

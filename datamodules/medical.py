@@ -44,6 +44,7 @@ from datamodules.datasets.medical import (
     pattern_subjects,
 )
 from datamodules.datasets.synthetic_volumes import SyntheticVolumes
+from datamodules.sampling import eval_loader
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.volumes import SliceDataset, VolumeDataset, VolumeStore, foreground_weighted_index
 
@@ -220,12 +221,7 @@ class MedicalDataModule(SegmentationDataModule):
         """One volume per batch in fine-tuning mode."""
         dataset = self.val_dataset()
         if isinstance(dataset, VolumeDataset):
-            return DataLoader(
-                dataset,
-                batch_size=1,
-                num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0,
-            )
+            return eval_loader(dataset, 1, self.num_workers)
         return self._loader(dataset)
 
 

@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from datamodules.sampling import train_loader
+from datamodules.sampling import eval_loader, train_loader
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.volumes import VolumeDataset
 
@@ -119,8 +119,7 @@ class MultiDomainDataModule(L.LightningDataModule):
         parts = [DomainTagged(dm.val_dataset(), k) for k, dm in enumerate(self.domains)]
         volumes = any(isinstance(p.dataset, VolumeDataset) for p in parts)
         batch = 1 if volumes else min(dm.val_batch_size for dm in self.domains)
-        return DataLoader(ConcatDataset(parts), batch_size=batch, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)  # fmt: skip
+        return eval_loader(ConcatDataset(parts), batch, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:  # noqa: D102
         return self.val_dataloader()

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -34,7 +33,7 @@ from datamodules.batch_augment import DeviceAugmentHooks
 from datamodules.datasets.info import DatasetInfo
 from datamodules.datasets.io import DataFormatError
 from datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
-from datamodules.sampling import train_loader
+from datamodules.sampling import eval_loader, train_loader
 from datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
@@ -337,16 +336,10 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.val_batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+        return eval_loader(dataset, self.val_batch_size, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        """Seeded order and augmentations (:mod:`datamodules.sampling`), resumable exactly."""
+        """Seeded order and augmentations (:mod:`contraseg.seeding`), resumable exactly."""
         dataset = (self.unlabeled_dataset(self.pretrain_views, self.n_views)
                    if self.pretrain_views is not None else self.train_dataset())  # fmt: skip
         return train_loader(dataset, self.batch_size, self.num_workers,

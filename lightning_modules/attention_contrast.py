@@ -37,9 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_modules.components import MLPHead
+from lightning_modules.components import Projector
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.losses import nt_xent_loss
 from lightning_modules.task import TaskLoss
 
 __all__ = ["AttentionGuidedContrast", "sample_objects"]
@@ -97,8 +97,7 @@ class AttentionGuidedContrast(EmbeddingTask):
         exclude_classes: Classes never highlighted (e.g. ``[0]`` for background).
         ignore_index: Mask value that is not a class.
         temperature: SupCon temperature.
-        projector_hidden_dims: Hidden widths of the MLP projector.
-        projector_out_dim: Embedding dimension.
+        projector: Projector shape (2048 -> 128 with BatchNorm).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments
             (``encoder``, optimiser, ...).
 
@@ -113,27 +112,24 @@ class AttentionGuidedContrast(EmbeddingTask):
         exclude_classes: Sequence[int] = (),
         ignore_index: int = 255,
         temperature: float = 0.1,
-        projector_hidden_dims: Sequence[int] = (2048,),
-        projector_out_dim: int = 128,
+        projector: Projector = Projector((2048,), 128, True),  # noqa: B008
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
 
-    def encoder_channels(self) -> int:
+    def encoder_in_channels(self) -> int:
         """Image channels plus the attention (object mask) channel."""
         return self.hparams.in_channels + 1
 
     def configure_models(self) -> None:  # noqa: D102
         super().configure_models()
-        hp = self.hparams
-        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
-                                 hp.projector_out_dim)  # fmt: skip
+        self.projector = self.build_projector()
 
     def configure_losses(self) -> None:  # noqa: D102
         hp = self.hparams
         if hp.objects_per_image < 1 or hp.min_object_pixels < 1:
             raise ValueError("model.objects_per_image and model.min_object_pixels must be >= 1")
-        self.temperature = check_temperature(hp.temperature)
+        self.temperature = float(hp.temperature)
 
     def embed(self, images: Tensor) -> Tensor:
         """Representation of plain images: an all-zero attention channel is appended."""

@@ -30,12 +30,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jsonargparse.typing import PositiveFloat
 from torch import Tensor
 
-from datamodules.sampling import mix_seed
+from contraseg.seeding import mix_seed
+from lightning_modules.components.heads import Projector
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.losses import nt_xent_loss
 from lightning_modules.task import TaskLoss
 
 __all__ = ["CLAWS"]
@@ -48,9 +48,7 @@ class CLAWS(EmbeddingTask):
 
     Args:
         temperature: Contrastive temperature.
-        projector_hidden_dims: Hidden widths of the projector.
-        projector_out_dim: Projection dimension.
-        projector_batch_norm: BN in the projector's hidden layers.
+        projector: Projector shape (SimCLR's: 2048 -> 128 with BatchNorm).
         attention: ``mask`` (multiply the foreground mask into every view) or ``none``.
         background_classes: Mask values that are background (``0``: the synthetic scenes'
             background and the ExG mask's).
@@ -65,10 +63,8 @@ class CLAWS(EmbeddingTask):
 
     def __init__(
         self,
-        temperature: PositiveFloat = 0.2,
-        projector_hidden_dims: Sequence[int] = (2048,),
-        projector_out_dim: int = 128,
-        projector_batch_norm: bool = True,
+        temperature: float = 0.2,
+        projector: Projector = Projector((2048,), 128, True),  # noqa: B008
         attention: str = "mask",
         background_classes: Sequence[int] = (0,),
         ignore_index: int = 255,
@@ -86,7 +82,7 @@ class CLAWS(EmbeddingTask):
         self.projector = self.build_projector()
 
     def configure_losses(self) -> None:  # noqa: D102
-        self.temperature = check_temperature(self.hparams.temperature)
+        self.temperature = float(self.hparams.temperature)
 
     # ----------------------------------------------------------------- attention
     def attend(self, images: Tensor, masks: Tensor | None) -> Tensor:

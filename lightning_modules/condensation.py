@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
-from datamodules.sampling import mix_seed, run_seed
+from contraseg.seeding import mix_seed, run_seed
 from lightning_modules.components.class_gradients import MODES, class_gradients, mean_gradient
 from lightning_modules.components.convnet import ConvNet, reset_parameters
 from lightning_modules.components.herding import herding
@@ -334,8 +334,6 @@ class DatasetCondensation(BaseTask):
                        f"{100 * res['accuracy']:.2f} ± {100 * res['accuracy_std']:.2f} % "
                        f"({len(res['accuracies'])} nets, {res['epochs']} epochs)")  # fmt: skip
         self.save_condensed(iteration)
-        if res["velocity"]:
-            self.plot_velocity(iteration, res["velocity"])
         return res
 
     def _publish(self, metrics: dict[str, float]) -> None:
@@ -353,28 +351,6 @@ class DatasetCondensation(BaseTask):
             # x 1e3: kernel distance per 1000 epochs (the per-epoch values are ~1e-4)
             metrics["val/kernel_velocity_x1e3"] = 1e3 * sum(curve) / len(curve)
         return metrics
-
-    @rank_zero_only
-    def plot_velocity(self, iteration: int, curve: list[tuple[int, float]]) -> None:
-        """The kernel-velocity curve of the first evaluation net (PNG and W&B image)."""
-        from matplotlib.figure import Figure
-
-        from callbacks.figures import save_and_log_figure
-
-        fig = Figure(figsize=(4.5, 3))
-        ax = fig.subplots()
-        ax.plot([e for e, _ in curve], [v for _, v in curve], marker="o")
-        ax.set_yscale("log")
-        ax.set_xlabel("epoch of the evaluation net")
-        ax.set_ylabel("kernel velocity (per epoch)")
-        hp = self.hparams
-        ax.set_title(f"{hp.method}{' + DSA' if hp.dsa else ''}, ipc {hp.ipc}, "
-                     f"outer iteration {iteration}", fontsize=9)  # fmt: skip
-        fig.tight_layout()
-        trainer = self.trainer
-        save_and_log_figure(trainer, fig, "val/kernel_velocity_curve",
-                            trainer.log_dir or trainer.default_root_dir, "kernel_velocity",
-                            type(self).__name__)  # fmt: skip
 
     @rank_zero_only
     def save_condensed(self, iteration: int) -> Path:

@@ -46,10 +46,6 @@ class DenseTask(BaseTask):
     ) -> None:
         super().__init__(**kwargs)
 
-    def input_channels(self) -> int:
-        """Input channels of the network (the data's; a subclass may add channels)."""
-        return self.hparams.in_channels
-
     def head_classes(self) -> int | None:
         """Outputs of the segmentation head (``None``: no head, pretraining)."""
         return None
@@ -60,7 +56,7 @@ class DenseTask(BaseTask):
         self.net = build_segmentation_net(
             hp.architecture,
             hp.encoder,
-            self.input_channels(),
+            self.encoder_in_channels(),
             self.head_classes(),
             hp.encoder_weights,
             aspp_rates=hp.aspp_rates,

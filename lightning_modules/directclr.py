@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveInt
 
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature, directclr_loss
+from lightning_modules.losses import directclr_loss
 from lightning_modules.task import TaskLoss
 
 
@@ -27,7 +27,7 @@ class DirectCLR(EmbeddingTask):
     def __init__(
         self,
         d0: PositiveInt = 360,
-        temperature: PositiveFloat = 0.1,
+        temperature: float = 0.1,
         gather_distributed: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -39,7 +39,7 @@ class DirectCLR(EmbeddingTask):
                 f"model.d0={self.hparams.d0} exceeds the encoder's representation size "
                 f"{self.feature_dim}"
             )
-        self.temperature = check_temperature(self.hparams.temperature)
+        self.temperature = float(self.hparams.temperature)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """Symmetric InfoNCE on the first ``d0`` dims of the two views' representations."""

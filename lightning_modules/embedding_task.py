@@ -17,7 +17,7 @@ from jsonargparse.typing import PositiveFloat
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_modules.components.heads import MLPHead
+from lightning_modules.components.heads import MLPHead, Projector
 from lightning_modules.components.networks import TimmEncoder
 from lightning_modules.components.optim import split_decay_groups
 from lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
@@ -52,7 +52,7 @@ class EmbeddingTask(BaseTask):
         probe_classes: int = 0,
         probe_lr: PositiveFloat = 0.1,
         knn_k: int = 200,
-        knn_temperature: PositiveFloat = 0.1,
+        knn_temperature: float = 0.1,
         optimizer: str = "lars",
         lr: float = 0.3,
         warmup_epochs: float = 10.0,
@@ -60,25 +60,19 @@ class EmbeddingTask(BaseTask):
     ) -> None:
         super().__init__(optimizer=optimizer, lr=lr, warmup_epochs=warmup_epochs, **kwargs)
 
-    def encoder_channels(self) -> int:
-        """Input channels of the encoder (tasks with extra inputs override it)."""
-        return self.hparams.in_channels
-
     def configure_models(self) -> None:
         """The timm encoder, then the online probe (the order fixes the random init)."""
         hp = self.hparams
         self.encoder = TimmEncoder(
-            hp.encoder, **{"in_chans": self.encoder_channels(), **(hp.encoder_kwargs or {})}
+            hp.encoder, **{"in_chans": self.encoder_in_channels(), **(hp.encoder_kwargs or {})}
         )
         self.feature_dim = self.encoder.num_features
         n = hp.probe_classes
         self.probe = OnlineLinearProbe(self.feature_dim, n) if n > 1 else None
 
     def build_projector(self) -> MLPHead:
-        """The MLP projector from ``projector_hidden_dims`` / ``_out_dim`` / ``_batch_norm``."""
-        hp = self.hparams
-        return MLPHead(self.feature_dim, list(hp.projector_hidden_dims), hp.projector_out_dim,
-                       hp.projector_batch_norm)  # fmt: skip
+        """The MLP projector of the task's ``projector`` argument."""
+        return Projector.of(self.hparams.projector).mlp(self.feature_dim)
 
     def configure_metrics(self) -> None:
         """The weighted kNN evaluator (queries: loader 0, bank: loader 1)."""

@@ -16,7 +16,7 @@ unlabeled image:
   the second 3x3 conv-BN-ReLU and the 1x1 conv (owned by this module, not transferred);
   ``local_tap="block2"`` reads smp's post-ReLU ``block2`` output (the earlier behaviour);
 * heads are Linear-ReLU-Linear without BatchNorm as in the official code
-  (``head_batch_norm`` adds BN); the two views run in separate forward passes, so
+  (``projector.batch_norm`` adds BN); the two views run in separate forward passes, so
   BatchNorm sees per-view statistics as in the official code (``joint_forward`` runs
   one pass over both views, faster);
 * the loss is :func:`~lightning_modules.losses.glcnet.glcnet_loss`
@@ -30,17 +30,15 @@ The encoder weights live under ``net.encoder.model.*``, the layout
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.components import MLPHead
+from lightning_modules.components import MLPHead, Projector
 from lightning_modules.components.networks import out_channels
 from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.glcnet import (
     glcnet_loss,
     local_matching_embeddings,
@@ -67,9 +65,8 @@ class GLCNet(DenseTask):
             output; ``False`` uses global average pooling (the "no style" ablation).
         use_global: Include the global contrast.
         use_local: Include the local matching contrast.
-        projector_hidden_dims: Hidden widths of the global projector (paper: ``[256]``;
-            the local projector's hidden width is the decoder's).
-        projector_out_dim: Output dimension of both projectors (paper: 64).
+        projector: Projectors (paper: global 256 -> 64; the local projector's hidden width
+            is the decoder's; official: no BatchNorm).
         upsample_decoder: Upsample the decoder output to the view size before pooling
             the patches (as in the paper); ``False`` pools the stride-4 map directly
             (bilinear RoIAlign approximation, much less memory at 224 px).
@@ -77,7 +74,6 @@ class GLCNet(DenseTask):
         local_tap: ``"official"`` (64-channel linear features after a second 3x3
             conv-BN-ReLU) or ``"block2"`` (smp's 256-channel post-ReLU decoder output).
         local_channels: Channels of the official local features (64).
-        head_batch_norm: BatchNorm in the projectors' hidden layer (official: none).
         joint_forward: One forward pass over both views (BN statistics over both);
             ``False`` runs one pass per view as the official code.
         **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments
@@ -96,13 +92,11 @@ class GLCNet(DenseTask):
         use_style: bool = True,
         use_global: bool = True,
         use_local: bool = True,
-        projector_hidden_dims: Sequence[int] = (256,),
-        projector_out_dim: int = 64,
+        projector: Projector = Projector((256,), 64, False),  # noqa: B008
         upsample_decoder: bool = True,
         gather_distributed: bool = False,
         local_tap: Literal["official", "block2"] = "official",
         local_channels: int = 64,
-        head_batch_norm: bool = False,
         joint_forward: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -137,14 +131,15 @@ class GLCNet(DenseTask):
             )
             width = hp.local_channels
         self.decoder_channels = width
-        hidden, bn = list(hp.projector_hidden_dims), hp.head_batch_norm
+        spec = Projector.of(hp.projector)
+        hidden, bn = [int(w) for w in spec.hidden_dims], spec.batch_norm
         style = 2 if hp.use_style else 1
         self.global_head = (
-            MLPHead(aspp_channels * style, hidden, hp.projector_out_dim, batch_norm=bn)
+            MLPHead(aspp_channels * style, hidden, spec.out_dim, batch_norm=bn)
             if hp.use_global else None
         )  # fmt: skip
         self.local_head = (
-            MLPHead(width, [width], hp.projector_out_dim, batch_norm=bn) if hp.use_local else None
+            MLPHead(width, [width], spec.out_dim, batch_norm=bn) if hp.use_local else None
         )
         if not hp.use_local:  # the decoder after the ASPP gets no gradient without the local part
             for part in (decoder.up, decoder.block1, decoder.block2):
@@ -160,7 +155,7 @@ class GLCNet(DenseTask):
             )
         if not 0.0 <= hp.weight <= 1.0:
             raise ValueError(f"model.weight must be in [0, 1], got {hp.weight}")
-        self.temperature = check_temperature(hp.temperature)
+        self.temperature = float(hp.temperature)
         self.num_patches, self.patch_size = hp.num_patches, hp.patch_size
         self.weight, self.use_style = hp.weight, hp.use_style
         self.use_global, self.use_local = hp.use_global, hp.use_local
@@ -261,7 +256,7 @@ class GLCNet(DenseTask):
                 l1, l2 = z[:k], z[k:]
             else:  # no usable match: an empty pair, zero loss kept on the graph
                 zero = (r1.sum() + r2.sum()) * 0.0
-                l1 = l2 = r1.new_zeros(0, self.hparams.projector_out_dim) + zero
+                l1 = l2 = r1.new_zeros(0, Projector.of(self.hparams.projector).out_dim) + zero
         loss, parts = glcnet_loss(
             g1,
             g2,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_modules.components.prototypes import Prototypes
+from lightning_modules.components.prototype_update import PrototypeUpdate
+from lightning_modules.components.prototypes import Prototypes, check_levels
 from lightning_modules.losses.hcsc import (
     bernoulli_keep,
     instance_keep_probability,
@@ -25,14 +28,17 @@ __all__ = ["HCSC"]
 class HCSC(MomentumTask):
     """Hierarchical contrastive selective coding over a MoCo v2 network.
 
-    The prototypes come from :class:`callbacks.PrototypeUpdate` (k-means of the momentum
-    features of the training set at every epoch start after its warm-up); until then the
-    loss is MoCo v2's.  Afterwards (equations in :mod:`lightning_modules.losses.hcsc`):
-    instance InfoNCE per level with selected queue negatives (summed over levels), plus
-    ProtoNCE per level with selected negative prototypes (averaged over levels).  Views
-    beyond the first two are multi-crop queries against the key and the queue (official
-    ``compute_local_logits`` / ``compute_local_proto_logits``).  The prototypes are part
-    of the checkpoint (``task_state``), so a resumed run continues with the same ones.
+    The prototypes come from
+    :class:`~lightning_modules.components.prototype_update.PrototypeUpdate` (k-means of the
+    momentum features of the training set at every epoch start after its warm-up), which
+    the task supplies itself (``configure_callbacks``, from the ``prototype_*`` arguments);
+    until then the loss is MoCo v2's.  Afterwards (equations in
+    :mod:`lightning_modules.losses.hcsc`): instance InfoNCE per level with selected queue
+    negatives (summed over levels), plus ProtoNCE per level with selected negative
+    prototypes (averaged over levels).  Views beyond the first two are multi-crop queries
+    against the key and the queue (official ``compute_local_logits`` /
+    ``compute_local_proto_logits``).  The prototypes are part of the checkpoint
+    (``task_state``), so a resumed run continues with the same ones.
 
     Args:
         instance_selection: Select queue negatives by prototype (off: one plain InfoNCE).
@@ -41,6 +47,18 @@ class HCSC(MomentumTask):
             in the denominator) or ``drop`` (removed).
         selection_on_local: Multi-crop queries use the instance selection masks too.
         queue_size: Keys in the queue (HCSC's official 16,384).
+        prototype_clusters: Clusters per level, bottom up (HCSC ImageNet: 3000, 2000, 1000).
+        prototype_warmup_epochs: Epochs of plain MoCo before the first prototypes (HCSC: 20
+            of 200).
+        prototype_niter: Lloyd iterations per level (official: 20).
+        prototype_nredo: k-means restarts per level (official: 5).
+        prototype_init: ``random`` (faiss's, as the official code) or ``k-means++``.
+        prototype_distributed: Share each k-means over the DDP ranks (otherwise rank 0
+            clusters and broadcasts).
+        prototype_batch_size: Images per feature-extraction batch and rank.
+        prototype_num_workers: Feature-extraction DataLoader workers.
+        prototype_seed: Seed of level 0 of the k-means (level ``l``: ``seed + l``).
+        prototype_plots: Write and log the cluster-size and concentration histograms.
         **kwargs: :class:`~lightning_modules.momentum_task.MomentumTask` arguments.
     """
 
@@ -51,11 +69,25 @@ class HCSC(MomentumTask):
         masked_negatives: str = "zero",
         selection_on_local: bool = True,
         queue_size: int = 16384,
+        prototype_clusters: Sequence[int] = (3000, 2000, 1000),
+        prototype_warmup_epochs: int = 20,
+        prototype_niter: int = 20,
+        prototype_nredo: int = 5,
+        prototype_init: str = "random",
+        prototype_distributed: bool = False,
+        prototype_batch_size: int = 256,
+        prototype_num_workers: int = 0,
+        prototype_seed: int = 0,
+        prototype_plots: bool = True,
         **kwargs: Any,
     ) -> None:
         if masked_negatives not in MASKED_MODES:
             raise ValueError(f"model.masked_negatives must be one of {MASKED_MODES}, "
                              f"got {masked_negatives!r}")  # fmt: skip
+        check_levels(list(prototype_clusters))
+        if prototype_warmup_epochs < 0:
+            raise ValueError("model.prototype_warmup_epochs must be >= 0, "
+                             f"got {prototype_warmup_epochs}")  # fmt: skip
         super().__init__(queue_size=queue_size, **kwargs)
         self.prototypes: Prototypes | None = None
         self.prototypes_epoch = -1
@@ -77,12 +109,19 @@ class HCSC(MomentumTask):
             self.prototypes = Prototypes.from_state(state["prototypes"], self.device)
             self.prototypes_epoch = int(state["prototypes_epoch"])
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The prototype update (the task's own callback: no config has to list it)."""
+        hp = self.hparams
+        return [PrototypeUpdate(
+            num_clusters=list(hp.prototype_clusters), warmup_epochs=hp.prototype_warmup_epochs,
+            niter=hp.prototype_niter, nredo=hp.prototype_nredo, init=hp.prototype_init,
+            distributed=hp.prototype_distributed, batch_size=hp.prototype_batch_size,
+            num_workers=hp.prototype_num_workers, seed=hp.prototype_seed,
+            save_plots=hp.prototype_plots)]  # fmt: skip
+
     def on_fit_start(self) -> None:
-        """Without a prototype callback HCSC would silently train as MoCo v2: refuse."""
+        """The restored prototypes (if any) on the module's device."""
         super().on_fit_start()
-        if not any(getattr(cb, "updates_prototypes", False) for cb in self.trainer.callbacks):
-            raise ValueError("HCSC needs the callbacks.PrototypeUpdate callback in "
-                             "trainer.callbacks (it computes the prototypes)")  # fmt: skip
         if self.prototypes is not None:
             self.prototypes = self.prototypes.to(self.device)
 

@@ -10,7 +10,7 @@ Segmentation* (official code ``xhu248/semi_cotrast_seg``):
    (``init_checkpoint``) and trains encoder *and decoder* on the few labeled
    images: the last decoder features (64 channels: the project's U-Net ends at 64 like
    the official one) go through a 1x1-conv head (``64 -> 256 -> 128``, no BN/ReLU
-   between as in the official ``mlp``; ``head_norm_act`` adds them), are L2-normalised
+   between as in the official ``mlp``; ``projector.batch_norm`` adds them), are L2-normalised
    and contrasted pixel-wise with the SupCon loss
    (:func:`~lightning_modules.losses.pixel_supcon.pixel_supcon_loss`, temperature
    0.1), positives = same label; background pixels are not anchors but stay in the
@@ -28,15 +28,13 @@ the same window in all images and views).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 
-from lightning_modules.components import ConvProjectionHead
+from lightning_modules.components import Projector
 from lightning_modules.components.networks import out_channels, resize_labels
 from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.pixel_blocked import stride_sample
 from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, tiled_pixel_supcon_loss
 from lightning_modules.task import TaskLoss
@@ -58,13 +56,12 @@ class SupervisedLocalContrast(DenseTask):
         stride: Sub-sampling step of the ``stride`` mode (paper: 4).
         block: Window side of the ``block`` mode (paper: 32 on 64 / 160 px slices).
         temperature: Softmax temperature (paper: 0.1).
-        projector_hidden_dims: Hidden widths of the 1x1-conv head (paper: ``[256]``).
-        projector_out_dim: Embedding dimension (paper: 128).
+        projector: 1x1-convolution head (paper: 256 -> 128; the official ``mlp`` has nothing
+            between the convolutions).
         background_index: Label whose pixels are not anchors (``None``: every class
             anchors).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
-        head_norm_act: BatchNorm + ReLU in the head (official: none).
         **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
@@ -78,12 +75,10 @@ class SupervisedLocalContrast(DenseTask):
         stride: int = 4,
         block: int = 32,
         temperature: float = 0.1,
-        projector_hidden_dims: Sequence[int] = (256,),
-        projector_out_dim: int = 128,
+        projector: Projector = Projector((256,), 128, False),  # noqa: B008
         background_index: int | None = 0,
         ignore_index: int = 255,
         block_size: int = 4096,
-        head_norm_act: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(architecture=architecture, **kwargs)
@@ -92,12 +87,7 @@ class SupervisedLocalContrast(DenseTask):
         """The smp network (U-Net in the paper), then the 1x1-conv head."""
         super().configure_models()
         hp = self.hparams
-        self.head = ConvProjectionHead(
-            out_channels(self.net.decoder),
-            list(hp.projector_hidden_dims),
-            hp.projector_out_dim,
-            norm_act=hp.head_norm_act,
-        )
+        self.head = Projector.of(hp.projector).conv(out_channels(self.net.decoder))
 
     def configure_losses(self) -> None:
         """Validate the memory mode and temperature."""
@@ -110,7 +100,7 @@ class SupervisedLocalContrast(DenseTask):
             raise ValueError(
                 f"model.stride and model.block must be >= 1, got {hp.stride}, {hp.block}"
             )
-        self.temperature = check_temperature(hp.temperature)
+        self.temperature = float(hp.temperature)
         self.memory_mode, self.stride, self.block = hp.memory_mode, hp.stride, hp.block
         self.background_index, self.ignore_index = hp.background_index, hp.ignore_index
         self.block_size = hp.block_size

@@ -38,7 +38,7 @@ class MoCoV2(MomentumTask):
         """The parent's modules, plus the queue of view-0 keys when ``symmetric``."""
         super().configure_models()
         if self.hparams.symmetric:  # another seed: its random initial keys differ from queue's
-            self.queue_view0 = KeyQueue(self.hparams.queue_size, self.hparams.projector_out_dim,
+            self.queue_view0 = KeyQueue(self.hparams.queue_size, self.queue.keys.shape[1],
                                         seed=1)  # fmt: skip
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:

@@ -13,16 +13,15 @@ Training batches carry ``views`` (view 0: queries, view 1: keys) and ``sample_in
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from jsonargparse.typing import PositiveFloat
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_modules.components import distributed as dist_utils
+from lightning_modules.components.heads import Projector
 from lightning_modules.components.momentum import (
     KeyQueue,
     ema_momentum,
@@ -33,7 +32,6 @@ from lightning_modules.components.momentum import (
     unshuffle_across_ranks,
 )
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature
 
 __all__ = ["MomentumTask"]
 
@@ -49,9 +47,8 @@ class MomentumTask(EmbeddingTask):
             step).
         ema_final: Momentum at the last step of the cosine schedule (1 as BYOL; solo-learn's
             MoCo v2+ recipes: 0.999).
-        projector_hidden_dims: Hidden widths of the projector (MoCo v2: ``[2048]``).
-        projector_out_dim: Key / query dimension (128).
-        projector_batch_norm: BN in the projector (MoCo v2: none).
+        projector: Projector shape (MoCo v2: 2048 -> 128, no BatchNorm); ``out_dim`` is the
+            key width.
         shuffle_bn: MoCo's shuffle-BN of the key batch across DDP ranks (a no-op on one
             process: use the SyncBN preset or several ranks).
         exclude_own_keys: Queue keys of a query's own image (same dataset index, written in an
@@ -72,18 +69,16 @@ class MomentumTask(EmbeddingTask):
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
-    POSITIVE = (*EmbeddingTask.POSITIVE, "queue_size", "projector_out_dim")
+    POSITIVE = (*EmbeddingTask.POSITIVE, "queue_size")
     UNIT = (*EmbeddingTask.UNIT, "ema_momentum", "ema_final")
 
     def __init__(
         self,
-        temperature: PositiveFloat = 0.2,
+        temperature: float = 0.2,
         queue_size: int = 65536,
         ema_momentum: float = 0.999,
         ema_schedule: str = "constant",
-        projector_hidden_dims: Sequence[int] = (2048,),
-        projector_out_dim: int = 128,
-        projector_batch_norm: bool = False,
+        projector: Projector = Projector((2048,), 128, False),  # noqa: B008
         shuffle_bn: bool = False,
         exclude_own_keys: bool = False,
         ema_final: float = 1.0,
@@ -109,10 +104,10 @@ class MomentumTask(EmbeddingTask):
         self.projector = self.build_projector()
         self.key_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
-        self.queue = KeyQueue(hp.queue_size, hp.projector_out_dim)
+        self.queue = KeyQueue(hp.queue_size, Projector.of(hp.projector).out_dim)
 
     def configure_losses(self) -> None:  # noqa: D102
-        self.temperature = check_temperature(self.hparams.temperature)
+        self.temperature = float(self.hparams.temperature)
 
     def load_checkpoint(self, path: str) -> dict[str, list[str]]:
         """Initialise the encoder from ``path``, then copy it into the key encoder."""

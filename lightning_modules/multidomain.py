@@ -23,17 +23,16 @@ scores every domain separately (``val/domain<k>/...``) and all together.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_modules.components.domain_bn import convert_domain_bn, set_domain
-from lightning_modules.components.heads import MLPHead
+from lightning_modules.components.heads import Projector
 from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
 from lightning_modules.evaluators.volume_metrics import VolumeMetrics
-from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.losses import nt_xent_loss
 from lightning_modules.segmentation_finetune import SegmentationFineTune
 from lightning_modules.task import TaskLoss
 
@@ -49,8 +48,7 @@ class MultiDomainSegmentation(SegmentationFineTune):
         domain_heads: One output layer per domain (``False``: shared head).
         contrastive_weight: Weight (lambda) of the domain-contrastive regulariser.
         contrastive_temperature: Its SupCon temperature.
-        projector_hidden_dims: Hidden widths of its projector.
-        projector_out_dim: Its embedding dimension.
+        projector: Shape of the domain-contrast projector (256 -> 64, no BatchNorm).
         **kwargs: :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune`
             arguments (architecture, encoder, loss, ``init_checkpoint``, ...).
     """
@@ -64,8 +62,7 @@ class MultiDomainSegmentation(SegmentationFineTune):
         domain_heads: bool = True,
         contrastive_weight: float = 0.1,
         contrastive_temperature: float = 0.1,
-        projector_hidden_dims: Sequence[int] = (256,),
-        projector_out_dim: int = 64,
+        projector: Projector = Projector((256,), 64, False),  # noqa: B008
         **kwargs: Any,
     ) -> None:
         if num_domains < 1:
@@ -84,12 +81,11 @@ class MultiDomainSegmentation(SegmentationFineTune):
         head = self.net.segmentation_head
         self.heads = nn.ModuleList([copy.deepcopy(head) for _ in range(heads)])
         self.net.segmentation_head = nn.Identity()
-        self.projector = MLPHead(self.feature_dim, list(hp.projector_hidden_dims),
-                                 hp.projector_out_dim, batch_norm=False)  # fmt: skip
+        self.projector = Projector.of(hp.projector).mlp(self.feature_dim)
 
     def configure_losses(self) -> None:  # noqa: D102
         super().configure_losses()
-        self.contrastive_temperature = check_temperature(self.hparams.contrastive_temperature)
+        self.contrastive_temperature = float(self.hparams.contrastive_temperature)
 
     def configure_metrics(self) -> None:
         """Overall metrics (the base's) plus one set per domain."""

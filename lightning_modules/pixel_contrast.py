@@ -35,17 +35,15 @@ self-pair deviation of the loss is documented in :mod:`lightning_modules.losses.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components import ConvProjectionHead
+from lightning_modules.components import Projector
 from lightning_modules.components.networks import out_channels, resize_labels
 from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.pixel_contrast import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
@@ -66,8 +64,7 @@ class PixelContrast(DenseTask):
     Args:
         mode: ``cross_image``, ``within_image`` or ``distortion`` (module docstring).
         temperature: Softmax temperature (paper: 0.07).
-        projector_hidden_dims: Widths of the hidden 1x1 convolutions (paper: ``[256]``).
-        projector_out_dim: Embedding channels (paper: 256).
+        projector: 1x1-convolution projection (paper: 256 -> 256 with BatchNorm + ReLU).
         loss_size: Side the decoder features are resized to before the loss
             (Zhao's ``resize_size``); ``None`` keeps the decoder resolution.
         distortion_cell: Source cell side (input pixels) that counts as "the same
@@ -84,8 +81,7 @@ class PixelContrast(DenseTask):
         self,
         mode: Literal["cross_image", "within_image", "distortion"] = "cross_image",
         temperature: float = 0.07,
-        projector_hidden_dims: Sequence[int] = (256,),
-        projector_out_dim: int = 256,
+        projector: Projector = Projector((256,), 256, True),  # noqa: B008
         loss_size: int | None = None,
         distortion_cell: int | None = None,
         ignore_index: int = 255,
@@ -103,11 +99,7 @@ class PixelContrast(DenseTask):
         """DeepLabV3+ (or another smp network), then the 1x1-conv projection."""
         super().configure_models()
         hp = self.hparams
-        if hp.projector_out_dim < 1 or any(w < 1 for w in hp.projector_hidden_dims):
-            raise ValueError("model.projector_hidden_dims and model.projector_out_dim must be >= 1")
-        self.head = ConvProjectionHead(
-            out_channels(self.net.decoder), list(hp.projector_hidden_dims), hp.projector_out_dim
-        )
+        self.head = Projector.of(hp.projector).conv(out_channels(self.net.decoder))
 
     def configure_losses(self) -> None:
         """Validate the mode, sizes and temperature."""
@@ -117,7 +109,7 @@ class PixelContrast(DenseTask):
         for name in ("loss_size", "distortion_cell"):
             if hp[name] is not None and hp[name] < 1:
                 raise ValueError(f"model.{name} must be >= 1 or null, got {hp[name]}")
-        self.temperature = check_temperature(hp.temperature)
+        self.temperature = float(hp.temperature)
         self.mode, self.loss_size, self.distortion_cell = hp.mode, hp.loss_size, hp.distortion_cell
         self.ignore_index, self.block_size = hp.ignore_index, hp.block_size
 

@@ -96,7 +96,7 @@ class SegmentationFineTune(DenseTask):
     def head_classes(self) -> int:  # noqa: D102
         return self.hparams.num_classes
 
-    def input_channels(self) -> int:  # noqa: D102
+    def encoder_in_channels(self) -> int:  # noqa: D102
         return self.hparams.in_channels + (self.hparams.attention_channel == "ones")
 
     def configure_losses(self) -> None:

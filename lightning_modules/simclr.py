@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from jsonargparse.typing import PositiveFloat
-
+from lightning_modules.components.heads import Projector
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.losses import nt_xent_loss
 from lightning_modules.task import TaskLoss
 
 
@@ -18,9 +16,8 @@ class SimCLR(EmbeddingTask):
     Args:
         temperature: NT-Xent temperature (0.1 on ImageNet at batch 4096, 0.2 for
             solo-learn's CIFAR recipe, 0.5 in GLCNet).
-        projector_hidden_dims: Hidden widths of the projector (``[]``: linear).
-        projector_out_dim: Projection dimension.
-        projector_batch_norm: Batch-norm in the projector's hidden layers.
+        projector: Projector shape (SimCLR: 2048 -> 128 with BatchNorm; ``hidden_dims: []``:
+            linear).
         decoupled: Decoupled NT-Xent (positive removed from the denominator).
         gather_distributed: Contrast against all DDP ranks' embeddings (with gradients).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
@@ -28,10 +25,8 @@ class SimCLR(EmbeddingTask):
 
     def __init__(
         self,
-        temperature: PositiveFloat = 0.2,
-        projector_hidden_dims: Sequence[int] = (2048,),
-        projector_out_dim: int = 128,
-        projector_batch_norm: bool = True,
+        temperature: float = 0.2,
+        projector: Projector = Projector((2048,), 128, True),  # noqa: B008
         decoupled: bool = False,
         gather_distributed: bool = True,
         **kwargs: Any,
@@ -43,7 +38,7 @@ class SimCLR(EmbeddingTask):
         self.projector = self.build_projector()
 
     def configure_losses(self) -> None:  # noqa: D102
-        self.temperature = check_temperature(self.hparams.temperature)
+        self.temperature = float(self.hparams.temperature)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """NT-Xent of the projected views (views stacked view-major)."""

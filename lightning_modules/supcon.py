@@ -14,7 +14,7 @@ computed by the fused, mask-free :func:`~lightning_modules.losses.nt_xent_loss` 
 :math:`\tau_{base} = 0.07` (at :math:`\tau = 0.1` the loss and its gradients are x1.43, with
 SGD a 1.43x learning rate); ``base_temperature: null`` is the paper's eq. 2 as written.  The
 projector is the official one: ``Linear-ReLU-Linear`` without BatchNorm
-(``projector_batch_norm: true`` adds it).  Images without a label (``-1``) fall back to
+(``projector: {batch_norm: true}`` adds it).  Images without a label (``-1``) fall back to
 instance discrimination (their positives are their own other views), so the module also
 trains on partly labelled data.  SuperCon's stage 2 is
 :class:`~lightning_modules.classifier.ImageClassifier` initialised from this checkpoint.
@@ -22,14 +22,13 @@ trains on partly labelled data.  SuperCon's stage 2 is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jsonargparse.typing import PositiveFloat
 
+from lightning_modules.components.heads import Projector
 from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import check_temperature, nt_xent_loss
+from lightning_modules.losses import nt_xent_loss
 from lightning_modules.task import TaskLoss
 
 __all__ = ["SupCon"]
@@ -40,10 +39,7 @@ class SupCon(EmbeddingTask):
 
     Args:
         temperature: SupCon temperature (0.1 in Khosla et al.).
-        projector_hidden_dims: Hidden widths of the projector.
-        projector_out_dim: Projection dimension (128 in the paper).
-        projector_batch_norm: Batch norm in the projector's hidden layers (the official
-            head has none).
+        projector: Projector shape (the official head: 2048 -> 128, no BatchNorm).
         gather_distributed: Contrast against every DDP rank's views (with gradients).
         base_temperature: The official loss scale ``temperature / base_temperature``
             (0.07); ``None``: no scale (the paper's eq. 2).
@@ -52,12 +48,10 @@ class SupCon(EmbeddingTask):
 
     def __init__(
         self,
-        temperature: PositiveFloat = 0.1,
-        projector_hidden_dims: Sequence[int] = (2048,),
-        projector_out_dim: int = 128,
-        projector_batch_norm: bool = False,
+        temperature: float = 0.1,
+        projector: Projector = Projector((2048,), 128, False),  # noqa: B008
         gather_distributed: bool = True,
-        base_temperature: PositiveFloat | None = 0.07,
+        base_temperature: float | None = 0.07,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -67,7 +61,7 @@ class SupCon(EmbeddingTask):
         self.projector = self.build_projector()
 
     def configure_losses(self) -> None:  # noqa: D102
-        self.temperature = check_temperature(self.hparams.temperature)
+        self.temperature = float(self.hparams.temperature)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """SupCon of the projected views; unlabelled images contrast as instances."""

@@ -8,7 +8,7 @@ arguments as ``self.hparams`` (plain numbers), calls :meth:`configure_models`,
 freezes the encoder (``init_checkpoint``, ``freeze_encoder``), owns the optimiser with
 per-step warmup + cosine, logs the loss dictionary, exports embeddings in ``predict``, and
 reseeds torch's RNG at every training batch from ``(run seed, epoch, batch index)`` so a
-resume restores the step's own randomness (the data side: :mod:`datamodules.sampling`).
+resume restores the step's own randomness (the data side: :mod:`contraseg.seeding`).
 
 **State beyond weights** (queues, prototypes, EMA encoders, counters) must survive a
 restart.  A method declares it in one of two ways: tensors as *persistent buffers*
@@ -31,7 +31,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from datamodules.sampling import loader_state, mix_seed, realign_train_loader, run_seed
+from contraseg.seeding import loader_state, mix_seed, realign_train_loader, run_seed
 from lightning_modules.components.checkpoint_init import (
     check_init_report,
     load_encoder_from_checkpoint,
@@ -126,7 +126,8 @@ class BaseTask(L.LightningModule):
         raise NotImplementedError
 
     # checked at construction (``check_ranges``); a task extends them (e.g. ``queue_size``)
-    POSITIVE: tuple[str, ...] = ("lr", "probe_lr", "temperature", "knn_temperature")
+    POSITIVE: tuple[str, ...] = ("lr", "probe_lr", "temperature", "knn_temperature",
+                                 "base_temperature", "contrastive_temperature")
     NON_NEGATIVE: tuple[str, ...] = ("weight_decay", "warmup_epochs", "momentum")
     UNIT: tuple[str, ...] = ("min_lr_ratio", "momentum")
 
@@ -139,6 +140,10 @@ class BaseTask(L.LightningModule):
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """The task's loss of one training batch."""
         raise NotImplementedError
+
+    def encoder_in_channels(self) -> int:
+        """Input channels of the encoder: the data's (a task with extra inputs adds them)."""
+        return self.hparams.in_channels
 
     def embed(self, images: Tensor) -> Tensor:
         """Representation ``(B, D)`` used by evaluators, the rank monitor and ``predict``."""

@@ -18,6 +18,7 @@ from datamodules.attention import AttentionMaskDataset, excess_green_mask, otsu_
 from datamodules.datasets.textured_scenes import TexturedScenes
 from datamodules.transforms import ViewAugmentation
 from lightning_modules import CLAWS
+from lightning_modules.components.heads import Projector
 
 
 def _brute_force_otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -77,7 +78,7 @@ def test_attention_masks_travel_with_the_views() -> None:
 
 
 def _model(**kw) -> CLAWS:
-    args = dict(encoder="resnet18", projector_hidden_dims=[32], projector_out_dim=8,
+    args = dict(encoder="resnet18", projector=Projector([32], 8),
                 probe_classes=3, temperature=0.5)  # fmt: skip
     return CLAWS(**{**args, **kw})
 

@@ -25,9 +25,9 @@ RENAMED: dict[str, str | None] = {
     M + "freeze_backbone": "model.init_args.freeze_encoder",
     # one pair of projector names (see migrate() for the layer-count form)
     M + "head_hidden": None,
-    M + "head_out": "model.init_args.projector_out_dim",
+    M + "head_out": "model.init_args.projector.out_dim",
     M + "global_hidden_dim": None,
-    M + "proj_dim": "model.init_args.projector_out_dim",
+    M + "proj_dim": "model.init_args.projector.out_dim",
     M + "projection_channels": None,
     M + "projection_layers": None,
     # linked from the data module now (data.in_channels), never typed by hand
@@ -38,12 +38,27 @@ RENAMED: dict[str, str | None] = {
     r"trainer\.callbacks\.ModelCheckpoint\.init_args\.(?:dirpath|monitor|mode|every_n_epochs)":
         "trainer.callbacks.RunCheckpoint.init_args.KEY",
     r"trainer\.callbacks\.ModelCheckpoint\..*": None,
+    # issue 25: one projector argument (a dataclass) instead of three keys per method
+    M + "projector_hidden_dims": "model.init_args.projector.hidden_dims",
+    M + "projector_out_dim": "model.init_args.projector.out_dim",
+    M + "(?:projector_batch_norm|head_batch_norm|head_norm_act)":
+        "model.init_args.projector.batch_norm",
+    # issue 25: HCSC supplies its prototype callback itself, from model arguments
+    r"trainer\.callbacks\.PrototypeUpdate\.class_path": None,
+    r"trainer\.callbacks\.PrototypeUpdate\.init_args\.num_clusters":
+        "model.init_args.prototype_clusters",
+    r"trainer\.callbacks\.PrototypeUpdate\.init_args\.(?:warmup_epochs|niter|nredo|init|"
+    r"distributed|batch_size|num_workers|seed)": "model.init_args.prototype_KEY",
+    r"trainer\.callbacks\.PrototypeUpdate\.init_args\.save_plots":
+        "model.init_args.prototype_plots",
+    r"trainer\.callbacks\.PrototypeUpdate\.init_args\.temperature": None,  # the model's own
 }
 ADDED: list[str] = [
     r"trainer\.callbacks\.EmbeddingRankMonitor\.init_args\.num_workers",  # a DataLoader now
     r"trainer\.logger\.CSVLogger\..*",  # every run writes metrics.csv (the base trainer)
     r"trainer\.callbacks\.LearningRateMonitor\..*",  # every run logs its LR (the base trainer)
-    M + "projector_hidden_dims",  # added where migrate() does not derive it
+    M + r"projector\.hidden_dims",  # added where migrate() does not derive it
+    M + r"projector\.batch_norm",  # issue 25: every projector shows its BatchNorm switch
     M + "(in_channels|init_checkpoint|freeze_encoder|momentum|min_lr_ratio)",  # one base
     M + "(encoder_weights|architecture)",  # every smp task (DenseTask)
     M + "encoder_kwargs",  # Lee et al. now shows it (it was popped from **kwargs)
@@ -55,7 +70,7 @@ ADDED: list[str] = [
     # network, GLCNet's official local tap / heads / per-view passes, Hu et al.'s head,
     # the fine-tuning loss and attention-channel switches, multi-band / gamma / noise views
     M + "(aspp_rates|decoder_channels)",
-    M + "(local_tap|local_channels|head_batch_norm|joint_forward|head_norm_act)",
+    M + "(local_tap|local_channels|joint_forward)",
     M + "(loss|attention_channel)",
     r"data\.init_args\.(augment|pretrain_views)(\.\d+)?\."
     r"(band_brightness|band_contrast|pixel_noise_prob|gamma|noise_std)",
@@ -63,6 +78,7 @@ ADDED: list[str] = [
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
     M + "(channels_last|compile)",  # issue 22: step-speed switches of the task base
+    M + "prototype_\\w+",  # issue 25: HCSC's prototype settings (defaults the callback had)
 ]
 
 
@@ -88,14 +104,14 @@ def migrate(before: dict[str, Any]) -> dict[str, Any]:
     """Old projector arguments in the new names (values derived, not renamed)."""
     flat = dict(before)
     if "model.init_args.head_hidden" in flat:
-        flat["model.init_args.projector_hidden_dims"] = [flat["model.init_args.head_hidden"]]
+        flat["model.init_args.projector.hidden_dims"] = [flat["model.init_args.head_hidden"]]
     if "model.init_args.global_hidden_dim" in flat:
-        flat["model.init_args.projector_hidden_dims"] = [flat["model.init_args.global_hidden_dim"]]
+        flat["model.init_args.projector.hidden_dims"] = [flat["model.init_args.global_hidden_dim"]]
     if "model.init_args.projection_channels" in flat:
         width = flat["model.init_args.projection_channels"]
         layers = flat["model.init_args.projection_layers"]
-        flat["model.init_args.projector_hidden_dims"] = [width] * (layers - 1)
-        flat["model.init_args.projector_out_dim"] = width
+        flat["model.init_args.projector.hidden_dims"] = [width] * (layers - 1)
+        flat["model.init_args.projector.out_dim"] = width
     return flat
 
 

@@ -19,6 +19,7 @@ from lightning_modules import (
     SupervisedLocalContrast,
 )
 from lightning_modules.attention_contrast import sample_objects
+from lightning_modules.components.heads import Projector
 from lightning_modules.components.networks import resize_labels
 from lightning_modules.losses import (
     cross_image_pixel_contrastive_loss,
@@ -33,7 +34,7 @@ from lightning_modules.losses.pixel_supcon import tiled_pixel_supcon_loss
 SIZE = 32
 
 
-PROJ = {"projector_hidden_dims": [32], "projector_out_dim": 32}
+PROJ = {"projector": Projector([32], 32)}
 
 
 def _datamodule(tmp_path: Path, **kwargs: Any) -> SyntheticSegmentationDataModule:
@@ -216,7 +217,7 @@ def test_sample_objects_draws_classes_present_in_every_view(batch: dict[str, Any
 def test_attention_guided_loss_is_supcon_over_highlighted_objects(batch: dict[str, Any]) -> None:
     torch.manual_seed(0)
     model = AttentionGuidedContrast(encoder="resnet18", objects_per_image=2,
-                                    min_object_pixels=4, projector_hidden_dims=[64])
+                                    min_object_pixels=4, projector=Projector([64], 128))
     model.eval()
     torch.manual_seed(3)
     loss, logs, _ = model.training_loss(batch)
@@ -241,7 +242,7 @@ def test_attention_guided_loss_is_supcon_over_highlighted_objects(batch: dict[st
 
 
 def test_attention_stage_two_drops_the_attention_channel(tmp_path: Path) -> None:
-    stage1 = AttentionGuidedContrast(encoder="resnet18", projector_hidden_dims=[32])
+    stage1 = AttentionGuidedContrast(encoder="resnet18", projector=Projector([32], 128))
     path = tmp_path / "lee.ckpt"
     torch.save({"state_dict": stage1.state_dict()}, path)
     model = SegmentationFineTune(num_classes=3, encoder="resnet18", init_checkpoint=str(path))
@@ -256,7 +257,7 @@ def test_attention_guided_step_without_objects_touches_every_parameter(
     batch: dict[str, Any],
 ) -> None:
     """No drawable object: zero loss whose graph still reaches every parameter (DDP)."""
-    model = AttentionGuidedContrast(encoder="resnet18", projector_hidden_dims=[32])
+    model = AttentionGuidedContrast(encoder="resnet18", projector=Projector([32], 128))
     empty = {**batch, "masks": [torch.full_like(m, 255) for m in batch["masks"]]}
     loss, logs, _ = model.training_loss(empty)
     assert float(loss.detach()) == 0.0 and float(logs["objects"]) == 0.0

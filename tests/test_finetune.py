@@ -10,11 +10,12 @@ import torch
 
 from datamodules import SyntheticSegmentationDataModule
 from lightning_modules import SegmentationFineTune, SimCLR
+from lightning_modules.components.heads import Projector
 
 
 def simclr_checkpoint(tmp_path: Path, **kwargs) -> tuple[Path, SimCLR]:
     torch.manual_seed(0)
-    model = SimCLR(projector_hidden_dims=[32], projector_out_dim=8, **kwargs)
+    model = SimCLR(projector=Projector([32], 8), **kwargs)
     path = tmp_path / "pretrain.ckpt"
     torch.save({"state_dict": model.state_dict()}, path)
     return path, model

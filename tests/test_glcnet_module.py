@@ -12,6 +12,7 @@ import torch
 from datamodules import SyntheticSegmentationDataModule
 from datamodules.transforms import ViewAugmentation
 from lightning_modules import SegmentationFineTune
+from lightning_modules.components.heads import Projector
 from lightning_modules.glcnet import GLCNet
 
 SIZE, PATCH = 32, 8
@@ -129,7 +130,7 @@ def test_official_heads_have_no_batch_norm_and_official_widths() -> None:
     assert [(m.in_features, m.out_features) for m in linear] == [(512, 256), (256, 64)]
     linear = [m for m in model.local_head.modules() if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(64, 64), (64, 64)]
-    with_bn = _model(head_batch_norm=True)
+    with_bn = _model(projector=Projector([256], 64, batch_norm=True))
     assert any(isinstance(m, torch.nn.BatchNorm1d) for m in with_bn.global_head.modules())
 
 

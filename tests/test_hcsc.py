@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 import lightning_modules.hcsc as hcsc_module
-from callbacks import PrototypeUpdate
 from lightning_modules import HCSC
+from lightning_modules.components.heads import Projector
+from lightning_modules.components.prototype_update import PrototypeUpdate
 from lightning_modules.components.prototypes import (
     Prototypes,
     check_levels,
@@ -156,8 +157,8 @@ def test_prototype_loss_against_float64_loop(masked: str) -> None:
 
 
 def _model(**kw) -> HCSC:
-    args = dict(encoder="resnet18", queue_size=16, projector_hidden_dims=[32],
-                projector_out_dim=8, probe_classes=3, ema_momentum=0.9)  # fmt: skip
+    args = dict(encoder="resnet18", queue_size=16, projector=Projector([32], 8, False),
+                probe_classes=3, ema_momentum=0.9)  # fmt: skip
     return HCSC(**{**args, **kw})
 
 

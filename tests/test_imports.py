@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("lightning_modules", "datamodules", "callbacks", "experiments")
+PACKAGES = ("contraseg", "lightning_modules", "datamodules", "callbacks", "experiments")
+# what each package may import: the neutral layer nothing, data and models only it, callbacks
+# the layers below them; models never import callbacks, data modules never import models
+ALLOWED = {
+    "contraseg": set(),
+    "datamodules": {"contraseg"},
+    "lightning_modules": {"contraseg"},
+    "callbacks": {"contraseg", "datamodules", "lightning_modules"},
+    "experiments": set(PACKAGES),
+}
 
 
 def modules() -> dict[str, Path]:
@@ -91,3 +100,14 @@ def test_no_method_module_imports_another_method() -> None:
         deps = {d for d in graph[f"lightning_modules.{stem}"]}
         others = {f"lightning_modules.{m}" for m in methods - {stem}}
         assert not deps & others, (stem, deps & others)
+
+
+def test_layers_import_only_downwards() -> None:
+    wrong = []
+    for name, deps in import_graph().items():
+        package = name.split(".")[0]
+        for dep in deps:
+            other = dep.split(".")[0]
+            if other != package and other not in ALLOWED[package]:
+                wrong.append(f"{name} -> {dep}")
+    assert not wrong, "imports against the layering: " + ", ".join(sorted(wrong))

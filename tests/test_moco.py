@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_modules import MoCoV2
+from lightning_modules.components.heads import Projector
 from lightning_modules.components.momentum import (
     KeyQueue,
     SplitBatchNorm2d,
@@ -180,8 +181,8 @@ def test_ema_update_and_schedule() -> None:
 
 
 def _module(**kw) -> MoCoV2:
-    args = dict(encoder="resnet18", queue_size=12, projector_hidden_dims=[32],
-                projector_out_dim=8, probe_classes=3, ema_momentum=0.9)  # fmt: skip
+    args = dict(encoder="resnet18", queue_size=12, projector=Projector([32], 8, False),
+                probe_classes=3, ema_momentum=0.9)  # fmt: skip
     return MoCoV2(**{**args, **kw})
 
 

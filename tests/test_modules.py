@@ -10,6 +10,7 @@ import torch
 
 from lightning_modules import DirectCLR, SimCLR
 from lightning_modules.components import TimmEncoder
+from lightning_modules.components.heads import Projector
 from lightning_modules.losses import directclr_loss, nt_xent_loss
 
 
@@ -20,7 +21,7 @@ def views(b: int = 4, size: int = 32) -> list[torch.Tensor]:
 
 def test_simclr_loss_is_nt_xent_of_projections() -> None:
     torch.manual_seed(0)
-    m = SimCLR(temperature=0.3, projector_hidden_dims=[64], projector_out_dim=16, probe_classes=3)
+    m = SimCLR(temperature=0.3, projector=Projector([64], 16), probe_classes=3)
     m.eval()
     v = views()
     loss, logs, feats = m.training_loss({"views": v})
@@ -31,8 +32,8 @@ def test_simclr_loss_is_nt_xent_of_projections() -> None:
 
 
 def test_hparams_hold_every_argument_of_the_chain() -> None:
-    m = SimCLR(projector_out_dim=16, probe_classes=3, lr=0.5)
-    for key in ("projector_out_dim", "probe_classes", "lr", "encoder", "in_channels",
+    m = SimCLR(projector=Projector([2048], 16), probe_classes=3, lr=0.5)
+    for key in ("projector", "probe_classes", "lr", "encoder", "in_channels",
                 "freeze_encoder", "warmup_epochs"):
         assert key in m.hparams, key
     assert m.hparams.lr == 0.5 and type(m.hparams.temperature) is float
@@ -52,7 +53,7 @@ def test_directclr_uses_first_d0_dims() -> None:
 
 
 def test_frozen_encoder_gets_no_gradient() -> None:
-    m = SimCLR(projector_hidden_dims=[32], projector_out_dim=8, probe_classes=3,
+    m = SimCLR(projector=Projector([32], 8), probe_classes=3,
                freeze_encoder=True)  # fmt: skip
     m.log = lambda *a, **k: None  # no trainer attached
     batch = {"views": views(), "label": torch.tensor([0, 1, 2, 1])}
@@ -87,5 +88,5 @@ def test_encoder_loads_local_checkpoint(tmp_path: Path) -> None:
 
 def test_in_channels_reach_the_encoder() -> None:
     assert TimmEncoder("resnet18", in_chans=4)(torch.randn(2, 4, 64, 64)).shape == (2, 512)
-    m = SimCLR(in_channels=4, projector_hidden_dims=[8], projector_out_dim=4)
+    m = SimCLR(in_channels=4, projector=Projector([8], 4))
     assert m.encoder.model.conv1.in_channels == 4

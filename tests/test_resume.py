@@ -48,10 +48,14 @@ METHODS = {
                                      "16", "--data.init_args.batch_size", "8",
                                      "--data.init_args.knn_bank_size", "16",
                                      "--model.init_args.queue_size", "20"]),
+    # HCSC clusters from epoch 1 on, so the mid-epoch kill (epoch 1) leaves prototypes in the
+    # checkpoint that the resumed run must reuse, not recompute
     "hcsc": ("hcsc_quickstart", ["--data.init_args.num_train", "32", "--data.init_args.num_val",
                                   "16", "--data.init_args.batch_size", "8",
                                   "--data.init_args.knn_bank_size", "16",
-                                  "--model.init_args.queue_size", "20"]),
+                                  "--model.init_args.queue_size", "20",
+                                  "--model.init_args.prototype_clusters", "[8, 4]",
+                                  "--model.init_args.prototype_warmup_epochs", "1"]),
     "pixel_contrast": ("pixelcontrast_quickstart",
                        ["--data.init_args.num_train", "64", "--data.init_args.num_val", "4",
                         "--data.init_args.label_fraction", "16",
@@ -77,10 +81,6 @@ CASES = {"epoch_boundary": (6, {}, 4), "mid_epoch": (7, {"last_every_n_steps": 3
 CASE_METHODS = {"every_2_epochs": ("pixel_contrast",)}
 # worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
 WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,)}
-# per-method callback settings: HCSC clusters from epoch 1 on, so the mid-epoch kill (epoch 1)
-# leaves prototypes in the checkpoint that the resumed run must reuse, not recompute
-CALLBACKS = {"hcsc": [{"class_path": "callbacks.PrototypeUpdate",
-                       "init_args": {"num_clusters": [8, 4], "warmup_epochs": 1}}]}
 COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))
           if m in CASE_METHODS.get(c, METHODS) and (w == 0 or c not in CASE_METHODS)]
 _REFERENCES: dict[str, tuple] = {}
@@ -90,11 +90,10 @@ RESULTS: dict[str, dict[str, float]] = {}
 def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
     """A config on top of ``stem`` with the ``RunCheckpoint`` settings of ``case``."""
     over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
-    callbacks = list(CALLBACKS.get(method, []))
     # every epoch end unless the case says otherwise (a config may thin them out)
     settings = {"last_every_n_epochs": 1, **(CASES[case][1] if case else {})}
-    callbacks.append({"class_path": "callbacks.RunCheckpoint", "init_args": settings})
-    over["trainer"] = {"callbacks": callbacks}
+    over["trainer"] = {"callbacks": [{"class_path": "callbacks.RunCheckpoint",
+                                      "init_args": settings}]}  # fmt: skip
     path = tmp / f"{stem}_{case or 'reference'}.yaml"
     path.write_text(yaml.safe_dump(over))
     return path

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-import datamodules.sampling as sampling
+import contraseg.seeding as sampling
+from contraseg.seeding import SampleKey, SeededSampler, mix_seed
 from datamodules.base import TransformedDataset
-from datamodules.sampling import SampleKey, SeededSampler, mix_seed, train_loader
+from datamodules.sampling import train_loader
 
 
 class _Noise:

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
-from datamodules.sampling import SeededSampler
+from contraseg.seeding import SeededSampler
+from lightning_modules.components.heads import Projector
 from lightning_modules.evaluators.classification_metrics import ClassificationMetrics
 from lightning_modules.losses.classification import (
     class_balanced_weights,
@@ -87,8 +88,8 @@ def test_supcon_module_loss_and_instance_fallback() -> None:
     from lightning_modules.losses import nt_xent_loss
 
     torch.manual_seed(0)
-    model = SupCon(encoder="resnet18", probe_classes=0, projector_hidden_dims=[32],
-                   projector_out_dim=16, gather_distributed=False)  # fmt: skip
+    model = SupCon(encoder="resnet18", probe_classes=0, projector=Projector([32], 16, False),
+                   gather_distributed=False)  # fmt: skip
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     batch = {"views": views, "label": torch.tensor([0, 0, 1, -1]), "sample_index": torch.arange(4)}
     model.eval()  # BN in eval: the two forwards below see identical statistics

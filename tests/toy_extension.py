@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 
 from datamodules.datasets.info import DatasetInfo
 from datamodules.segmentation import SegmentationDataModule
-from lightning_modules.components import MLPHead
+from lightning_modules.components import Projector
 from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.task import TaskLoss
 
@@ -42,16 +42,16 @@ class ToyAlignment(EmbeddingTask):
     """Encoder -> linear projector -> :func:`alignment_loss` of two views.
 
     Args:
-        projector_out_dim: Projection dimension.
+        projector: Projector shape (the shared declaration; here linear, 16 wide).
         **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
-    def __init__(self, projector_out_dim: int = 16, **kwargs: Any) -> None:
+    def __init__(self, projector: Projector = Projector((), 16), **kwargs: Any) -> None:  # noqa: B008
         super().__init__(**kwargs)
 
     def configure_models(self) -> None:  # noqa: D102
         super().configure_models()
-        self.projector = MLPHead(self.feature_dim, [], self.hparams.projector_out_dim)
+        self.projector = self.build_projector()
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:  # noqa: D102
         v1, v2 = batch["views"][:2]

@@ -1,6 +1,6 @@
 """Reusable building blocks: networks, heads, optimisers and distributed helpers."""
 
-from lightning_modules.components.heads import ConvProjectionHead, MLPHead
+from lightning_modules.components.heads import ConvProjectionHead, MLPHead, Projector
 from lightning_modules.components.networks import TimmEncoder, build_segmentation_net
 from lightning_modules.components.optim import LARS, build_optimizer, warmup_cosine_schedule
 
@@ -8,6 +8,7 @@ __all__ = [
     "LARS",
     "ConvProjectionHead",
     "MLPHead",
+    "Projector",
     "TimmEncoder",
     "build_optimizer",
     "build_segmentation_net",

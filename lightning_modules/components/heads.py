@@ -1,10 +1,55 @@
-"""Projection heads."""
+"""Projection heads and :class:`Projector`, the one declaration of a projector's shape."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
+
+__all__ = ["ConvProjectionHead", "MLPHead", "Projector"]
+
+
+@dataclass(frozen=True)
+class Projector:
+    """The shape of a method's projection head: one argument, ``model.projector``.
+
+    Every method declares ``projector: Projector = Projector(...)`` with its paper's
+    values; a config changes single fields (``projector: {out_dim: 64}`` keeps the
+    method's other fields).
+
+    Attributes:
+        hidden_dims: Hidden widths (``[]``: a linear projector).
+        out_dim: Output (embedding) width.
+        batch_norm: BatchNorm in the hidden layers.  An MLP keeps its ReLU without it; a
+            1x1-convolution head (Zhao et al., Hu et al.) has BatchNorm + ReLU with it and
+            nothing between its convolutions without it (Hu et al.'s official ``mlp``).
+    """
+
+    hidden_dims: Sequence[int] = (2048,)
+    out_dim: int = 128
+    batch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if int(self.out_dim) < 1 or any(int(w) < 1 for w in self.hidden_dims):
+            raise ValueError(f"model.projector widths must be >= 1, got hidden_dims "
+                             f"{list(self.hidden_dims)} and out_dim {self.out_dim}")  # fmt: skip
+
+    @classmethod
+    def of(cls, value: Projector | Mapping[str, Any]) -> Projector:
+        """A :class:`Projector` from itself or its fields (as stored in ``hparams``)."""
+        return value if isinstance(value, cls) else cls(**value)
+
+    def mlp(self, in_dim: int) -> MLPHead:
+        """The MLP head ``in_dim -> hidden_dims -> out_dim``."""
+        return MLPHead(in_dim, [int(w) for w in self.hidden_dims], int(self.out_dim),
+                       self.batch_norm)  # fmt: skip
+
+    def conv(self, in_channels: int) -> ConvProjectionHead:
+        """The 1x1-convolution head ``in_channels -> hidden_dims -> out_dim``."""
+        return ConvProjectionHead(in_channels, [int(w) for w in self.hidden_dims],
+                                  int(self.out_dim), norm_act=self.batch_norm)  # fmt: skip
 
 
 class MLPHead(nn.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, MutableMapping
 from typing import Any
@@ -42,13 +43,18 @@ def check_ranges(
 
 
 def plain_numbers(*stores: MutableMapping[str, Any]) -> None:
-    """Replace number subclasses (jsonargparse's ``PositiveFloat`` ...) by ``int``/``float``.
+    """Plain values: ``int``/``float`` for number subclasses, dicts for dataclasses.
 
-    Checkpoints then hold plain numbers and load with ``torch.load(weights_only=True)``.
+    Number subclasses are jsonargparse's ``PositiveFloat`` ...; dataclass arguments (e.g.
+    ``Projector``) become dicts of their fields.  Checkpoints then hold plain values and
+    load with ``torch.load(weights_only=True)``.
     """
     for store in stores:
         for key, value in list(store.items()):
-            if isinstance(value, float) and type(value) is not float:
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                store[key] = {k: list(v) if isinstance(v, tuple) else v
+                              for k, v in dataclasses.asdict(value).items()}  # fmt: skip
+            elif isinstance(value, float) and type(value) is not float:
                 store[key] = float(value)
             elif isinstance(value, int) and type(value) not in (int, bool):
                 store[key] = int(value)

@@ -1,24 +1,32 @@
 r"""The memory-bounded driver shared by the pixel-contrastive losses (Zhao et al., Hu et al.).
 
 Both pixel losses contrast the L2-normalised embeddings of the kept (non-ignored) pixels of
-dense maps; they differ only in the denominator, i.e. in the ``torch.autograd.Function``
-that computes one ``block x N`` similarity block at a time (forward) and recomputes it in
-backward with the analytic gradient.  This module owns everything around that Function:
+dense maps; they differ only in the denominator, i.e. in the per-block math of a
+:class:`BlockRule`: the loss of one ``block x N`` similarity block with a per-anchor
+statistic (forward), and the analytic gradient with respect to that block, recomputed from
+the statistic (backward).  This module owns everything around it:
 
+* :class:`BlockedPixelLoss`, the one autograd Function: the loop over anchor blocks, the
+  similarity block ``s = z_rows z^T / tau`` computed in forward and recomputed in backward
+  (only the per-anchor statistic is saved), and the gradient
+  ``dz = index_add(rows, dS z) + dS^T z_rows`` from the rule's ``dS``;
 * :func:`blocked_pixel_loss`: validation, removal of ``ignore_index`` pixels, float32
   normalisation outside autocast, selection of the anchors that have a positive, and the
-  call ``function.apply(z, y, g, anchor_index, n_pos, tau, block_size)``;
+  call of the Function with a rule;
 * Hu et al.'s two ways of bounding ``N`` on dense maps: :func:`stride_sample` (every
   ``stride``-th pixel) and :func:`block_partition` + :func:`tiled_pixel_loss` (the mean
   of the per-tile losses, :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t`
   over the tiles with a valid anchor).
 
-The per-positive Function lives in :mod:`lightning_modules.losses.pixel_contrast` (Zhao et
+The per-positive rule lives in :mod:`lightning_modules.losses.pixel_contrast` (Zhao et
 al.), the SupCon one in :mod:`lightning_modules.losses.pixel_supcon` (Hu et al.); both
 import this module, which imports neither.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +35,8 @@ from torch import Tensor
 from lightning_modules.losses.contrastive import check_temperature
 
 __all__ = [
+    "BlockRule",
+    "BlockedPixelLoss",
     "block_partition",
     "blocked_pixel_loss",
     "check_dense",
@@ -34,6 +44,78 @@ __all__ = [
     "stride_sample",
     "tiled_pixel_loss",
 ]
+
+
+class BlockRule(NamedTuple):
+    """The per-block math of one pixel loss (what distinguishes the pixel losses).
+
+    Both callables see one anchor block: ``s`` the ``(b, N)`` similarities
+    ``z_rows z^T / tau`` (float32; the callable may overwrite it), ``rows`` the anchors'
+    column indices in ``s``, ``y`` and ``g`` the labels and groups of all ``N`` kept pixels
+    (``g`` may be ``None``), ``n_pos`` the anchors' positive counts.
+
+    Attributes:
+        forward: ``(s, rows, y, g, n_pos) -> (loss_sum, stat)``: the summed loss of the
+            block's anchors and a ``(b,)`` per-anchor statistic kept for backward (a
+            log-sum-exp of the denominator).
+        backward: ``(s, rows, y, g, n_pos, stat) -> dS``: the gradient of the block's
+            summed loss with respect to ``s * tau`` (the Function scales it by the
+            incoming gradient, ``1 / tau`` and ``1 / count``).
+    """
+
+    forward: Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, Tensor]]
+    backward: Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor, Tensor], Tensor]
+
+
+class BlockedPixelLoss(torch.autograd.Function):
+    """Blocked forward / recomputing backward of a pixel loss given by a :class:`BlockRule`.
+
+    The mean over the ``count`` anchors of the rule's per-anchor loss; peak memory
+    ``O(block_size * N)`` in both passes.
+    """
+
+    @staticmethod
+    def forward(  # noqa: D102
+        ctx: torch.autograd.function.FunctionCtx,
+        z: Tensor,
+        y: Tensor,
+        g: Tensor | None,
+        anchor_index: Tensor,
+        n_pos: Tensor,
+        tau: float,
+        block_size: int,
+        rule: BlockRule,
+    ) -> Tensor:
+        total = z.new_zeros(())
+        stat = z.new_empty(anchor_index.shape[0])
+        for start in range(0, anchor_index.shape[0], block_size):
+            rows = anchor_index[start : start + block_size]
+            stop = start + rows.shape[0]
+            s = (z[rows] / tau) @ z.T
+            block_sum, stat[start:stop] = rule.forward(s, rows, y, g, n_pos[start:stop])
+            total += block_sum
+        count = max(anchor_index.shape[0], 1)
+        ctx.save_for_backward(z, y, g, anchor_index, n_pos, stat)
+        ctx.tau, ctx.block_size, ctx.count, ctx.rule = tau, block_size, count, rule
+        return total / count
+
+    @staticmethod
+    def backward(  # noqa: D102
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        z, y, g, anchor_index, n_pos, stat = ctx.saved_tensors
+        scale = grad / (ctx.count * ctx.tau)
+        grad_z = torch.zeros_like(z)
+        for start in range(0, anchor_index.shape[0], ctx.block_size):
+            rows = anchor_index[start : start + ctx.block_size]
+            stop = start + rows.shape[0]
+            a = z[rows]
+            s = (a / ctx.tau) @ z.T
+            dS = ctx.rule.backward(s, rows, y, g, n_pos[start:stop], stat[start:stop])  # noqa: N806
+            dS.mul_(scale)
+            grad_z.index_add_(0, rows, dS @ z)
+            grad_z.addmm_(dS.T, a)
+        return grad_z, None, None, None, None, None, None, None
 
 
 def _prepare(
@@ -75,7 +157,7 @@ def _prepare(
 def blocked_pixel_loss(
     embeddings: Tensor,
     labels: Tensor,
-    function: type[torch.autograd.Function],
+    rule: BlockRule,
     temperature: float,
     ignore_index: int,
     anchor_mask: Tensor | None,
@@ -88,8 +170,8 @@ def blocked_pixel_loss(
     Args:
         embeddings: ``(N, D)`` pixel embeddings (normalised here, any float dtype).
         labels: ``(N,)`` integer labels; ``ignore_index`` pixels are dropped.
-        function: The loss's autograd Function, applied as ``function.apply(z, y, g,
-            anchor_index, n_pos, tau, block_size)`` on the kept, normalised pixels.
+        rule: The loss's per-block math (:class:`BlockRule`), applied by
+            :class:`BlockedPixelLoss` to the kept, normalised pixels.
         temperature: Softmax temperature ``tau > 0``.
         ignore_index: Label of pixels that are neither anchors nor candidates.
         anchor_mask: Optional bool ``(N,)`` anchor selection.
@@ -114,7 +196,8 @@ def blocked_pixel_loss(
         count = int(anchor_index.numel())
         if count == 0:
             return z.sum() * 0.0, 0
-        loss = function.apply(z, y, g, anchor_index, n_pos.to(z.dtype), tau, int(block_size))
+        loss = BlockedPixelLoss.apply(z, y, g, anchor_index, n_pos.to(z.dtype), tau,
+                                      int(block_size), rule)  # fmt: skip
         return loss, count
 
 
@@ -184,7 +267,7 @@ def tiled_pixel_loss(
     features: Tensor,
     labels: Tensor,
     block: int,
-    function: type[torch.autograd.Function],
+    rule: BlockRule,
     temperature: float = 0.07,
     ignore_index: int = 255,
     anchor_mask: Tensor | None = None,
@@ -201,7 +284,7 @@ def tiled_pixel_loss(
         features: ``(B, D, H, W)`` dense embeddings.
         labels: ``(B, H, W)`` labels.
         block: Tile side.
-        function: The per-tile loss's autograd Function (see :func:`blocked_pixel_loss`).
+        rule: The per-tile loss's per-block math (see :func:`blocked_pixel_loss`).
         temperature: Softmax temperature ``tau > 0``.
         ignore_index: Label of ignored pixels.
         anchor_mask: Optional bool ``(B, H, W)`` anchor selection.
@@ -226,7 +309,7 @@ def tiled_pixel_loss(
     losses = []
     for (emb, lab, grp), mask in zip(tiles, masks):
         loss, count = blocked_pixel_loss(
-            emb, lab, function, temperature, ignore_index, mask, grp, negatives_from_own_group,
+            emb, lab, rule, temperature, ignore_index, mask, grp, negatives_from_own_group,
             block_size,
         )  # fmt: skip
         if count:

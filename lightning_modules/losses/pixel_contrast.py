@@ -77,6 +77,7 @@ from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
 from lightning_modules.losses.pixel_blocked import (
+    BlockRule,
     _prepare,
     block_partition,
     blocked_pixel_loss,
@@ -110,63 +111,35 @@ def _block_masks(
     return pos, neg
 
 
-class _BlockedPixelContrast(torch.autograd.Function):
-    """Blocked forward / recomputing backward of the per-positive-denominator loss."""
+def _per_positive_forward(
+    s: Tensor, rows: Tensor, y: Tensor, g: Tensor | None, n_pos: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Summed per-positive-denominator loss of a block and its ``L_i`` (negatives' LSE)."""
+    pos, neg = _block_masks(y[rows], y, None if g is None else g[rows], g, rows)
+    lneg = torch.logsumexp(s.masked_fill(~neg, float("-inf")), dim=1)
+    # -log(e^s / (e^s + e^L)) = logaddexp(s, L) - s = softplus(L - s)
+    terms = F.softplus(lneg[:, None] - s).masked_fill_(~pos, 0.0)
+    return (terms.sum(dim=1) / n_pos).sum(), lneg
 
-    @staticmethod
-    def forward(  # noqa: D102
-        ctx: torch.autograd.function.FunctionCtx,
-        z: Tensor,
-        y: Tensor,
-        g: Tensor | None,
-        anchor_index: Tensor,
-        n_pos: Tensor,
-        tau: float,
-        block_size: int,
-    ) -> Tensor:
-        total = z.new_zeros(())
-        lse_neg = z.new_empty(anchor_index.shape[0])
-        for start in range(0, anchor_index.shape[0], block_size):
-            rows = anchor_index[start : start + block_size]
-            s = (z[rows] / tau) @ z.T
-            gb = None if g is None else g[rows]
-            pos, neg = _block_masks(y[rows], y, gb, g, rows)
-            lneg = torch.logsumexp(s.masked_fill(~neg, float("-inf")), dim=1)
-            lse_neg[start : start + rows.shape[0]] = lneg
-            # -log(e^s / (e^s + e^L)) = logaddexp(s, L) - s = softplus(L - s)
-            terms = F.softplus(lneg[:, None] - s).masked_fill_(~pos, 0.0)
-            total += (terms.sum(dim=1) / n_pos[start : start + rows.shape[0]]).sum()
-        count = max(anchor_index.shape[0], 1)
-        ctx.save_for_backward(z, y, g, anchor_index, n_pos, lse_neg)
-        ctx.tau, ctx.block_size, ctx.count = tau, block_size, count
-        return total / count
 
-    @staticmethod
-    def backward(  # noqa: D102
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        z, y, g, anchor_index, n_pos, lse_neg = ctx.saved_tensors
-        scale = grad / (ctx.count * ctx.tau)
-        grad_z = torch.zeros_like(z)
-        for start in range(0, anchor_index.shape[0], ctx.block_size):
-            rows = anchor_index[start : start + ctx.block_size]
-            stop = start + rows.shape[0]
-            a = z[rows]
-            s = (a / ctx.tau) @ z.T
-            gb = None if g is None else g[rows]
-            pos, neg = _block_masks(y[rows], y, gb, g, rows)
-            lneg = lse_neg[start:stop, None]
-            # d l_i / d s_ip = -sigmoid(L_i - s_ip) / |P(i)|
-            sig = torch.sigmoid(lneg - s).masked_fill_(~pos, 0.0)
-            sig /= n_pos[start:stop, None]
-            weight = sig.sum(dim=1, keepdim=True)
-            # d l_i / d s_in = weight_i * softmax over negatives; rows without negatives
-            # have L_i = -inf (exp -> inf) but are fully masked here.
-            s.sub_(lneg).exp_().masked_fill_(~neg, 0.0)
-            dS = s.mul_(weight).sub_(sig).mul_(scale)  # noqa: N806
-            grad_z.index_add_(0, rows, dS @ z)
-            grad_z.addmm_(dS.T, a)
-        return grad_z, None, None, None, None, None, None
+def _per_positive_backward(
+    s: Tensor, rows: Tensor, y: Tensor, g: Tensor | None, n_pos: Tensor, lneg: Tensor
+) -> Tensor:
+    """``d loss / d (s tau)`` of a block, from its saved ``L_i``."""
+    pos, neg = _block_masks(y[rows], y, None if g is None else g[rows], g, rows)
+    lneg = lneg[:, None]
+    # d l_i / d s_ip = -sigmoid(L_i - s_ip) / |P(i)|
+    sig = torch.sigmoid(lneg - s).masked_fill_(~pos, 0.0)
+    sig /= n_pos[:, None]
+    weight = sig.sum(dim=1, keepdim=True)
+    # d l_i / d s_in = weight_i * softmax over negatives; rows without negatives
+    # have L_i = -inf (exp -> inf) but are fully masked here.
+    s.sub_(lneg).exp_().masked_fill_(~neg, 0.0)
+    return s.mul_(weight).sub_(sig)
+
+
+# the per-positive denominator (Zhao et al.), run by pixel_blocked.BlockedPixelLoss
+PER_POSITIVE = BlockRule(_per_positive_forward, _per_positive_backward)
 
 
 def pixel_contrastive_loss(
@@ -204,7 +177,7 @@ def pixel_contrastive_loss(
     return blocked_pixel_loss(
         embeddings,
         labels,
-        _BlockedPixelContrast,
+        PER_POSITIVE,
         temperature,
         ignore_index,
         anchor_mask,
@@ -290,7 +263,7 @@ def tiled_pixel_contrastive_loss(
         Scalar float32 loss.
     """
     return tiled_pixel_loss(
-        features, labels, block, _BlockedPixelContrast, temperature, ignore_index, anchor_mask,
+        features, labels, block, PER_POSITIVE, temperature, ignore_index, anchor_mask,
         negatives_from_own_group, block_size,
     )  # fmt: skip
 
@@ -328,7 +301,7 @@ def within_image_pixel_contrastive_loss(
         loss, count = blocked_pixel_loss(
             features[b].flatten(1).T,
             labels[b].reshape(-1),
-            _BlockedPixelContrast,
+            PER_POSITIVE,
             temperature,
             ignore_index,
             None,
@@ -395,7 +368,7 @@ def cross_image_pixel_contrastive_loss(
         loss, count = blocked_pixel_loss(
             torch.cat([e1, e2]),
             torch.cat([labels1[b].reshape(-1), labels2[int(perm[b])].reshape(-1)]),
-            _BlockedPixelContrast,
+            PER_POSITIVE,
             temperature,
             ignore_index,
             None,
@@ -470,7 +443,7 @@ def distortion_pixel_contrastive_loss(
         loss, count = blocked_pixel_loss(
             torch.cat([features1[b].flatten(1).T, features2[b].flatten(1).T]),
             torch.cat([c1, c2]),
-            _BlockedPixelContrast,
+            PER_POSITIVE,
             temperature,
             -1,
             anchors,

@@ -49,7 +49,12 @@ import torch
 from torch import Tensor
 
 from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_blocked import _prepare, blocked_pixel_loss, tiled_pixel_loss
+from lightning_modules.losses.pixel_blocked import (
+    BlockRule,
+    _prepare,
+    blocked_pixel_loss,
+    tiled_pixel_loss,
+)
 
 __all__ = ["pixel_supcon_loss", "pixel_supcon_loss_naive", "tiled_pixel_supcon_loss"]
 
@@ -62,57 +67,29 @@ def _self_and_positive_masks(yb: Tensor, y: Tensor, rows: Tensor) -> tuple[Tenso
     return self_mask, pos
 
 
-class _BlockedPixelSupCon(torch.autograd.Function):
-    """Blocked forward / recomputing backward of the SupCon pixel loss."""
+def _supcon_forward(
+    s: Tensor, rows: Tensor, y: Tensor, g: Tensor | None, n_pos: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Summed SupCon loss of a block and its ``L_i`` (``g``: SupCon has no groups)."""
+    self_mask, pos = _self_and_positive_masks(y[rows], y, rows)
+    pos_sum = s.masked_fill(~pos, 0.0).sum(dim=1)
+    lse = torch.logsumexp(s.masked_fill_(self_mask, float("-inf")), dim=1)
+    return (lse - pos_sum / n_pos).sum(), lse
 
-    @staticmethod
-    def forward(  # noqa: D102
-        ctx: torch.autograd.function.FunctionCtx,
-        z: Tensor,
-        y: Tensor,
-        g: None,
-        anchor_index: Tensor,
-        n_pos: Tensor,
-        tau: float,
-        block_size: int,
-    ) -> Tensor:
-        # g (groups) is part of the shared call signature; SupCon has no group restriction
-        total = z.new_zeros(())
-        lse = z.new_empty(anchor_index.shape[0])
-        for start in range(0, anchor_index.shape[0], block_size):
-            rows = anchor_index[start : start + block_size]
-            stop = start + rows.shape[0]
-            s = (z[rows] / tau) @ z.T
-            self_mask, pos = _self_and_positive_masks(y[rows], y, rows)
-            pos_sum = s.masked_fill(~pos, 0.0).sum(dim=1)
-            block_lse = torch.logsumexp(s.masked_fill_(self_mask, float("-inf")), dim=1)
-            lse[start:stop] = block_lse
-            total += (block_lse - pos_sum / n_pos[start:stop]).sum()
-        count = max(anchor_index.shape[0], 1)
-        ctx.save_for_backward(z, y, anchor_index, n_pos, lse)
-        ctx.tau, ctx.block_size, ctx.count = tau, block_size, count
-        return total / count
 
-    @staticmethod
-    def backward(  # noqa: D102
-        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        z, y, anchor_index, n_pos, lse = ctx.saved_tensors
-        scale = grad / (ctx.count * ctx.tau)
-        grad_z = torch.zeros_like(z)
-        for start in range(0, anchor_index.shape[0], ctx.block_size):
-            rows = anchor_index[start : start + ctx.block_size]
-            stop = start + rows.shape[0]
-            a = z[rows]
-            s = (a / ctx.tau) @ z.T
-            self_mask, pos = _self_and_positive_masks(y[rows], y, rows)
-            # d l_i / d s_ij = softmax_{A(i)}(s_ij) - [j in P(i)] / |P(i)|
-            prob = s.sub_(lse[start:stop, None]).exp_().masked_fill_(self_mask, 0.0)
-            target = pos.to(z.dtype).div_(n_pos[start:stop, None])
-            dS = prob.sub_(target).mul_(scale)  # noqa: N806
-            grad_z.index_add_(0, rows, dS @ z)
-            grad_z.addmm_(dS.T, a)
-        return grad_z, None, None, None, None, None, None
+def _supcon_backward(
+    s: Tensor, rows: Tensor, y: Tensor, g: Tensor | None, n_pos: Tensor, lse: Tensor
+) -> Tensor:
+    """``d loss / d (s tau)`` of a block, from its saved ``L_i``."""
+    self_mask, pos = _self_and_positive_masks(y[rows], y, rows)
+    # d l_i / d s_ij = softmax_{A(i)}(s_ij) - [j in P(i)] / |P(i)|
+    prob = s.sub_(lse[:, None]).exp_().masked_fill_(self_mask, 0.0)
+    target = pos.to(s.dtype).div_(n_pos[:, None])
+    return prob.sub_(target)
+
+
+# the SupCon denominator (Hu et al.), run by pixel_blocked.BlockedPixelLoss
+SUPCON = BlockRule(_supcon_forward, _supcon_backward)
 
 
 def pixel_supcon_loss(
@@ -143,7 +120,7 @@ def pixel_supcon_loss(
         ValueError: On a bad temperature, block size or shapes.
     """
     return blocked_pixel_loss(
-        embeddings, labels, _BlockedPixelSupCon, temperature, ignore_index, anchor_mask, None,
+        embeddings, labels, SUPCON, temperature, ignore_index, anchor_mask, None,
         False, block_size,
     )[0]  # fmt: skip
 
@@ -176,7 +153,7 @@ def tiled_pixel_supcon_loss(
         Scalar float32 loss.
     """
     return tiled_pixel_loss(
-        features, labels, block, _BlockedPixelSupCon, temperature, ignore_index, anchor_mask,
+        features, labels, block, SUPCON, temperature, ignore_index, anchor_mask,
         False, block_size,
     )  # fmt: skip
 

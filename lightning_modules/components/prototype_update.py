@@ -1,11 +1,14 @@
 """PrototypeUpdate: HCSC's hierarchical prototypes, recomputed at every epoch start.
 
+The callback HCSC supplies itself (``HCSC.configure_callbacks``, from its ``prototype_*``
+arguments); it lives beside the task's components so that the task can build it.
+
 After ``warmup_epochs``, at the start of every training epoch, the callback
 
 1. embeds the whole training set under the evaluation transform
    (``datamodule.eval_dataset("train")``) with the module's momentum encoder
    (``prototype_features``), sharded by a ``DistributedSampler`` and gathered in dataset
-   order with the sampler's padding removed exactly (:mod:`callbacks.extraction`);
+   order with the sampler's padding removed exactly (:mod:`contraseg.extraction`);
 2. builds the hierarchy (:func:`~lightning_modules.components.prototypes.hierarchical_kmeans`)
    on rank 0 and broadcasts it, or with every rank sharing the k-means work
    (``distributed: true``);
@@ -32,8 +35,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from callbacks.extraction import extract_features
-from callbacks.figures import save_and_log_figure
+from contraseg.extraction import extract_features
+from contraseg.figures import save_and_log_figure
 from lightning_modules.components.prototypes import Prototypes, check_levels, hierarchical_kmeans
 
 __all__ = ["PrototypeUpdate"]
@@ -61,8 +64,6 @@ class PrototypeUpdate(pl.Callback):
     Attributes:
         last_metrics: The metrics of the last update (also logged).
     """
-
-    updates_prototypes = True  # what HCSC looks for in trainer.callbacks
 
     def __init__(
         self,
