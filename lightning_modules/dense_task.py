@@ -1,16 +1,18 @@
-"""Tasks over an smp segmentation network: dense pretraining and fine-tuning.
+"""Tasks over a segmentation network: dense pretraining and fine-tuning.
 
 GLCNet, pixel-wise label contrast (Zhao et al.), supervised local contrast (Hu et al.)
 and :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` share the
-network of :func:`~lightning_modules.components.networks.build_segmentation_net`: a
-``tu-<timm>`` encoder (``net.encoder.model.*``, the task's ``encoder``) and a decoder
-(``net.decoder.*``); pretraining has no segmentation head.
+network of :func:`~lightning_modules.components.networks.build_segmentation_net`, of any
+registered architecture: a timm encoder (``net.encoder.model.*``, the task's ``encoder``)
+and a decoder (``net.decoder.*``); pretraining has no segmentation head.  Tasks read only
+the network contract (``components/networks.py``), never an architecture's internals;
+GLCNet, defined on DeepLabV3+'s ASPP, checks for it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -24,8 +26,10 @@ class DenseTask(BaseTask):
     """Base of tasks over an smp network (see the module docstring).
 
     Args:
-        architecture: ``deeplabv3plus``, ``unet`` or ``fpn``.
-        encoder: timm encoder name (smp ``tu-<name>`` encoder).
+        architecture: A registered architecture: ``deeplabv3plus``, ``unet``, ``fpn`` or
+            one added with ``components.networks.register_architecture``
+            (``<module>.<name>`` imports the module that registers it).
+        encoder: timm encoder name.
         encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights, when the
             user has them; ``init_checkpoint`` loads a local file instead).
         aspp_rates: DeepLabV3+ ASPP rates (6/12/18: DeepLab's output-stride-16 setting;
@@ -37,7 +41,7 @@ class DenseTask(BaseTask):
 
     def __init__(
         self,
-        architecture: Literal["deeplabv3plus", "unet", "fpn"] = "deeplabv3plus",
+        architecture: str = "deeplabv3plus",
         encoder: str = "resnet18",
         encoder_weights: str | None = None,
         aspp_rates: Sequence[int] = ASPP_RATES_OS16,
@@ -66,7 +70,7 @@ class DenseTask(BaseTask):
 
     @property
     def encoder(self) -> nn.Module:
-        """The smp encoder (timm model under ``.model``): what fine-tuning transfers."""
+        """The network's encoder (timm model under ``.model``): what fine-tuning transfers."""
         return self.net.encoder
 
     def decode(self, images: Tensor) -> Tensor:

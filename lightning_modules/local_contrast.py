@@ -51,7 +51,7 @@ class SupervisedLocalContrast(DenseTask):
     augmentation intensity only (brightness, gamma, noise; no crop or flip).
 
     Args:
-        architecture: smp architecture (the paper: ``unet``).
+        architecture: Segmentation architecture (the paper: ``unet``).
         memory_mode: ``stride`` or ``block`` (module docstring).
         stride: Sub-sampling step of the ``stride`` mode (paper: 4).
         block: Window side of the ``block`` mode (paper: 32 on 64 / 160 px slices).
@@ -70,7 +70,7 @@ class SupervisedLocalContrast(DenseTask):
 
     def __init__(
         self,
-        architecture: Literal["deeplabv3plus", "unet", "fpn"] = "unet",
+        architecture: str = "unet",
         memory_mode: Literal["stride", "block"] = "stride",
         stride: int = 4,
         block: int = 32,

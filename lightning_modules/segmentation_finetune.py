@@ -91,8 +91,6 @@ class SegmentationFineTune(DenseTask):
                      "--model.init_args.sliding_stride", "16"]  # fmt: skip
         return args
 
-    PAD_MULTIPLE = 32  # output stride of every smp architecture's deepest encoder stage
-
     def head_classes(self) -> int:  # noqa: D102
         return self.hparams.num_classes
 
@@ -153,7 +151,8 @@ class SegmentationFineTune(DenseTask):
         window = self.hparams.sliding_window
         if window is None:  # whole images of any size: pad to the network's stride, crop back
             h, w = images.shape[-2:]
-            pad_h, pad_w = -h % self.PAD_MULTIPLE, -w % self.PAD_MULTIPLE
+            multiple = self.net.pad_multiple  # the network contract
+            pad_h, pad_w = -h % multiple, -w % multiple
             if pad_h or pad_w:
                 return self(F.pad(images, (0, pad_w, 0, pad_h)))[..., :h, :w]
             return self(images)

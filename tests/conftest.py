@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import pickle
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -24,6 +26,19 @@ if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
 
     torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _finish_wandb_runs() -> Iterator[None]:
+    """A W&B run a test leaves open is finished: Lightning's WandbLogger would reuse it.
+
+    (An open run makes the next in-process W&B logger of the worker write into the old run's
+    folder, which is gone with that test's tmp_path: seen as a table step without its run.)
+    """
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 QUICKSTART = REPO / "experiments" / "configs" / "quickstart.yaml"

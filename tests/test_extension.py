@@ -1,15 +1,23 @@
-"""The README's "Add a method" / "Add a data set" steps: a toy method and a toy data set
-defined outside the package (tests/toy_extension.py) run through the CLI by class_path."""
+"""The README's "Add a method / a data set / an architecture" steps: a toy method, data set
+and architecture defined outside the package (tests/toy_extension.py) run through the CLI."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
-from toy_extension import StripesDataModule, ToyAlignment, alignment_loss
+from torch import nn
+from toy_extension import StripesDataModule, ToyAlignment, ToyNet, alignment_loss, toy_topdown
 
 from experiments.cli import main
+from lightning_modules.components.networks import (
+    ARCHITECTURES,
+    TimmEncoder,
+    build_segmentation_net,
+    register_architecture,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "experiments" / "configs" / "base" / "trainer.yaml"
@@ -74,3 +82,45 @@ def test_toy_data_set_fine_tunes_and_pretrains(tmp_path: Path, monkeypatch) -> N
                 "--data.pretrain_views", '{"size": 32}', "--data.pretrain_subset", "labeled",
                 "--trainer.limit_val_batches", "0", "--run_name", "toy_pretrain"])  # fmt: skip
     assert pre.trainer.global_step == 2 and pre.trainer.callback_metrics["train/loss"].isfinite()
+
+
+def test_toy_architecture_fine_tunes_through_the_cli(tmp_path: Path, monkeypatch) -> None:
+    """A registered architecture, selected as ``<module>.<name>``, initialised by name."""
+    monkeypatch.chdir(tmp_path)
+    state = TimmEncoder("resnet18").state_dict()
+    ckpt = tmp_path / "pretrained.ckpt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in state.items()}}, ckpt)
+    model = {"class_path": "lightning_modules.SegmentationFineTune",
+             "init_args": {"encoder": "resnet18", "lr": 1e-3,
+                           "architecture": "toy_extension.toy_topdown",
+                           "decoder_channels": [16], "init_checkpoint": str(ckpt)}}  # fmt: skip
+    data = {"class_path": "toy_extension.StripesDataModule",
+            "init_args": {"batch_size": 4, "num_workers": 0, "label_fraction": 8}}
+    cli = main(["fit", "--config", str(_config(tmp_path, model, data)),
+                "--trainer.accelerator", "cpu", *_csv(tmp_path)])  # fmt: skip
+    net = cli.model.net
+    assert isinstance(net, ToyNet) and net.decoder.proj.out_channels == 16
+    report = cli.model.init_report
+    assert report is not None and len(report["loaded"]) > 50 and not report["shape_mismatch"]
+    assert 0 <= float(cli.trainer.callback_metrics["val/miou"]) <= 1
+    # a 40 x 44 image (not a multiple of pad_multiple) is padded and its logits cropped back
+    logits = cli.model._infer(torch.zeros(1, 3, 40, 44))
+    assert logits.shape == (1, 2, 40, 44)
+
+
+def test_architecture_registry_errors() -> None:
+    with pytest.raises(ValueError, match=r"must be one of \[.*'deeplabv3plus'.*\].*got 'nope'"):
+        build_segmentation_net("nope", "resnet18", 3, 2)
+    with pytest.raises(ValueError, match="registered already"):
+        register_architecture("toy_topdown")(toy_topdown)
+
+    @register_architecture("toy_broken")
+    def broken(encoder: str, in_channels: int, classes: int | None = None, **options) -> nn.Module:
+        return nn.Conv2d(in_channels, 2, 1)
+
+    try:
+        with pytest.raises(TypeError, match=r"'toy_broken' breaks the network contract.*"
+                           r"net\.encoder .*net\.decoder.*net\.pad_multiple"):  # fmt: skip
+            build_segmentation_net("toy_broken", "resnet18", 3, 2)
+    finally:
+        ARCHITECTURES.pop("toy_broken")

@@ -1,4 +1,4 @@
-"""The README's "Add a method" and "Add a data set" steps, done for real (test_extension.py).
+"""The README's "Add a method / a data set / an architecture" steps, done for real.
 
 Kept in the tests on purpose: nothing here is shipped; the CLI reaches these classes by
 ``class_path: toy_extension.<Class>`` exactly as a user's own module.
@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from datamodules.datasets.info import DatasetInfo
 from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.components import Projector
+from lightning_modules.components.networks import register_architecture
 from lightning_modules.embedding_task import EmbeddingTask
 from lightning_modules.task import TaskLoss
 
@@ -113,3 +115,53 @@ class StripesDataModule(SegmentationDataModule):
         if split == "train":
             return StripesDataset(self.num_train, seed=0, names=names or self.train_names())
         return StripesDataset(self.num_val, seed=1)
+
+
+# ---------------------------------------------------------------- step 5: an architecture
+class _FeatureEncoder(nn.Module):
+    """A timm model's feature maps, deepest last (the contract's ``net.encoder``)."""
+
+    def __init__(self, name: str, in_channels: int) -> None:
+        super().__init__()
+        self.model = timm.create_model(name, features_only=True, in_chans=in_channels)
+        self.out_channels = list(self.model.feature_info.channels())
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # noqa: D102
+        return self.model(x)
+
+
+class _TopDown(nn.Module):
+    """The deepest map projected to ``width`` channels and upsampled to 1/4 resolution."""
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, width, kernel_size=1)
+
+    def forward(self, features: list[Tensor]) -> Tensor:  # noqa: D102
+        size = features[1].shape[-2:]  # the stride-4 map
+        return F.interpolate(self.proj(features[-1]), size=size, mode="bilinear")
+
+
+class ToyNet(nn.Module):
+    """The smallest network of the contract: timm features -> 1x1 conv -> logits."""
+
+    def __init__(self, encoder: str, in_channels: int, classes: int | None, width: int) -> None:
+        super().__init__()
+        self.encoder = _FeatureEncoder(encoder, in_channels)
+        self.decoder = _TopDown(self.encoder.out_channels[-1], width)
+        self.segmentation_head: nn.Module = nn.Identity()  # no classes: decoder features
+        if classes:
+            self.segmentation_head = nn.Sequential(nn.Conv2d(width, classes, kernel_size=1),
+                                                   nn.Upsample(scale_factor=4.0))  # fmt: skip
+        self.pad_multiple = 32
+
+    def forward(self, x: Tensor) -> Tensor:  # noqa: D102
+        return self.segmentation_head(self.decoder(self.encoder(x)))
+
+
+@register_architecture("toy_topdown", "README example: timm features, one 1x1 conv")
+def toy_topdown(encoder: str, in_channels: int, classes: int | None = None,
+                **options: Any) -> nn.Module:  # fmt: skip
+    """Build :class:`ToyNet` (``decoder_channels[0]`` its width; other options unused)."""
+    channels = options.get("decoder_channels") or [32]
+    return ToyNet(encoder, in_channels, classes, int(channels[0]))
