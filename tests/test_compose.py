@@ -76,11 +76,13 @@ def test_method_configs_hold_only_their_own_trainer_settings() -> None:
         cfg = yaml.safe_load(path.read_text())
         defaults = cfg["defaults"]
         if "base/trainer.yaml" not in defaults:  # a variant of another method config
-            methods = [d for d in defaults if not d.startswith("base/")]
+            methods = [d for d in defaults if not d.startswith(("base/", "data/"))]
             parents = [yaml.safe_load((CONFIGS / d).read_text()) for d in methods]
             assert methods and all("base/trainer.yaml" in p["defaults"] for p in parents), path
         for base in (d for d in defaults if d.startswith("base/") and d != "base/trainer.yaml"):
             assert set(yaml.safe_load((CONFIGS / base).read_text())) == {"data"}, base  # data only
+        for block in (d for d in defaults if d.startswith("data/")):  # data sets: data only
+            assert set(yaml.safe_load((CONFIGS / block).read_text())) <= {"data", "defaults"}, block
         trainer = cfg.get("trainer", {})
         assert not {"logger", "default_root_dir", "accelerator", "devices"} & set(trainer), path
         assert "in_channels" not in cfg.get("model", {}).get("init_args", {}), path.name  # linked
