@@ -38,6 +38,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import timm
@@ -212,8 +213,7 @@ def build_segmentation_net(
     in_channels: int,
     classes: int | None = None,
     encoder_weights: str | None = None,
-    aspp_rates: Sequence[int] = ASPP_RATES_OS16,
-    decoder_channels: Sequence[int] | None = None,
+    **options: Any,
 ) -> nn.Module:
     """A network of a registered architecture, checked against the contract.
 
@@ -225,8 +225,8 @@ def build_segmentation_net(
         classes: Outputs of the segmentation head; ``None``: no head (``nn.Identity``), the
             forward returns the decoder features (dense pretraining, no unused parameters).
         encoder_weights: ``None`` (random) or ``"imagenet"`` (timm weights, when available).
-        aspp_rates: DeepLabV3+ ASPP dilation rates (an architecture option).
-        decoder_channels: Decoder widths (an architecture option).
+        **options: Architecture options, passed to the builder as keywords (the smp ones:
+            ``aspp_rates``, ``decoder_channels``; ``DenseTask`` passes both).
 
     Returns:
         The network.
@@ -237,8 +237,7 @@ def build_segmentation_net(
     """
     arch = get_architecture(architecture)
     net = arch.build(encoder=encoder, in_channels=in_channels, classes=classes,
-                     encoder_weights=encoder_weights, aspp_rates=aspp_rates,
-                     decoder_channels=decoder_channels)  # fmt: skip
+                     encoder_weights=encoder_weights, **options)  # fmt: skip
     check_network(net, arch.name)
     return net
 
