@@ -90,3 +90,18 @@ def test_in_channels_reach_the_encoder() -> None:
     assert TimmEncoder("resnet18", in_chans=4)(torch.randn(2, 4, 64, 64)).shape == (2, 512)
     m = SimCLR(in_channels=4, projector=Projector([8], 4))
     assert m.encoder.model.conv1.in_channels == 4
+
+
+def test_projector_is_one_argument_with_the_method_defaults() -> None:
+    from lightning_modules import SupCon
+
+    assert SupCon().hparams.projector == {"hidden_dims": [2048], "out_dim": 128,
+                                          "batch_norm": False}  # the official head: no BN
+    m = SimCLR(projector=Projector([16], 8, batch_norm=False))
+    linears = [layer for layer in m.projector.modules() if isinstance(layer, torch.nn.Linear)]
+    assert [(x.in_features, x.out_features) for x in linears] == [(512, 16), (16, 8)]
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in m.projector.modules())
+    with pytest.raises(ValueError, match=r"model\.projector: give a Projector or all of"):
+        SupCon(projector={"out_dim": 64})  # would silently take Projector's batch_norm
+    with pytest.raises(ValueError, match=r"model\.projector widths must be >= 1"):
+        Projector([0], 8)

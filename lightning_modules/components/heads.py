@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +39,20 @@ class Projector:
 
     @classmethod
     def of(cls, value: Projector | Mapping[str, Any]) -> Projector:
-        """A :class:`Projector` from itself or its fields (as stored in ``hparams``)."""
-        return value if isinstance(value, cls) else cls(**value)
+        """A :class:`Projector` from itself or all its fields (as ``hparams`` store it).
+
+        Raises:
+            ValueError: A mapping without every field: its missing fields would take
+                :class:`Projector`'s defaults, not the method's (from the command line a
+                partial ``projector`` merges onto the method's default instead).
+        """
+        if isinstance(value, cls):
+            return value
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if set(value) != fields:
+            raise ValueError(f"model.projector: give a Projector or all of {sorted(fields)}, "
+                             f"got {dict(value)}")  # fmt: skip
+        return cls(**value)
 
     def mlp(self, in_dim: int) -> MLPHead:
         """The MLP head ``in_dim -> hidden_dims -> out_dim``."""
