@@ -3,6 +3,7 @@
 #                     handwritten digits, bundled with scikit-learn) and fine-tune and probe it
 #                     with 1% labels against random init, 3 seeds (quickstart_digits table)
 #   make test         install into .venv, then run ruff and the test suite
+#   make docs         build the documentation site offline into site/ (mkdocs, material theme)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision must be a matching pair; the pinned one is tested on x86_64 (CPU and CUDA).
@@ -12,7 +13,7 @@ empty :=
 space := $(empty) $(empty)
 STAMP := $(VENV)/.installed-$(subst $(space),_,$(subst ==,-,$(TORCH_PAIR)))
 
-.PHONY: install quickstart test lint
+.PHONY: install quickstart test lint docs
 
 $(STAMP): setup.cfg requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,3 +33,6 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -n 2 -q
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
