@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = expand(table, args.scale)
     summary = aggregate(table, records)
-    paths = write_reports(table, args.scale, summary, Path(args.out))
+    paths = write_reports(table, args.scale, summary, Path(args.out), args.seeds)
     if not args.no_wandb:
         run_dir = log_wandb_table(table, args.scale, summary, Path(args.out))
         if run_dir is not None:
