@@ -1,5 +1,5 @@
-"""The README's "Add a method / a data set / an architecture" steps: a toy method, data set
-and architecture defined outside the package (tests/toy_extension.py) run through the CLI."""
+"""The steps of docs/extending.md: a toy method, data set and architecture defined outside
+the package (tests/toy_extension.py) run through the CLI."""
 
 from __future__ import annotations
 

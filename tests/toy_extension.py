@@ -1,4 +1,4 @@
-"""The README's "Add a method / a data set / an architecture" steps, done for real.
+"""The "Add a method / a data set / an architecture" steps of docs/extending.md, done for real.
 
 Kept in the tests on purpose: nothing here is shipped; the CLI reaches these classes by
 ``class_path: toy_extension.<Class>`` exactly as a user's own module.
