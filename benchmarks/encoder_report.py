@@ -36,7 +36,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from callbacks.spectrum import effective_rank  # noqa: E402
-from datamodules.datasets import SyntheticScenes, TexturedScenes  # noqa: E402
+from datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes  # noqa: E402
 from lightning_modules.components.checkpoint_init import init_from_checkpoint  # noqa: E402
 from lightning_modules.components.networks import build_segmentation_net  # noqa: E402
 
@@ -49,7 +49,7 @@ def scenes(n: int, size: int, shapes: bool) -> tuple[torch.Tensor, np.ndarray, n
         mask = torch.stack([it["mask"] for it in items])
         label = np.array([it["label"] for it in items])
     else:
-        out = TexturedScenes(n, size, seed=1).render(list(range(n)))
+        out = TexturedScenes(n, SceneSpec(image_size=size), seed=1).render(list(range(n)))
         image, mask, label = out["image"], out["mask"], out["label"].numpy()
     x = image.float() / 255
     bg = (mask == 0)[:, None].float()

@@ -254,7 +254,8 @@ def main() -> None:  # noqa: D103
                 for on_device in (False, True):
                     dm = TexturedScenesDataModule(
                         num_train=args.batch_size * (args.steps + args.warmup + 2),
-                        num_val=8, image_size=args.scene_size, batch_size=args.batch_size,
+                        num_val=8, scene={"image_size": args.scene_size},
+                        batch_size=args.batch_size,
                         num_workers=args.workers, augment=scene_cfg, knn_bank_size=0,
                         render_on_device=on_device)  # fmt: skip
                     fits[on_device] = fit_images_per_second(args, datamodule=dm)

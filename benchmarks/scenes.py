@@ -30,7 +30,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.datasets.textured_scenes import TexturedScenes  # noqa: E402
+from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes  # noqa: E402
 from lightning_modules.components.networks import build_segmentation_net  # noqa: E402
 
 VARIANTS = {
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:  # noqa: D103
         step = (net, opt, x, y)
         _train_step(*step)  # warm-up
         for name, kwargs in VARIANTS.items():
-            ds = TexturedScenes(10_000, size, **kwargs)
+            ds = TexturedScenes(10_000, SceneSpec(image_size=size, **kwargs))
             item_t, batch_t, step_t = [], [], []
             for r in range(args.rounds):
                 indices = list(range(r * args.batch, (r + 1) * args.batch))

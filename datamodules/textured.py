@@ -14,7 +14,8 @@ held-out glyphs only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,35 +23,38 @@ from torch.utils.data import Dataset
 
 from datamodules.base import PretrainDataModule, TransformedDataset
 from datamodules.batch_augment import device_nearest, device_views
-from datamodules.datasets.digit_scenes import DIGIT_CLASSES, DigitScenes
-from datamodules.datasets.textured_scenes import TEXTURES, TexturedScenes
+from datamodules.datasets.digit_scenes import DIGIT_CLASSES, DigitScenes, DigitSceneSpec
+from datamodules.datasets.textured_scenes import TEXTURES, SceneSpec, TexturedScenes
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.synthetic import NamedScenes
 from datamodules.transforms import ViewDraws
 
 
 class _SceneArgs:
-    """The generator arguments both modules share, checked once at configuration."""
+    """The generator's :class:`SceneSpec` both modules share, checked once at configuration."""
 
     generator: type[TexturedScenes] = TexturedScenes
+    spec: type = SceneSpec
 
-    def _set_scene_args(self, **scene: Any) -> None:
-        self.scene_args = dict(scene)
-        self.balanced_val = self.scene_args.pop("balanced_val", False)
-        self.data_seed = self.scene_args.pop("data_seed")
+    def _set_scene(self, scene: Any, data_seed: int, balanced_val: bool = False) -> None:
+        if isinstance(scene, Mapping):  # from Python: the dataclass's own defaults fill in
+            scene = self.spec(**scene)
+        if not isinstance(scene, self.spec):
+            raise TypeError(f"data.scene must be a {self.spec.__name__} (or its fields), got "
+                            f"{type(scene).__name__}")  # fmt: skip
+        self.scene, self.data_seed, self.balanced_val = scene, data_seed, balanced_val
         self.scenes("train", 1)  # fail fast on bad arguments
 
-    def split_args(self, split: str) -> dict[str, Any]:
+    def generator_args(self, split: str) -> dict[str, Any]:
         """The generator's arguments for ``split`` (validation: uniform classes if balanced)."""
-        args = dict(self.scene_args)
         if split != "train" and self.balanced_val:
-            args["imbalance_ratio"] = 1.0
-        return args
+            return {"scene": dataclasses.replace(self.scene, imbalance_ratio=1.0)}
+        return {"scene": self.scene}
 
     def scenes(self, split: str, num_samples: int) -> TexturedScenes:
         """The ``train`` or ``val`` generator (seeds ``2 s`` and ``2 s + 1``)."""
         seed = 2 * self.data_seed + (0 if split == "train" else 1)
-        return self.generator(num_samples, **self.split_args(split), seed=seed)
+        return self.generator(num_samples, **self.generator_args(split), seed=seed)
 
 
 class _ScenePretrain(_SceneArgs, PretrainDataModule):
@@ -92,17 +96,9 @@ class TexturedScenesDataModule(_ScenePretrain):
     Args:
         num_train: Training scenes.
         num_val: Validation scenes.
-        image_size: Rendered size (views are cropped to ``augment.size``).
-        num_classes: Object classes (texture families).
-        min_objects: Fewest objects per scene.
-        max_objects: Most objects per scene.
-        period: Mean texture period (px).
-        clutter: Distractors per scene.
-        clutter_textured: Distractors painted with class textures (still background).
-        imbalance_ratio: Most / least frequent class in training.
-        num_domains: Rendering regimes.
-        domain: Restrict every scene to this domain.
-        balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
+        scene: What the scenes look like (:class:`SceneSpec`: size, classes, objects, texture
+            period, clutter, imbalance, domains); views are cropped to ``augment.size``.
+        balanced_val: Validation classes uniform whatever ``scene.imbalance_ratio``.
         data_seed: Seed of the generated data.
         render_on_device: Render the training scenes on the training device, batched, inside
             ``on_after_batch_transfer`` (a GPU needs no CPU workers then): workers only draw
@@ -117,31 +113,17 @@ class TexturedScenesDataModule(_ScenePretrain):
         self,
         num_train: int = 4096,
         num_val: int = 512,
-        image_size: int = 96,
-        num_classes: int = 6,
-        min_objects: int = 2,
-        max_objects: int = 5,
-        period: float = 8.0,
-        clutter: int = 0,
-        imbalance_ratio: float = 1.0,
-        num_domains: int = 1,
-        domain: int | None = None,
+        scene: SceneSpec = SceneSpec(),  # noqa: B008
         balanced_val: bool = True,
         data_seed: int = 0,
-        clutter_textured: bool = False,
         render_on_device: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.num_train, self.num_val, self.num_classes = num_train, num_val, num_classes
+        self.num_train, self.num_val = num_train, num_val
         self.render_on_device = render_on_device
-        self._set_scene_args(
-            image_size=image_size, num_classes=num_classes, min_objects=min_objects,
-            max_objects=max_objects, period=period, clutter=clutter,
-            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
-            num_domains=num_domains, domain=domain,
-            balanced_val=balanced_val, data_seed=data_seed,
-        )  # fmt: skip
+        self._set_scene(scene, data_seed, balanced_val)
+        self.num_classes = self.scene.num_classes
 
 
 class _SceneDraws(Dataset):
@@ -171,7 +153,8 @@ class _SceneSegmentation(_SceneArgs, SegmentationDataModule):
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
         return [*super().tiny_test_args(init_args), "--data.init_args.num_train", "16",
-                "--data.init_args.num_val", "4", "--data.init_args.image_size", "48"]  # fmt: skip
+                "--data.init_args.num_val", "4",
+                "--data.init_args.scene.image_size", "48"]  # fmt: skip
 
     def train_names(self) -> list[str]:  # noqa: D102
         return [f"{i:06d}" for i in range(self.num_train)]
@@ -219,23 +202,16 @@ class TexturedSegmentationDataModule(_SceneSegmentation):
     Args:
         num_train: Training scenes (the pool label fractions are drawn from).
         num_val: Validation scenes.
-        image_size: Rendered size (default crop: the whole scene).
-        num_object_classes: Texture classes (``num_classes = num_object_classes + 1``).
-        min_objects: Fewest objects per scene.
-        max_objects: Most objects per scene.
-        period: Mean texture period (px).
-        clutter: Distractors per scene (labelled background).
-        clutter_textured: Distractors painted with class textures (still background).
-        imbalance_ratio: Most / least frequent class in training.
-        num_domains: Rendering regimes (items carry ``"domain"``).
-        domain: Restrict every scene to this domain.
-        balanced_val: Validation classes uniform whatever ``imbalance_ratio``.
+        scene: What the scenes look like (:class:`SceneSpec`); ``scene.num_classes`` object
+            classes plus the background (``num_classes = scene.num_classes + 1``); items carry
+            ``"domain"``.
+        balanced_val: Validation classes uniform whatever ``scene.imbalance_ratio``.
         data_seed: Seed of the generated data.
         render_on_device: In the pretraining mode (``pretrain_views``), render the training
             scenes on the training device and make the views, masks and pixel-index maps
             there (as :class:`TexturedScenesDataModule`'s option; masks and index maps by
             nearest sampling, exact).  Fine-tuning and validation render in the workers.
-        crop_size: Training crop side (``null``: ``image_size``, the whole scene).
+        crop_size: Training crop side (``null``: ``scene.image_size``, the whole scene).
         mean: Normalisation mean (the scenes' 0.5 grey).
         std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
@@ -247,66 +223,47 @@ class TexturedSegmentationDataModule(_SceneSegmentation):
         self,
         num_train: int = 2048,
         num_val: int = 256,
-        image_size: int = 96,
-        num_object_classes: int = 6,
-        min_objects: int = 2,
-        max_objects: int = 5,
-        period: float = 8.0,
-        clutter: int = 0,
-        imbalance_ratio: float = 1.0,
-        num_domains: int = 1,
-        domain: int | None = None,
+        scene: SceneSpec = SceneSpec(),  # noqa: B008
         balanced_val: bool = True,
         data_seed: int = 0,
-        clutter_textured: bool = False,
         render_on_device: bool = False,
         crop_size: int | None = None,
         mean: Sequence[float] = (0.5, 0.5, 0.5),
         std: Sequence[float] = (0.25, 0.25, 0.25),
         **kwargs: Any,
     ) -> None:
-        super().__init__(crop_size=image_size if crop_size is None else crop_size, mean=mean,
-                         std=std, **kwargs)  # fmt: skip
+        self._set_scene(scene, data_seed, balanced_val)
+        size = self.scene.image_size
+        super().__init__(crop_size=size if crop_size is None else crop_size, mean=mean, std=std,
+                         **kwargs)  # fmt: skip
         self.render_on_device = render_on_device
         self.num_train, self.num_val = num_train, num_val
-        self.classes = ["background", *TEXTURES[:num_object_classes]]
-        self.num_classes = num_object_classes + 1
-        self._set_scene_args(
-            image_size=image_size, num_classes=num_object_classes, min_objects=min_objects,
-            max_objects=max_objects, period=period, clutter=clutter,
-            clutter_textured=clutter_textured, imbalance_ratio=imbalance_ratio,
-            num_domains=num_domains, domain=domain,
-            balanced_val=balanced_val, data_seed=data_seed,
-        )  # fmt: skip
+        self.classes = ["background", *TEXTURES[: self.scene.num_classes]]
+        self.num_classes = self.scene.num_classes + 1
 
 
 class _DigitArgs(_SceneArgs):
     """Digit scenes: training scenes draw the training glyphs, validation the held-out ones."""
 
     generator = DigitScenes
+    spec = DigitSceneSpec
 
-    def split_args(self, split: str) -> dict[str, Any]:  # noqa: D102
-        return {**self.scene_args, "digit_pool": "train" if split == "train" else "val"}
+    def generator_args(self, split: str) -> dict[str, Any]:  # noqa: D102
+        return {"scene": self.scene, "digit_pool": "train" if split == "train" else "val"}
 
 
 class DigitScenesDataModule(_DigitArgs, _ScenePretrain):
     """Image-level pretraining on :class:`DigitScenes` (label: the largest visible digit).
 
-    Validation scenes are built only from held-out glyphs (``holdout_fraction`` of each
+    Validation scenes are built only from held-out glyphs (``scene.holdout_fraction`` of each
     digit's 1,797 samples, a fixed seeded split), training scenes only from the others.
 
     Args:
         num_train: Training scenes.
         num_val: Validation scenes.
-        image_size: Rendered size (views are cropped to ``augment.size``).
-        min_objects: Fewest digits per scene.
-        max_objects: Most digits per scene.
-        digit_size: Range of the glyph side as a fraction of the scene side.
-        max_rotation: Largest glyph rotation in degrees.
-        period: Mean texture period (px).
-        clutter: Distractors per scene (labelled background).
-        clutter_textured: Distractors painted with the textures.
-        holdout_fraction: Held-out share of each digit's glyphs (the validation pool).
+        scene: What the scenes look like (:class:`DigitSceneSpec`: size, digits per scene,
+            glyph size and rotation, texture period, clutter, held-out share); views are
+            cropped to ``augment.size``.
         data_seed: Seed of the generated scenes.
         render_on_device: Render training scenes on the training device (see
             :class:`TexturedScenesDataModule`).
@@ -317,15 +274,7 @@ class DigitScenesDataModule(_DigitArgs, _ScenePretrain):
         self,
         num_train: int = 4096,
         num_val: int = 512,
-        image_size: int = 96,
-        min_objects: int = 1,
-        max_objects: int = 3,
-        digit_size: tuple[float, float] = (0.25, 0.45),
-        max_rotation: float = 20.0,
-        period: float = 6.0,
-        clutter: int = 2,
-        clutter_textured: bool = True,
-        holdout_fraction: float = 0.25,
+        scene: DigitSceneSpec = DigitSceneSpec(),  # noqa: B008
         data_seed: int = 0,
         render_on_device: bool = False,
         **kwargs: Any,
@@ -333,12 +282,7 @@ class DigitScenesDataModule(_DigitArgs, _ScenePretrain):
         super().__init__(**kwargs)
         self.num_train, self.num_val, self.num_classes = num_train, num_val, len(DIGIT_CLASSES)
         self.render_on_device = render_on_device
-        self._set_scene_args(
-            image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-            digit_size=tuple(digit_size), max_rotation=max_rotation, period=period,
-            clutter=clutter, clutter_textured=clutter_textured,
-            holdout_fraction=holdout_fraction, data_seed=data_seed,
-        )  # fmt: skip
+        self._set_scene(scene, data_seed)
 
 
 class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
@@ -347,19 +291,11 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
     Args:
         num_train: Training scenes (the pool label fractions are drawn from).
         num_val: Validation scenes (held-out glyphs only).
-        image_size: Rendered size (default crop: the whole scene).
-        min_objects: Fewest digits per scene.
-        max_objects: Most digits per scene.
-        digit_size: Range of the glyph side as a fraction of the scene side.
-        max_rotation: Largest glyph rotation in degrees.
-        period: Mean texture period (px).
-        clutter: Distractors per scene (labelled background).
-        clutter_textured: Distractors painted with the textures.
-        holdout_fraction: Held-out share of each digit's glyphs (the validation pool).
+        scene: What the scenes look like (:class:`DigitSceneSpec`).
         data_seed: Seed of the generated scenes.
         render_on_device: Render pretraining scenes on the device (see
             :class:`TexturedSegmentationDataModule`).
-        crop_size: Training crop side (``null``: ``image_size``, the whole scene).
+        crop_size: Training crop side (``null``: ``scene.image_size``, the whole scene).
         mean: Normalisation mean (the scenes' 0.5 grey).
         std: Normalisation std.
         **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
@@ -371,15 +307,7 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
         self,
         num_train: int = 2048,
         num_val: int = 256,
-        image_size: int = 96,
-        min_objects: int = 1,
-        max_objects: int = 3,
-        digit_size: tuple[float, float] = (0.25, 0.45),
-        max_rotation: float = 20.0,
-        period: float = 6.0,
-        clutter: int = 2,
-        clutter_textured: bool = True,
-        holdout_fraction: float = 0.25,
+        scene: DigitSceneSpec = DigitSceneSpec(),  # noqa: B008
         data_seed: int = 0,
         render_on_device: bool = False,
         crop_size: int | None = None,
@@ -387,15 +315,11 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
         std: Sequence[float] = (0.25, 0.25, 0.25),
         **kwargs: Any,
     ) -> None:
-        super().__init__(crop_size=image_size if crop_size is None else crop_size, mean=mean,
-                         std=std, **kwargs)  # fmt: skip
+        self._set_scene(scene, data_seed)
+        size = self.scene.image_size
+        super().__init__(crop_size=size if crop_size is None else crop_size, mean=mean, std=std,
+                         **kwargs)  # fmt: skip
         self.render_on_device = render_on_device
         self.num_train, self.num_val = num_train, num_val
         self.classes = ["background", *DIGIT_CLASSES]
         self.num_classes = len(self.classes)
-        self._set_scene_args(
-            image_size=image_size, min_objects=min_objects, max_objects=max_objects,
-            digit_size=tuple(digit_size), max_rotation=max_rotation, period=period,
-            clutter=clutter, clutter_textured=clutter_textured,
-            holdout_fraction=holdout_fraction, data_seed=data_seed,
-        )  # fmt: skip

@@ -15,7 +15,7 @@ from sklearn.datasets import make_blobs
 from callbacks.cluster_eval import ClusterEvaluation, gmm_scores
 from datamodules import SyntheticDataModule
 from datamodules.attention import AttentionMaskDataset, excess_green_mask, otsu_threshold
-from datamodules.datasets.textured_scenes import TexturedScenes
+from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
 from datamodules.transforms import ViewAugmentation
 from lightning_modules import CLAWS
 from lightning_modules.components.heads import Projector
@@ -198,8 +198,8 @@ def test_cluster_evaluation_logs_and_plots(tmp_path: Path) -> None:
 
 
 def test_textured_clutter_changes_background_only() -> None:
-    plain = TexturedScenes(6, image_size=64, clutter=5, seed=3)
-    textured = TexturedScenes(6, image_size=64, clutter=5, clutter_textured=True, seed=3)
+    plain = TexturedScenes(6, SceneSpec(image_size=64, clutter=5), seed=3)
+    textured = TexturedScenes(6, SceneSpec(image_size=64, clutter=5, clutter_textured=True), seed=3)
     a, b = plain.render(list(range(6))), textured.render(list(range(6)))
     assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["label"], b["label"])
     objects = (a["mask"] > 0)[:, None].expand_as(a["image"])

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from datamodules import DigitScenesDataModule, DigitSegmentationDataModule
-from datamodules.datasets.digit_scenes import DigitScenes, digit_glyphs
+from datamodules.datasets.digit_scenes import DigitScenes, DigitSceneSpec, digit_glyphs
 from datamodules.datasets.textured_scenes import _OBJ_FIELDS
 
 
@@ -36,21 +36,21 @@ def test_glyph_pools_are_disjoint_stratified_and_real() -> None:
 
 
 def test_scenes_are_deterministic_and_batched_rendering_equals_items() -> None:
-    scenes = DigitScenes(8, image_size=64, seed=3)
+    scenes = DigitScenes(8, DigitSceneSpec(image_size=64), seed=3)
     batch = scenes.render(range(8))
     for i in (0, 5):
         item = scenes[i]
         assert torch.equal(item["image"], batch["image"][i])
         assert torch.equal(item["mask"], batch["mask"][i])
         assert item["label"] == int(batch["label"][i])
-    again = DigitScenes(8, image_size=64, seed=3).render([5])
+    again = DigitScenes(8, DigitSceneSpec(image_size=64), seed=3).render([5])
     assert torch.equal(again["image"][0], batch["image"][5])
-    other = DigitScenes(8, image_size=64, seed=4).render([5])
+    other = DigitScenes(8, DigitSceneSpec(image_size=64), seed=4).render([5])
     assert not torch.equal(other["image"][0], batch["image"][5])
 
 
 def test_masks_are_the_glyphs_and_labels_the_largest_digit() -> None:
-    scenes = DigitScenes(64, image_size=96, seed=0)
+    scenes = DigitScenes(64, DigitSceneSpec(image_size=96), seed=0)
     out = scenes.render(range(64))
     for i in range(64):
         classes = scenes.object_classes(i)
@@ -59,8 +59,9 @@ def test_masks_are_the_glyphs_and_labels_the_largest_digit() -> None:
         counts = torch.bincount(out["mask"][i].flatten(), minlength=11)[1:]
         assert int(out["label"][i]) == (int(counts.argmax()) if counts.sum() else -1)
     # one upright digit, no clutter: the mask is the glyph, upscaled (correlation with it)
-    one = DigitScenes(16, image_size=96, min_objects=1, max_objects=1, max_rotation=0.0,
-                      clutter=0, seed=1)  # fmt: skip
+    one = DigitScenes(16,
+                      DigitSceneSpec(image_size=96, min_objects=1, max_objects=1,
+                                     max_rotation=0.0, clutter=0), seed=1)  # fmt: skip
     glyphs, _ = one._glyph_pool(torch.device("cpu"))
     own, others = [], []
     for i in range(16):
@@ -106,4 +107,4 @@ def test_data_modules_hold_out_glyphs_for_validation() -> None:
     train, val = pre.build_datasets()
     assert (train.digit_pool, val.digit_pool) == ("train", "val") and pre.num_classes == 10
     with pytest.raises(ValueError, match="digit_size"):
-        DigitScenesDataModule(digit_size=(0.5, 0.2))
+        DigitScenesDataModule(scene={"digit_size": (0.5, 0.2)})

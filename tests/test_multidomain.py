@@ -108,7 +108,8 @@ def test_multidomain_datamodule_balances_domains(tmp_path) -> None:
     assert abs(float((domains == 0).float().mean()) - 0.5) < 0.2  # 6 vs 36 items, balanced
     val = next(iter(dm.val_dataloader()))
     assert val["image"].ndim == 5 and "domain" in val
-    other = TexturedSegmentationDataModule(num_train=8, num_val=2, image_size=32, batch_size=2)
+    other = TexturedSegmentationDataModule(num_train=8, num_val=2, scene={"image_size": 32},
+                                           batch_size=2)  # fmt: skip
     with pytest.raises(ValueError, match="domains must agree"):
         MultiDomainDataModule([small, other])
     with pytest.raises(ValueError, match="train_domains"):

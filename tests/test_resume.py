@@ -63,7 +63,7 @@ METHODS = {
     # the class-balanced sampler (weighted draws per epoch) and the classifier's class counts
     "classifier": ("classifier_imbalanced",
                    ["--data.init_args.num_train", "32", "--data.init_args.num_val", "16",
-                    "--data.init_args.batch_size", "8", "--data.init_args.image_size", "32",
+                    "--data.init_args.batch_size", "8", "--data.init_args.scene.image_size", "32",
                     "--data.init_args.augment.size", "32", "--data.init_args.class_balanced",
                     "true", "--model.init_args.init_checkpoint", "null",
                     "--model.init_args.loss", "logit_adjusted",

@@ -110,11 +110,13 @@ def test_classifier_counts_from_data_and_checkpointed(tmp_path) -> None:
     import lightning as L
 
     from datamodules import TexturedScenesDataModule
+    from datamodules.datasets import SceneSpec
     from lightning_modules import ImageClassifier
 
-    dm = TexturedScenesDataModule(num_train=32, num_val=8, image_size=32, num_classes=3,
-                                  min_objects=1, max_objects=1, imbalance_ratio=10.0,
-                                  batch_size=8, num_workers=0, n_views=1, knn_bank_size=0,
+    scene = SceneSpec(image_size=32, num_classes=3, min_objects=1, max_objects=1,
+                      imbalance_ratio=10.0)  # fmt: skip
+    dm = TexturedScenesDataModule(num_train=32, num_val=8, scene=scene, batch_size=8,
+                                  num_workers=0, n_views=1, knn_bank_size=0,
                                   class_balanced=True)  # fmt: skip
     model = ImageClassifier(encoder="resnet18", num_classes=3, loss="logit_adjusted")
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from datamodules import TexturedScenesDataModule, TexturedSegmentationDataModule
-from datamodules.datasets import SyntheticScenes, TexturedScenes
+from datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes
 from datamodules.transforms import ViewAugmentation
 
 
@@ -35,7 +35,8 @@ def test_rot90_maps_every_class_onto_itself(generator: str) -> None:
     class c's texture into class c + 3's and this test failed for it (TV distance ~0.5).
     """
     if generator == "textured":
-        out = TexturedScenes(400, 48, num_classes=6, seed=1).render(list(range(400)))
+        out = TexturedScenes(400, SceneSpec(image_size=48, num_classes=6),
+                             seed=1).render(list(range(400)))
         images, masks = out["image"], out["mask"]
     else:
         items = [SyntheticScenes(1200, 32, 6, max_objects=1, seed=1)[i] for i in range(1200)]
@@ -48,21 +49,25 @@ def test_rot90_maps_every_class_onto_itself(generator: str) -> None:
 
 
 def test_deterministic_and_batched_equals_single() -> None:
-    ds = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=5)
+    ds = TexturedScenes(12, SceneSpec(image_size=48, num_classes=8, clutter=2, num_domains=3),
+                        seed=5)
     batch = ds.render(list(range(12)))
     for i in (0, 7, 11):
         item = ds[i]
         assert torch.equal(item["image"], batch["image"][i])
         assert torch.equal(item["mask"], batch["mask"][i])
         assert item["label"] == int(batch["label"][i]) and item["domain"] == i % 3
-    again = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=5)[7]
+    again = TexturedScenes(12, SceneSpec(image_size=48, num_classes=8, clutter=2, num_domains=3),
+                           seed=5)[7]
     assert torch.equal(again["image"], ds[7]["image"])
-    other = TexturedScenes(12, 48, num_classes=8, clutter=2, num_domains=3, seed=6)[7]
+    other = TexturedScenes(12, SceneSpec(image_size=48, num_classes=8, clutter=2, num_domains=3),
+                           seed=6)[7]
     assert not torch.equal(other["image"], ds[7]["image"])
 
 
 def test_masks_labels_and_occlusion() -> None:
-    ds = TexturedScenes(64, 64, num_classes=6, min_objects=2, max_objects=5, seed=2)
+    ds = TexturedScenes(64, SceneSpec(image_size=64, num_classes=6, min_objects=2, max_objects=5),
+                        seed=2)
     out = ds.render(list(range(64)))
     mask, label = out["mask"], out["label"]
     assert out["image"].dtype == torch.uint8 and out["image"].shape == (64, 3, 64, 64)
@@ -78,8 +83,9 @@ def test_masks_labels_and_occlusion() -> None:
 
 
 def test_clutter_is_background_and_leaves_objects_alone() -> None:
-    plain = TexturedScenes(16, 64, seed=3).render(list(range(16)))
-    clutter = TexturedScenes(16, 64, clutter=4, seed=3).render(list(range(16)))
+    plain = TexturedScenes(16, SceneSpec(image_size=64), seed=3).render(list(range(16)))
+    clutter = TexturedScenes(16, SceneSpec(image_size=64, clutter=4),
+                             seed=3).render(list(range(16)))
     assert torch.equal(plain["mask"], clutter["mask"])  # distractors are labelled background
     on_objects = plain["mask"] > 0
     diff = (plain["image"].int() - clutter["image"].int()).abs().sum(1) > 0
@@ -88,7 +94,7 @@ def test_clutter_is_background_and_leaves_objects_alone() -> None:
 
 
 def test_imbalance_follows_the_requested_ratio() -> None:
-    ds = TexturedScenes(3000, 16, num_classes=5, imbalance_ratio=10.0, seed=0)
+    ds = TexturedScenes(3000, SceneSpec(image_size=16, num_classes=5, imbalance_ratio=10.0), seed=0)
     probs = ds.class_probs
     assert float(probs[0] / probs[-1]) == pytest.approx(10.0, rel=1e-5)
     expected = 10.0 ** (-torch.arange(5) / 4)
@@ -100,13 +106,13 @@ def test_imbalance_follows_the_requested_ratio() -> None:
     n = counts.sum()
     sigma = torch.sqrt(n * probs * (1 - probs))
     assert ((counts - n * probs).abs() < 4 * sigma).all(), (counts / n, probs)
-    uniform = TexturedScenes(8, 16, num_classes=5, seed=0)
+    uniform = TexturedScenes(8, SceneSpec(image_size=16, num_classes=5), seed=0)
     assert torch.allclose(uniform.class_probs, torch.full((5,), 0.2))
 
 
 def test_domains_change_appearance_not_content() -> None:
-    one = TexturedScenes(8, 48, seed=4).render(list(range(8)))
-    many = TexturedScenes(8, 48, num_domains=4, seed=4)
+    one = TexturedScenes(8, SceneSpec(image_size=48), seed=4).render(list(range(8)))
+    many = TexturedScenes(8, SceneSpec(image_size=48, num_domains=4), seed=4)
     out = many.render(list(range(8)))
     assert out["domain"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert torch.equal(out["mask"], one["mask"])
@@ -114,7 +120,8 @@ def test_domains_change_appearance_not_content() -> None:
     assert torch.equal(out["image"][same], one["image"][same])  # domain 0 is the clean regime
     for i in (1, 2, 3):
         assert (out["image"][i].float() - one["image"][i].float()).abs().mean() > 2
-    fixed = TexturedScenes(8, 48, num_domains=4, domain=2, seed=4).render([0, 1])
+    fixed = TexturedScenes(8, SceneSpec(image_size=48, num_domains=4, domain=2),
+                           seed=4).render([0, 1])
     assert fixed["domain"].tolist() == [2, 2]
 
 
@@ -131,18 +138,18 @@ def test_domains_change_appearance_not_content() -> None:
 )
 def test_bad_arguments_are_named(kwargs: dict, expected: str) -> None:
     with pytest.raises(ValueError, match=expected):
-        TexturedScenes(4, **{"image_size": 32, **kwargs})
+        TexturedScenes(4, SceneSpec(**{"image_size": 32, **kwargs}))
 
 
 def test_index_out_of_range() -> None:
     with pytest.raises(IndexError, match="out of range"):
-        TexturedScenes(4, 32)[4]
+        TexturedScenes(4, SceneSpec(image_size=32))[4]
 
 
 def test_segmentation_module_batches(tmp_path) -> None:
     dm = TexturedSegmentationDataModule(
-        num_train=40, num_val=6, image_size=48, label_fraction=4, batch_size=2, num_workers=0,
-        split_dir=str(tmp_path), imbalance_ratio=5.0,
+        num_train=40, num_val=6, scene=SceneSpec(image_size=48, imbalance_ratio=5.0),
+        label_fraction=4, batch_size=2, num_workers=0, split_dir=str(tmp_path),
     )  # fmt: skip
     dm.setup("fit")
     assert dm.num_classes == 7 and dm.classes[0] == "background" and len(dm.labeled_names()) == 4
@@ -154,12 +161,12 @@ def test_segmentation_module_batches(tmp_path) -> None:
     assert dm.scenes("val", 4).imbalance_ratio == 1.0
     assert dm.scenes("train", 4).imbalance_ratio == 5.0
     with pytest.raises(ValueError, match="num_classes in"):
-        TexturedSegmentationDataModule(num_object_classes=12)
+        TexturedSegmentationDataModule(scene={"num_classes": 12})
 
 
 def test_pretrain_module_views_and_labels() -> None:
     dm = TexturedScenesDataModule(
-        num_train=8, num_val=4, image_size=48, batch_size=4, num_workers=0,
+        num_train=8, num_val=4, scene=SceneSpec(image_size=48), batch_size=4, num_workers=0,
         augment=ViewAugmentation(size=32), knn_bank_size=4,
     )  # fmt: skip
     dm.setup("fit")
@@ -174,7 +181,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", DEVICES)
 def test_rendering_on_a_device_equals_the_cpu_rendering(device: str) -> None:
     """Workers draw (``draw``), the device renders (``render_draws``): the CPU scenes."""
-    scenes = TexturedScenes(12, 64, clutter=2, num_domains=3, seed=4)
+    scenes = TexturedScenes(12, SceneSpec(image_size=64, clutter=2, num_domains=3), seed=4)
     ref = scenes.render(list(range(12)))
     out = {k: v.cpu() for k, v in scenes.render(list(range(12)), device=device).items()}
     if device == "cpu":
@@ -191,7 +198,8 @@ def test_render_on_device_datamodule_makes_the_views_on_the_device() -> None:
     plain = ViewAugmentation(size=48, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0),
                              hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
                              mean=[0.5] * 3, std=[0.25] * 3)  # fmt: skip
-    dm = TexturedScenesDataModule(num_train=16, num_val=8, image_size=48, batch_size=4,
+    dm = TexturedScenesDataModule(num_train=16, num_val=8, scene=SceneSpec(image_size=48),
+                                  batch_size=4,
                                   num_workers=0, augment=plain, render_on_device=True,
                                   knn_bank_size=0)  # fmt: skip
     dm.setup("fit")
@@ -204,7 +212,8 @@ def test_render_on_device_datamodule_makes_the_views_on_the_device() -> None:
     assert len(batch["views"]) == 2 and batch["views"][0].dtype == torch.float32
     assert torch.allclose(batch["views"][0], expected, atol=1e-5)  # identity crop: exact
     assert torch.equal(batch["label"], ref["label"])
-    strong = TexturedScenesDataModule(num_train=16, num_val=8, image_size=48, batch_size=4,
+    strong = TexturedScenesDataModule(num_train=16, num_val=8, scene=SceneSpec(image_size=48),
+                                      batch_size=4,
                                       num_workers=0, augment=ViewAugmentation(size=32),
                                       render_on_device=True, knn_bank_size=0)  # fmt: skip
     strong.setup("fit")
@@ -218,7 +227,8 @@ def test_simclr_fits_on_device_rendered_scenes() -> None:
 
     from lightning_modules import SimCLR
 
-    dm = TexturedScenesDataModule(num_train=8, num_val=4, image_size=48, batch_size=4,
+    dm = TexturedScenesDataModule(num_train=8, num_val=4, scene=SceneSpec(image_size=48),
+                                  batch_size=4,
                                   num_workers=0, augment=ViewAugmentation(size=32),
                                   render_on_device=True, knn_bank_size=4)  # fmt: skip
     seen: list[tuple] = []
@@ -243,7 +253,8 @@ def test_dense_pretraining_views_rendered_on_the_device_keep_correspondences() -
     views = ViewAugmentation(size=24, crop_scale=(0.3, 1.0), vflip_prob=0.5, rot90_prob=0.5,
                              jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0,
                              mean=[0.0] * 3, std=[1.0] * 3)  # fmt: skip
-    dm = TexturedSegmentationDataModule(num_train=16, num_val=4, image_size=48, batch_size=4,
+    dm = TexturedSegmentationDataModule(num_train=16, num_val=4, scene=SceneSpec(image_size=48),
+                                        batch_size=4,
                                         num_workers=0, pretrain_views=views,
                                         render_on_device=True, split_dir="unused")  # fmt: skip
     dm.setup("fit")

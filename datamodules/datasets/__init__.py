@@ -13,7 +13,7 @@ from datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
 from datamodules.datasets.segmentation_folder import SegmentationFolder
 from datamodules.datasets.svhn import SVHNDataset
 from datamodules.datasets.synthetic import SyntheticScenes
-from datamodules.datasets.textured_scenes import TexturedScenes
+from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
 from datamodules.datasets.voc import VOCSegmentation
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "PotsdamCrops",
     "PotsdamTiles",
     "SVHNDataset",
+    "SceneSpec",
     "SegmentationFolder",
     "SyntheticScenes",
     "TexturedScenes",

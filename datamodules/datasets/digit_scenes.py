@@ -29,6 +29,7 @@ pixels.  The writers of the digits are not known, so train and validation are he
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -36,9 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from datamodules.datasets.digits import _split
-from datamodules.datasets.textured_scenes import _OBJ_FIELDS, TEXTURES, TexturedScenes
+from datamodules.datasets.textured_scenes import _OBJ_FIELDS, TEXTURES, SceneSpec, TexturedScenes
 
-__all__ = ["DIGIT_CLASSES", "DigitScenes", "digit_glyphs"]
+__all__ = ["DIGIT_CLASSES", "DigitSceneSpec", "DigitScenes", "digit_glyphs"]
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 # extra per-object random numbers of a digit object (after the textured scenes' fields)
@@ -71,11 +72,14 @@ def digit_glyphs(pool: Literal["train", "val", "all"] = "all", holdout_fraction:
     return images.contiguous(), torch.from_numpy(labels[idx]).contiguous()
 
 
-class DigitScenes(TexturedScenes):
-    """Handwritten digits in textured, cluttered scenes (see the module docstring).
+@dataclass(frozen=True)
+class DigitSceneSpec:
+    """What a digit scene looks like: one argument, ``data.init_args.scene``.
 
-    Args:
-        num_samples: Number of scenes.
+    The generator and both digit data modules take this one dataclass; a config changes
+    single fields (``scene: {clutter: 0}`` keeps the other defaults).
+
+    Attributes:
         image_size: Height and width in pixels.
         min_objects: Fewest digits per scene.
         max_objects: Most digits per scene.
@@ -85,55 +89,80 @@ class DigitScenes(TexturedScenes):
         period: Mean texture period in pixels.
         clutter: Distractor shapes per scene (labelled background).
         clutter_textured: Distractors painted with the textures instead of gradients.
-        num_domains: Rendering regimes (see :class:`TexturedScenes`).
+        num_domains: Rendering regimes (see :class:`SceneSpec`).
         domain: Render every scene in this domain.
-        digit_pool: Glyphs drawn from: ``train``, ``val`` (held out) or ``all``.
-        holdout_fraction: Held-out share of each digit's glyphs.
+        holdout_fraction: Held-out share of each digit's glyphs (the validation pool).
         split_seed: Seed of the glyph split (fixed across runs by default).
+
+    Raises:
+        ValueError: On a field outside its range (all offending fields named).
+    """
+
+    image_size: int = 96
+    min_objects: int = 1
+    max_objects: int = 3
+    digit_size: tuple[float, float] = (0.25, 0.45)
+    max_rotation: float = 20.0
+    threshold: float = 0.3
+    period: float = 6.0
+    clutter: int = 2
+    clutter_textured: bool = True
+    num_domains: int = 1
+    domain: int | None = None
+    holdout_fraction: float = 0.25
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digit_size", tuple(float(v) for v in self.digit_size))
+        lo, hi = self.digit_size if len(self.digit_size) == 2 else (0.0, 0.0)
+        checks = ((0 < lo <= hi <= 1, "digit_size = (lo, hi) with 0 < lo <= hi <= 1"),
+                  (0 <= self.max_rotation <= 180, "max_rotation in [0, 180] degrees"),
+                  (0 < self.threshold < 1, "threshold in (0, 1)"),
+                  (0 < self.holdout_fraction < 1, "holdout_fraction in (0, 1)"))  # fmt: skip
+        failed = [expected for ok, expected in checks if not ok]
+        if failed:
+            raise ValueError(f"scene expects {'; '.join(failed)}; got {self}")
+        self.textured()  # the textured scene's fields: their checks too
+
+    def textured(self) -> SceneSpec:
+        """The background, clutter and layout fields as the textured generator's spec."""
+        return SceneSpec(
+            image_size=self.image_size, num_classes=len(TEXTURES), min_objects=self.min_objects,
+            max_objects=self.max_objects, period=self.period, clutter=self.clutter,
+            clutter_textured=self.clutter_textured, num_domains=self.num_domains,
+            domain=self.domain,
+        )  # fmt: skip
+
+
+class DigitScenes(TexturedScenes):
+    """Handwritten digits in textured, cluttered scenes (see the module docstring).
+
+    Args:
+        num_samples: Number of scenes.
+        scene: What the scenes look like (:class:`DigitSceneSpec`).
+        digit_pool: Glyphs drawn from: ``train``, ``val`` (held out) or ``all``.
         seed: Seed of the scenes.
 
     Raises:
-        ValueError: On arguments outside their ranges.
+        ValueError: On ``num_samples < 1`` or an unknown ``digit_pool``.
     """
 
     _EXTRA_OBJECT_FIELDS = _DIGIT_FIELDS
 
-    def __init__(
-        self,
-        num_samples: int = 2048,
-        image_size: int = 96,
-        min_objects: int = 1,
-        max_objects: int = 3,
-        digit_size: tuple[float, float] = (0.25, 0.45),
-        max_rotation: float = 20.0,
-        threshold: float = 0.3,
-        period: float = 6.0,
-        clutter: int = 2,
-        clutter_textured: bool = True,
-        num_domains: int = 1,
-        domain: int | None = None,
-        digit_pool: Literal["train", "val", "all"] = "train",
-        holdout_fraction: float = 0.25,
-        split_seed: int = 0,
-        seed: int = 0,
-    ) -> None:
-        lo, hi = (float(v) for v in digit_size)
-        checks = ((0 < lo <= hi <= 1, "0 < digit_size[0] <= digit_size[1] <= 1"),
-                  (0 <= max_rotation <= 180, "max_rotation in [0, 180] degrees"),
-                  (0 < threshold < 1, "threshold in (0, 1)"))  # fmt: skip
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(f"DigitScenes expects {expected}; got digit_size={digit_size}, "
-                                 f"max_rotation={max_rotation}, threshold={threshold}")
-        super().__init__(num_samples, image_size, len(TEXTURES), min_objects, max_objects,
-                         period, clutter, 1.0, num_domains, domain, seed,
-                         clutter_textured)  # fmt: skip
+    def __init__(self, num_samples: int = 2048,
+                 scene: DigitSceneSpec = DigitSceneSpec(),  # noqa: B008
+                 digit_pool: Literal["train", "val", "all"] = "train",
+                 seed: int = 0) -> None:  # fmt: skip
+        if not isinstance(scene, DigitSceneSpec):
+            raise TypeError(f"DigitScenes expects a DigitSceneSpec, got {type(scene).__name__}")
+        super().__init__(num_samples, scene.textured(), seed)
+        self.scene = scene
         self.classes = list(DIGIT_CLASSES)
         self.num_classes = len(DIGIT_CLASSES)
         self.num_textures = len(TEXTURES)
-        self.digit_size, self.max_rotation, self.threshold = (lo, hi), max_rotation, threshold
-        self.digit_pool = digit_pool
-        glyphs, digits = digit_glyphs(digit_pool, holdout_fraction, split_seed)
+        self.digit_size, self.max_rotation = scene.digit_size, scene.max_rotation
+        self.threshold, self.digit_pool = scene.threshold, digit_pool
+        glyphs, digits = digit_glyphs(digit_pool, scene.holdout_fraction, scene.split_seed)
         self._pool: dict[torch.device, tuple[Tensor, Tensor]] = {torch.device("cpu"):
                                                                   (glyphs, digits)}  # fmt: skip
 

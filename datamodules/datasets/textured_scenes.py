@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,13 +73,17 @@ def _domain_regime(domain: int) -> dict[str, float]:
     }
 
 
-class TexturedScenes(Dataset):
-    """Deterministic multi-object texture scenes (see the module docstring).
+@dataclass(frozen=True)
+class SceneSpec:
+    """What a textured scene looks like: one argument, ``data.init_args.scene``.
 
-    Args:
-        num_samples: Number of scenes.
+    The generator and both textured data modules take this one dataclass; a config changes
+    single fields (``scene: {clutter: 3}`` keeps the other defaults).
+
+    Attributes:
         image_size: Height and width in pixels (96-128 is the benchmark's range).
-        num_classes: Object classes, at most ``len(TEXTURES)``.
+        num_classes: Object classes (texture families), at most ``len(TEXTURES)``; the
+            segmentation modules add the background class.
         min_objects: Fewest objects per scene.
         max_objects: Most objects per scene.
         period: Mean texture period in pixels.
@@ -89,54 +94,68 @@ class TexturedScenes(Dataset):
         imbalance_ratio: Frequency ratio of the most to the least common class (1: uniform).
         num_domains: Number of rendering regimes; items carry their domain id.
         domain: Render every scene in this domain instead of ``index % num_domains``.
+
+    Raises:
+        ValueError: On a field outside its range (all offending fields named).
+    """
+
+    image_size: int = 96
+    num_classes: int = 6
+    min_objects: int = 2
+    max_objects: int = 5
+    period: float = 8.0
+    clutter: int = 0
+    clutter_textured: bool = False
+    imbalance_ratio: float = 1.0
+    num_domains: int = 1
+    domain: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = (
+            (2 <= self.num_classes <= len(TEXTURES), f"num_classes in [2, {len(TEXTURES)}]"),
+            (self.image_size >= 16, "image_size >= 16"),
+            (1 <= self.min_objects <= self.max_objects, "1 <= min_objects <= max_objects"),
+            (self.period >= 3.0, "period >= 3 px"),
+            (self.clutter >= 0, "clutter >= 0"),
+            (self.imbalance_ratio >= 1.0, "imbalance_ratio >= 1"),
+            (self.num_domains >= 1, "num_domains >= 1"),
+            (self.domain is None or 0 <= self.domain < self.num_domains,
+             "domain in [0, num_domains)"),
+        )  # fmt: skip
+        failed = [expected for ok, expected in checks if not ok]
+        if failed:
+            raise ValueError(f"scene expects {'; '.join(failed)}; got {self}")
+
+
+class TexturedScenes(Dataset):
+    """Deterministic multi-object texture scenes (see the module docstring).
+
+    Args:
+        num_samples: Number of scenes.
+        scene: What the scenes look like (:class:`SceneSpec`).
         seed: Seed of the whole data set (train and val use different seeds).
 
     Raises:
-        ValueError: On arguments outside their ranges.
+        ValueError: On ``num_samples < 1`` (the scene fields are checked by
+            :class:`SceneSpec`).
     """
 
     # names of per-object random numbers a subclass draws after ``_OBJ_FIELDS`` (same stream)
     _EXTRA_OBJECT_FIELDS: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        num_samples: int = 2048,
-        image_size: int = 96,
-        num_classes: int = 6,
-        min_objects: int = 2,
-        max_objects: int = 5,
-        period: float = 8.0,
-        clutter: int = 0,
-        imbalance_ratio: float = 1.0,
-        num_domains: int = 1,
-        domain: int | None = None,
-        seed: int = 0,
-        clutter_textured: bool = False,
-    ) -> None:
-        checks = (
-            (2 <= num_classes <= len(TEXTURES), f"num_classes in [2, {len(TEXTURES)}]"),
-            (num_samples >= 1, "num_samples >= 1"),
-            (image_size >= 16, "image_size >= 16"),
-            (1 <= min_objects <= max_objects, "1 <= min_objects <= max_objects"),
-            (period >= 3.0, "period >= 3 px"),
-            (clutter >= 0, "clutter >= 0"),
-            (imbalance_ratio >= 1.0, "imbalance_ratio >= 1"),
-            (num_domains >= 1, "num_domains >= 1"),
-            (domain is None or 0 <= domain < num_domains, "domain in [0, num_domains)"),
-        )
-        for ok, expected in checks:
-            if not ok:
-                raise ValueError(
-                    f"TexturedScenes expects {expected}; got num_samples={num_samples}, "
-                    f"image_size={image_size}, num_classes={num_classes}, objects="
-                    f"{min_objects}..{max_objects}, period={period}, clutter={clutter}, "
-                    f"imbalance_ratio={imbalance_ratio}, num_domains={num_domains}, "
-                    f"domain={domain}"
-                )
-        self.num_samples, self.size, self.num_classes = num_samples, image_size, num_classes
-        self.min_objects, self.max_objects, self.period = min_objects, max_objects, period
-        self.clutter, self.num_domains, self.domain, self.seed = clutter, num_domains, domain, seed
-        self.imbalance_ratio, self.clutter_textured = imbalance_ratio, clutter_textured
+    def __init__(self, num_samples: int = 2048, scene: SceneSpec = SceneSpec(),  # noqa: B008
+                 seed: int = 0) -> None:  # fmt: skip
+        if num_samples < 1:
+            raise ValueError(f"TexturedScenes expects num_samples >= 1, got {num_samples}")
+        if not isinstance(scene, SceneSpec):
+            raise TypeError(f"TexturedScenes expects a SceneSpec, got {type(scene).__name__}")
+        self.scene = scene
+        num_classes, imbalance_ratio = scene.num_classes, scene.imbalance_ratio
+        self.num_samples, self.size, self.num_classes = num_samples, scene.image_size, num_classes
+        self.min_objects, self.max_objects = scene.min_objects, scene.max_objects
+        self.period, self.clutter, self.seed = scene.period, scene.clutter, seed
+        self.num_domains, self.domain = scene.num_domains, scene.domain
+        self.imbalance_ratio, self.clutter_textured = imbalance_ratio, scene.clutter_textured
         self.classes = list(TEXTURES[:num_classes])
         self.num_textures = num_classes  # families drawn (digit scenes: all, as nuisance)
         exponents = torch.arange(num_classes, dtype=torch.float64) / (num_classes - 1)
@@ -144,7 +163,7 @@ class TexturedScenes(Dataset):
         self.class_probs = (probs / probs.sum()).float()
         self._cdf = self.class_probs.cumsum(0)
         self._grids: dict[torch.device, tuple[Tensor, Tensor]] = {}  # pixel units, per device
-        self._regimes = [_domain_regime(d) for d in range(num_domains)]
+        self._regimes = [_domain_regime(d) for d in range(scene.num_domains)]
 
     def _grid(self, device: torch.device) -> tuple[Tensor, Tensor]:
         """Pixel-centre coordinates ``(H, W)`` on ``device`` (cached)."""
