@@ -21,6 +21,7 @@ from experiments.tables import (  # noqa: E402
     expand,
     load_table,
     log_wandb_table,
+    publish_report,
     run_table,
     write_reports,
 )
@@ -39,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="argument for every step, e.g. data.init_args.root=/data/potsdam "
                         "(an existing relative path is made absolute)")  # fmt: skip
     parser.add_argument("--rows", nargs="+", help="run only these rows: 'name' or 'name [network]'")
+    parser.add_argument("--docs", metavar="DIR", help="also copy the report into the docs as "
+                        "DIR/<table>_<scale>.md (+ figures), e.g. docs/results")  # fmt: skip
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
@@ -62,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = expand(table, args.scale)
     summary = aggregate(table, records)
-    paths = write_reports(table, args.scale, summary, Path(args.out), args.seeds)
+    paths = write_reports(table, args.scale, summary, Path(args.out), args.seeds, args.rows)
     if not args.no_wandb:
         run_dir = log_wandb_table(table, args.scale, summary, Path(args.out))
         if run_dir is not None:
             paths["wandb"] = run_dir
     print(paths["md"].read_text())
-    print("written:", ", ".join(str(p) for p in paths.values()))
+    written = [*paths.values()]
+    if args.docs:
+        written += publish_report(paths, table, args.scale, Path(args.docs))
+    print("written:", ", ".join(str(p) for p in written))
     return 1 if any(r["status"] == "failed" for r in records) else 0
 
 

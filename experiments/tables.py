@@ -663,11 +663,12 @@ def _paper(stat: dict[str, Any]) -> str:
     return f"{paper['value']}{mark}"
 
 
-def provenance(table: Table, scale: str, seeds: int | None = None) -> str:
+def provenance(table: Table, scale: str, seeds: int | None = None,
+               rows: Sequence[str] | None = None) -> str:  # fmt: skip
     """Where a report comes from: the command, the commit, the machine and the date.
 
     Written under the title of every ``<scale>.md``, so a table copied into the docs says how
-    to make it again and what made it.
+    to make it again and what made it (``rows``: the ``--rows`` it was restricted to).
     """
     import platform
     import subprocess
@@ -677,6 +678,8 @@ def provenance(table: Table, scale: str, seeds: int | None = None) -> str:
     command = f"experiments/reproduce.py {table.name} --scale {scale}"
     if seeds is not None:
         command += f" --seeds {seeds}"
+    if rows:
+        command += " --rows " + " ".join(shlex.quote(r) for r in rows)
     try:
         repo = Path(__file__).resolve().parents[1]
         describe = ["git", "describe", "--always", "--dirty"]
@@ -692,8 +695,9 @@ def provenance(table: Table, scale: str, seeds: int | None = None) -> str:
             + f" on {machine}, {date}.")
 
 
-def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
-                  out: Path, seeds: int | None = None) -> dict[str, Path]:  # fmt: skip
+def write_reports(table: Table, scale: str, summary: list[dict[str, Any]], out: Path,
+                  seeds: int | None = None,
+                  rows: Sequence[str] | None = None) -> dict[str, Path]:  # fmt: skip
     """Write ``<scale>.md``, ``<scale>.csv`` and ``<scale>.png`` (ours vs paper) under ``out``.
 
     The Markdown starts with the table's :func:`provenance` (command, commit, machine, date).
@@ -706,7 +710,7 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
     has_paper = any(e[m]["paper"] for e in summary for m in table.metrics)
     head = ["row", "network", *table.metrics] + ([f"paper {m}" for m in table.metrics]
                                                  if has_paper else [])  # fmt: skip
-    lines = [f"# {table.name} ({scale})", "", provenance(table, scale, seeds), "",
+    lines = [f"# {table.name} ({scale})", "", provenance(table, scale, seeds, rows), "",
              table.description.strip(), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for e in summary:
@@ -721,6 +725,7 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
         if e["failed"] and e["seeds"]:
             lines.append(f"| ({len(e['failed'])} seeds failed, e.g. {e['failed'][0]}) |")
     lines += ["", "Mean ± std (n - 1) over seeds of the last logged value of each metric."]
+    lines += crossover_lines(table, summary)
     paths = {"md": folder / f"{scale}.md", "csv": folder / f"{scale}.csv",
              "png": folder / f"{scale}.png"}  # fmt: skip
     paths["md"].write_text("\n".join(lines) + "\n")
@@ -737,6 +742,77 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]],
         paths["curves"] = folder / f"{scale}_curves.png"
         _curve_chart(table, scale, summary, paths["curves"])
     return paths
+
+
+def crossover_lines(table: Table, summary: list[dict[str, Any]]) -> list[str]:
+    """Where each curve crosses its baseline (random init): a Markdown section, or nothing.
+
+    For a table with a budget axis and a baseline row (a row without budget, first of its
+    network), each curve's cell of a metric the baseline reports is the first positive budget
+    whose mean exceeds the baseline's by more than the larger of the two standard deviations
+    (with one seed: by any amount), and the difference at the curve's largest budget.
+    """
+    curves: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in summary:
+        if e.get("budget") is not None:
+            curves.setdefault((e["curve"], e["network"]), []).append(e)
+    baselines = [e for e in summary if e.get("budget") is None]
+    if not curves or not baselines:
+        return []
+    metrics = [m for m in table.metrics if any(b[m]["n"] for b in baselines)]
+    if not metrics:
+        return []
+    lines = ["", f"Crossing the baseline ({baselines[0]['row']}): the first budget at which a "
+             "curve's mean is above the baseline's by more than the larger standard deviation "
+             "(one seed: by any amount), and the difference at the curve's largest budget.", "",
+             "| curve | network | " + " | ".join(metrics) + " |",
+             "|" + "---|" * (len(metrics) + 2)]  # fmt: skip
+    for (curve, network), entries in curves.items():
+        base = next((b for b in baselines if b["network"] == network), baselines[0])
+        cells = []
+        for m in metrics:
+            points = sorted((e for e in entries if e[m]["n"] and e["budget"] > 0),
+                            key=lambda e: e["budget"])  # fmt: skip
+            if not points or not base[m]["n"]:
+                cells.append("—")
+                continue
+            ref, ref_std = base[m]["mean"], base[m]["std"] or 0.0
+            above = [e["budget"] for e in points
+                     if e[m]["mean"] - ref > max(e[m]["std"] or 0.0, ref_std)]  # fmt: skip
+            first = above[0] if above else None
+            last = points[-1]
+            delta = f"{last[m]['mean'] - ref:+.3f} at {last['budget']}"
+            cells.append(f"{first} ({delta})" if first is not None else f"never ({delta})")
+        lines.append(f"| {curve} | {network} | " + " | ".join(cells) + " |")
+    return lines
+
+
+PROVENANCE_PREFIX = "Generated by `experiments/reproduce.py "
+
+
+def publish_report(paths: dict[str, Path], table: Table, scale: str, docs: Path) -> list[Path]:
+    """Copy a report into the documentation: ``docs/<table>_<scale>.md`` and its figures.
+
+    The Markdown loses its ``# title`` line (the page that includes it has its own
+    heading) and so starts with the provenance line; the bar chart and the curve plot keep
+    their names with the same prefix.  Docs pages include the file with
+    ``--8<-- "results/<table>_<scale>.md"``; ``tests/test_docs.py`` checks that every
+    results table in the docs comes from such a file.
+    """
+    docs.mkdir(parents=True, exist_ok=True)
+    stem = f"{table.name}_{scale}"
+    text = paths["md"].read_text().split("\n")
+    if text and text[0].startswith("# "):
+        text = text[1:]
+    while text and not text[0].strip():
+        text = text[1:]
+    written = [docs / f"{stem}.md"]
+    written[0].write_text("\n".join(text))
+    for key, suffix in (("png", ".png"), ("curves", "_curves.png")):
+        if key in paths:
+            written.append(docs / f"{stem}{suffix}")
+            shutil.copyfile(paths[key], written[-1])
+    return written
 
 
 def log_wandb_table(table: Table, scale: str, summary: list[dict[str, Any]], out: Path,
