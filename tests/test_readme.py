@@ -1,5 +1,5 @@
-"""Every `experiments/run.py` command in the README's bash blocks parses as written, and every
-`experiments/reproduce.py` command runs as a dry run."""
+"""Every `experiments/run.py` command in the bash blocks of the README and of the docs pages
+parses as written, and every `experiments/reproduce.py` command runs as a dry run."""
 
 from __future__ import annotations
 
@@ -12,17 +12,21 @@ from config_dumps import resolved
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
+TEXTS = [README, *(p.read_text() for p in sorted((REPO / "docs").glob("*.md")))]
 
 
 def commands(script: str = "experiments/run.py") -> list[list[str]]:
     found = []
-    for block in re.findall(r"```bash\n(.*?)```", README, flags=re.S):
+    blocks = [b for text in TEXTS for b in re.findall(r"```bash\n(.*?)```", text, flags=re.S)]
+    for block in blocks:
         text = block.replace("\\\n", " ")
         for line in text.splitlines():
             line = line.split("#", 1)[0].strip()
             if script in line and "<" not in line:
                 words = shlex.split(line)
-                found.append(words[words.index(script) + 1 :])
+                args = words[words.index(script) + 1 :]
+                if args not in found:
+                    found.append(args)
     return found
 
 
