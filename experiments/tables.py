@@ -891,6 +891,8 @@ def _curve_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: 
         if e.get("budget") is not None:
             curves.setdefault(f"{e['curve']} [{e['network']}]" if e["network"] else e["curve"],
                               []).append(e)
+    # one colour per curve in every panel (a curve without a metric must not shift the cycle)
+    colours = {name: f"C{k % 10}" for k, name in enumerate(curves)}
     baselines = [e for e in summary if e.get("budget") is None]
     steps = sorted({e["budget"] for e in summary if e.get("budget") is not None})
     positive = [s for s in steps if s > 0]
@@ -910,7 +912,8 @@ def _curve_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: 
             x = [e["budget"] or zero_at for e in entries]
             y = [e[metric]["mean"] for e in entries]
             err = [e[metric]["std"] for e in entries]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=name)
+            ax.errorbar(x, y, yerr=err, marker="o", ms=3, capsize=2, label=name,
+                        color=colours[name])  # fmt: skip
         for k, e in enumerate(baselines):
             if e[metric]["n"]:
                 mean, std = e[metric]["mean"], e[metric]["std"]

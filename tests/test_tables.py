@@ -609,3 +609,32 @@ def test_crossover_lines_by_hand() -> None:
     assert lines[5] == "| A | DeepLabV3+ | 300 (+0.050 at 300) |"
     assert lines[6] == "| B | DeepLabV3+ | never (-0.020 at 300) |"
     assert tables.crossover_lines(table, summary[1:]) == []  # no baseline row: no section
+
+
+def test_curve_chart_keeps_a_colour_per_curve(tmp_path: Path, monkeypatch) -> None:
+    """A curve without one metric (GLCNet: no kNN) must not shift the others' colours."""
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+
+    def entry(curve: str, budget: int, **values: float) -> dict:
+        e = {"row": f"{curve} ({budget} steps)", "network": "", "budget": budget, "curve": curve}
+        for m in ("knn", "miou"):
+            v = values.get(m)
+            e[m] = {"mean": v, "std": 0.0, "n": 0 if v is None else 1, "paper": None}
+        return e
+
+    summary = [entry("A", b, knn=0.1 * b, miou=0.2) for b in (0, 100)]
+    summary += [entry("B", b, miou=0.3) for b in (0, 100)]  # no kNN
+    summary += [entry("C", b, knn=0.2, miou=0.4) for b in (0, 100)]
+    table = tables.Table(name="t", description="", metrics=["knn", "miou"], rows=[], steps={},
+                         scales={}, path=Path("t.yaml"))  # fmt: skip
+    tables._curve_chart(table, "smoke", summary, tmp_path / "c.png")
+    knn_ax, miou_ax = figures[0].axes[:2]
+
+    def colours(ax) -> dict:  # noqa: ANN001
+        return {c.get_label(): c.lines[0].get_color() for c in ax.containers}
+
+    assert colours(knn_ax)["C"] == colours(miou_ax)["C"] != colours(miou_ax)["B"]
+    assert (tmp_path / "c.png").stat().st_size > 0
