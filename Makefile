@@ -8,6 +8,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch/torchvision must be a matching pair; the pinned one is tested on x86_64 (CPU and CUDA).
 TORCH_PAIR ?= torch==2.14.1 torchvision==0.29.1
+# a CPU-only machine: TORCH_INDEX=https://download.pytorch.org/whl/cpu (1.4 GB instead of 6 GB)
+TORCH_INDEX ?=
 # the install stamp names the pair, so another TORCH_PAIR reinstalls
 empty :=
 space := $(empty) $(empty)
@@ -18,7 +20,7 @@ STAMP := $(VENV)/.installed-$(subst $(space),_,$(subst ==,-,$(TORCH_PAIR)))
 $(STAMP): setup.cfg requirements/constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PAIR)
+	$(PY) -m pip install --quiet $(TORCH_PAIR) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
 	rm -f $(VENV)/.installed-*
 	touch $@

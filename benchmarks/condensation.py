@@ -1,7 +1,7 @@
 """Seconds per outer iteration of dataset condensation: per-class ``torch.func`` vs a loop.
 
-One outer iteration of :class:`~lightning_modules.DatasetCondensation` on CIFAR-shaped random
-data (10 classes, 3 x 32 x 32, ``ConvNet-3`` of ``--width``) is timed end to end for each
+One outer iteration of :class:`~contraseg.lightning_modules.DatasetCondensation` on CIFAR-shaped
+random data (10 classes, 3 x 32 x 32, ``ConvNet-3`` of ``--width``) is timed end to end for each
 (ipc, method, per-class mode), in interleaved rounds so that the compared variants share the
 machine's state (a 2-core machine shared with other jobs varies 2-5x over minutes; ratios
 measured side by side are what to read).  The pieces are also timed alone: the DC matching
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from datamodules.condensation import ClassBank
-from lightning_modules.components.class_gradients import class_gradients
-from lightning_modules.components.convnet import ConvNet
-from lightning_modules.condensation import DatasetCondensation
-from lightning_modules.losses.gradient_matching import dc_loss
+from contraseg.datamodules.condensation import ClassBank
+from contraseg.lightning_modules.components.class_gradients import class_gradients
+from contraseg.lightning_modules.components.convnet import ConvNet
+from contraseg.lightning_modules.condensation import DatasetCondensation
+from contraseg.lightning_modules.losses.gradient_matching import dc_loss
 
 
 def _sync(device: torch.device) -> None:

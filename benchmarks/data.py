@@ -2,19 +2,20 @@
 
 What is measured (all on CPU, warm OS page cache):
 
-* ``PotsdamTiles (memmap), 1 process``: :class:`datamodules.datasets.potsdam.PotsdamTiles` in
-  ``mode="random"`` drawing ``--samples`` windows of ``--crop`` pixels from one synthetic
-  6000x6000 tile; each item slices the image and the colour label from ``tifffile.memmap``
-  views and decodes only the window's label colours (what ``PotsdamTilesDataModule`` trains on).
+* ``PotsdamTiles (memmap), 1 process``:
+  :class:`contraseg.datamodules.datasets.potsdam.PotsdamTiles` in ``mode="random"`` drawing
+  ``--samples`` windows of ``--crop`` pixels from one synthetic 6000x6000 tile; each item slices
+  the image and the colour label from ``tifffile.memmap`` views and decodes only the window's
+  label colours (what ``PotsdamTilesDataModule`` trains on).
 * ``PotsdamTiles (memmap), DataLoader``: the same dataset through
   ``torch.utils.data.DataLoader(batch_size=8, num_workers=--workers)``; the time includes
   starting the (non-persistent) workers, i.e. one short "epoch".
 * ``naive full-tile imread``: the baseline that decodes the whole image tile and the whole label
   tile with ``tifffile.imread`` for every sample, then crops the same window and decodes its
-  label colours with :func:`datamodules.datasets.potsdam.decode_potsdam_label`. It is run for
-  ``--naive-samples`` samples (it is slow).
+  label colours with :func:`contraseg.datamodules.datasets.potsdam.decode_potsdam_label`. It is run
+  for ``--naive-samples`` samples (it is slow).
 * ``training step``: what the trainer consumes. One step of the model that
-  :class:`lightning_modules.segmentation_finetune.SegmentationFineTune` builds
+  :class:`contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` builds
   (``num_classes=6, in_channels=4, encoder=--encoder``: smp DeepLabV3Plus over ``tu-<encoder>``),
   done manually on its ``net``: forward, cross-entropy (ignore index 255), backward and an
   ``AdamW`` step on a batch of 8 random ``--crop`` x ``--crop`` crops. One warm-up step is not
@@ -71,7 +72,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.datasets.potsdam import (  # noqa: E402
+from contraseg.datamodules.datasets.potsdam import (  # noqa: E402
     BOUNDARY_COLOUR,
     IGNORE_INDEX,
     POTSDAM_PALETTE,
@@ -223,7 +224,7 @@ def _time_naive(dataset: PotsdamTiles, samples: int) -> float:
 
 def _time_training(encoder: str, crop: int, steps: int) -> float:
     """Seconds per training step (batch 8) of the ``SegmentationFineTune`` network on CPU."""
-    from lightning_modules.segmentation_finetune import SegmentationFineTune
+    from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
 
     torch.manual_seed(0)
     module = SegmentationFineTune(num_classes=6, in_channels=4, encoder=encoder)

@@ -3,15 +3,15 @@
 For every pixel count ``N`` (``D``-dim random embeddings, 19 random classes, 5%
 of the pixels labelled ``ignore_index``) three implementations are compared:
 
-* ``naive``: :func:`lightning_modules.losses.pixel_contrast.pixel_contrastive_loss_naive`
+* ``naive``: :func:`contraseg.lightning_modules.losses.pixel_contrast.pixel_contrastive_loss_naive`
   (full ``N x N`` autograd graph);
 * ``chunked-1024`` / ``chunked-4096``:
-  :func:`~lightning_modules.losses.pixel_contrast.pixel_contrastive_loss` with
+  :func:`~contraseg.lightning_modules.losses.pixel_contrast.pixel_contrastive_loss` with
   that ``block_size`` (blocked forward, recomputing analytic backward).
 
 ``--methods supcon-naive supcon-chunked-4096 ...`` measures the same for Hu et
 al.'s SupCon-denominator loss
-(:mod:`lightning_modules.losses.pixel_supcon`).
+(:mod:`contraseg.lightning_modules.losses.pixel_supcon`).
 
 **Time.**  Median wall-clock time of ``loss = f(z); loss.backward()`` over
 ``--repeats`` runs after ``--warmup`` untimed runs (synchronised on CUDA); the
@@ -52,11 +52,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_modules.losses.pixel_contrast import (
+from contraseg.lightning_modules.losses.pixel_contrast import (
     pixel_contrastive_loss,
     pixel_contrastive_loss_naive,
 )
-from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, pixel_supcon_loss_naive
+from contraseg.lightning_modules.losses.pixel_supcon import (
+    pixel_supcon_loss,
+    pixel_supcon_loss_naive,
+)
 
 METHODS = ("naive", "chunked-1024", "chunked-4096")
 SUPCON_METHODS = ("supcon-naive", "supcon-chunked-1024", "supcon-chunked-4096")

@@ -2,7 +2,7 @@ r"""What a pretrained encoder encodes: class vs per-image nuisance, and its spec
 
 For each ``name=checkpoint`` (``random`` for a random init) the script embeds ``--scenes``
 validation scenes of the segmentation-scale benchmark
-(:class:`datamodules.datasets.textured_scenes.TexturedScenes`, seed 1 = the data modules'
+(:class:`contraseg.datamodules.datasets.textured_scenes.TexturedScenes`, seed 1 = the data modules'
 validation seed) with the smp encoder of a DeepLabV3+ (ResNet-18) loaded the way fine-tuning
 loads it (``init_from_checkpoint``), global-average-pools layer 4, and reports, by 5-fold
 cross-validation with scikit-learn:
@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callbacks.spectrum import effective_rank  # noqa: E402
-from datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes  # noqa: E402
-from lightning_modules.components.checkpoint_init import init_from_checkpoint  # noqa: E402
-from lightning_modules.components.networks import build_segmentation_net  # noqa: E402
+from contraseg.callbacks.spectrum import effective_rank  # noqa: E402
+from contraseg.datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes  # noqa: E402
+from contraseg.lightning_modules.components.checkpoint_init import init_from_checkpoint  # noqa: E402
+from contraseg.lightning_modules.components.networks import build_segmentation_net  # noqa: E402
 
 
 def scenes(n: int, size: int, shapes: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:

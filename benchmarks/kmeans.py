@@ -29,7 +29,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lightning_modules.components.kmeans import assign, kmeans  # noqa: E402
+from contraseg.lightning_modules.components.kmeans import assign, kmeans  # noqa: E402
 
 Fit = Callable[[Tensor, int, int, int], Tensor]  # (points, k, niter, seed) -> centroids
 

@@ -3,7 +3,7 @@
 Four implementations of the SimCLR NT-Xent loss of ``2B`` stacked embeddings
 (two views of ``B`` images, view-major) are compared for every batch size ``B``:
 
-* ``fused``: :func:`lightning_modules.losses.nt_xent_loss` with ``labels=None``
+* ``fused``: :func:`contraseg.lightning_modules.losses.nt_xent_loss` with ``labels=None``
   (the fused one-positive path with an analytic backward);
 * ``generic``: the same function with ``labels=instance_labels(B, 2)``, i.e. the
   generic masked SupCon-style path (the labels are built once, outside the timing);
@@ -19,9 +19,9 @@ With ``--loss supcon`` the loss is supervised contrast (Khosla et al. 2020, L_ou
 the same ``2B`` embeddings with ``--classes`` image classes (both views of an image share
 its class), and the implementations are:
 
-* ``fused``: :func:`lightning_modules.losses.nt_xent_loss` with class labels (the
-  mask-free fused path of :mod:`lightning_modules.losses.supcon`);
-* ``generic``: :func:`lightning_modules.losses.contrastive_loss` (the masked autograd
+* ``fused``: :func:`contraseg.lightning_modules.losses.nt_xent_loss` with class labels (the
+  mask-free fused path of :mod:`contraseg.lightning_modules.losses.supcon`);
+* ``generic``: :func:`contraseg.lightning_modules.losses.contrastive_loss` (the masked autograd
   path it replaced);
 * ``naive``: the textbook masked formula without log-sum-exp;
 * ``pml``: ``pytorch_metric_learning.losses.SupConLoss`` if importable.
@@ -74,7 +74,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lightning_modules.losses import contrastive_loss, instance_labels, nt_xent_loss
+from contraseg.lightning_modules.losses import contrastive_loss, instance_labels, nt_xent_loss
 
 METHODS = ("fused", "generic", "naive", "plain_ce", "lightly")
 SUPCON_METHODS = ("fused", "generic", "naive", "pml")

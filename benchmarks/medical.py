@@ -5,14 +5,14 @@ affects every variant alike):
 
 * ``re-read .nii.gz per sample``: the naive loader, which opens and decompresses the subject's
   ``img*.nii.gz`` and ``label*.nii.gz`` (nibabel), canonicalises, checks and label-maps them for
-  every slice it serves (a fresh :class:`~datamodules.volumes.VolumeStore` per sample);
-* ``VolumeStore, in-memory cache``: :class:`~datamodules.volumes.SliceDataset` over one store
-  that decoded every subject once (what each DataLoader worker does; the first pass, which
+  every slice it serves (a fresh :class:`~contraseg.datamodules.volumes.VolumeStore` per sample);
+* ``VolumeStore, in-memory cache``: :class:`~contraseg.datamodules.volumes.SliceDataset` over one
+  store that decoded every subject once (what each DataLoader worker does; the first pass, which
   decodes, is timed separately as ``first pass``);
 * ``VolumeStore, .npy cache_dir``: a fresh store per round whose ``cache_dir`` holds the
   decoded volumes as ``.npy`` (memory-mapped, never decompressed again);
 * ``training step``: forward + backward + AdamW step of the U-Net that
-  :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` builds
+  :class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` builds
   (``encoder=--encoder``, 1 input channel, 9 classes: the TransUNet 8-organ protocol) on a batch
   of ``--batch`` slices: slices/s = batch / step time.
 
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.datasets.medical import BTCV8, btcv_subjects
-from datamodules.volumes import SliceDataset, VolumeStore
+from contraseg.datamodules.datasets.medical import BTCV8, btcv_subjects
+from contraseg.datamodules.volumes import SliceDataset, VolumeStore
 
 
 def write_subjects(root: Path, n: int, depth: int, size: int) -> Path:
@@ -85,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from lightning_modules.segmentation_finetune import SegmentationFineTune
+    from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_subjects(Path(tmp) / "btcv", args.subjects, args.depth, args.size)

@@ -4,27 +4,27 @@ What is measured, in one run, interleaved over ``--rounds`` (medians reported):
 
 * **decode**: one 320x256 JPEG to a ``(3, H, W)`` uint8 tensor, PIL (``Image.open`` +
   ``convert("RGB")`` + numpy) against ``torchvision.io.decode_jpeg`` (what
-  ``datamodules.datasets.io.read_image_rgb`` uses for JPEGs), one thread;
+  ``contraseg.datamodules.datasets.io.read_image_rgb`` uses for JPEGs), one thread;
 * **worker part per sample, one core** (two views of ``--size`` px from the JPEG folder):
   *before* = PIL decode + the whole torchvision v2 view pipeline per sample (crop, flip,
   ``ColorJitter`` with hue, grey, ``GaussianBlur``, ``ScaleByDtype``, ``Normalize``: the
   pipeline contraseg ran before the split), *after* = ``read_image_rgb`` + the per-sample
-  half (:class:`datamodules.transforms.MultiViewTransform`: crop and flip in uint8, the
+  half (:class:`contraseg.datamodules.transforms.MultiViewTransform`: crop and flip in uint8, the
   photometric parameters drawn);
-* **device part per sample**: :class:`datamodules.batch_augment.BatchPhotometric` on batches
-  of ``--batch-size`` uint8 views on ``--device`` (both views), including the index plans'
+* **device part per sample**: :class:`contraseg.datamodules.batch_augment.BatchPhotometric` on
+  batches of ``--batch-size`` uint8 views on ``--device`` (both views), including the index plans'
   transfer;
 * **fit, images/s**: SimCLR (``--encoder``) trained by ``Trainer.fit`` for ``--steps``
-  timed steps through :class:`datamodules.ImageFolderDataModule` on the JPEG folder with
+  timed steps through :class:`contraseg.datamodules.ImageFolderDataModule` on the JPEG folder with
   ``--workers`` workers (*end to end*), against the same model and trainer on batches that
   are already on the device (*device-resident*, no decoding, augmentation or copy).  The
   ratio is the share of the device's training speed that the input pipeline delivers;
   *decoded on the device* is the same fit with ``decode_on_device: true`` (workers read
   bytes; ``decode_jpeg`` on ``--device``, views cropped there);
-* **synthetic scenes, images/s**: the same SimCLR on :class:`datamodules.TexturedScenesDataModule`
-  (``--scene-size`` px scenes and views) with the scenes rendered in ``--workers`` workers
-  against ``render_on_device: true`` (workers draw random numbers only) and against
-  device-resident batches of that size.
+* **synthetic scenes, images/s**: the same SimCLR on
+  :class:`contraseg.datamodules.TexturedScenesDataModule` (``--scene-size`` px scenes and views)
+  with the scenes rendered in ``--workers`` workers against ``render_on_device: true`` (workers
+  draw random numbers only) and against device-resident batches of that size.
 
 The JPEG folder (``--images`` files, 320x256, smooth colour fields plus noise, quality 90)
 is written to a temporary directory and removed at the end.
@@ -57,11 +57,11 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
-from datamodules import ImageFolderDataModule, TexturedScenesDataModule
-from datamodules.batch_augment import BatchPhotometric, collate_plans
-from datamodules.datasets.io import read_image_rgb
-from datamodules.transforms import MultiViewTransform, ScaleByDtype, ViewAugmentation
-from lightning_modules import SimCLR
+from contraseg.datamodules import ImageFolderDataModule, TexturedScenesDataModule
+from contraseg.datamodules.batch_augment import BatchPhotometric, collate_plans
+from contraseg.datamodules.datasets.io import read_image_rgb
+from contraseg.datamodules.transforms import MultiViewTransform, ScaleByDtype, ViewAugmentation
+from contraseg.lightning_modules import SimCLR
 
 
 def write_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:

@@ -1,6 +1,6 @@
 """Throughput of the segmentation-scale synthetic benchmark against a CPU training step.
 
-Rows: :class:`datamodules.datasets.textured_scenes.TexturedScenes` at each ``--sizes`` and
+Rows: :class:`contraseg.datamodules.datasets.textured_scenes.TexturedScenes` at each ``--sizes`` and
 variant (plain; ``clutter=3``; ``num_domains=4``; ``imbalance_ratio=10``), timed as
 ``dataset[i]`` (what a DataLoader worker does, one scene per call) and as one batched
 ``render`` of ``--batch`` scenes.  The last column compares with the samples/s of one training
@@ -30,8 +30,8 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes  # noqa: E402
-from lightning_modules.components.networks import build_segmentation_net  # noqa: E402
+from contraseg.datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes  # noqa: E402
+from contraseg.lightning_modules.components.networks import build_segmentation_net  # noqa: E402
 
 VARIANTS = {
     "plain": {},

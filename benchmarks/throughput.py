@@ -1,6 +1,6 @@
 """Training throughput of SimCLR: Lightning ``Trainer.fit`` vs a plain PyTorch loop.
 
-Both settings train the same :class:`lightning_modules.SimCLR` (timm encoder,
+Both settings train the same :class:`contraseg.lightning_modules.SimCLR` (timm encoder,
 default projector, online linear probe, SGD with the module's own parameter
 groups and per-step warmup + cosine schedule) on the same batches, and differ only
 in what drives the step:
@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_modules import SimCLR
+from contraseg.lightning_modules import SimCLR
 
 Batch = dict[str, Any]
 SETTINGS = ("lightning", "plain")

@@ -33,12 +33,35 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-__all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "StepSnapshots", "non_finite_tensors",
-           "remove_stale_temporaries", "save_atomically"]
+__all__ = ["CheckpointFolderInUseError", "RunCheckpoint", "StepSnapshots", "check_run_folder",
+           "non_finite_tensors", "remove_stale_temporaries", "save_atomically"]
 
 
 class CheckpointFolderInUseError(RuntimeError):
     """A fresh run was pointed at a folder holding another run's checkpoints."""
+
+
+def check_run_folder(dirpath: str | Path, overwrite: bool = False) -> list[Path]:
+    """The checkpoints a fresh run would find in ``dirpath``; an error unless ``overwrite``.
+
+    Called by :class:`RunCheckpoint` when a fit starts and by the command line before it
+    builds anything (no logger, no W&B run is started for a run that is then refused).
+
+    Raises:
+        CheckpointFolderInUseError: ``dirpath`` holds checkpoints and ``overwrite`` is off.
+    """
+    existing = sorted(Path(dirpath).glob("*.ckpt"))
+    if existing and not overwrite:
+        raise CheckpointFolderInUseError(
+            f"{dirpath} already holds checkpoints of another run "
+            f"({', '.join(p.name for p in existing[:4])}): resume it with --ckpt_path last, "
+            "pick another folder with --run_name <name>, or delete the folder"
+        )
+    return existing
+
+
+def _plain_version(version: Any) -> str | int | None:
+    return version if version is None or isinstance(version, int | str) else str(version)
 
 
 def non_finite_tensors(module: torch.nn.Module) -> list[str]:
@@ -202,20 +225,22 @@ class RunCheckpoint(ModelCheckpoint):
                                "writing a checkpoint")  # fmt: skip
         if trainer.fast_dev_run or trainer.ckpt_path is not None or not self.dirpath:
             return
-        existing = sorted(Path(self.dirpath).glob("*.ckpt"))
+        existing = check_run_folder(self.dirpath, self.overwrite)
         if not existing:
             return
-        if not self.overwrite:
-            raise CheckpointFolderInUseError(
-                f"{self.dirpath} already holds checkpoints of another run "
-                f"({', '.join(p.name for p in existing[:4])}): resume it with --ckpt_path last, "
-                "pick another folder with --run_name <name>, or delete the folder"
-            )
         if trainer.is_global_zero:
             for path in existing:
                 path.unlink()
             rank_zero_info(f"RunCheckpoint(overwrite=True): removed {len(existing)} checkpoints")
         trainer.strategy.barrier("RunCheckpoint.overwrite")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:  # fmt: skip
+        """Record the loggers' runs (W&B id, CSV version): a resumed fit continues them."""
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        checkpoint["loggers"] = [{"class": type(logger).__name__,
+                                  "version": _plain_version(logger.version)}
+                                 for logger in trainer.loggers]  # fmt: skip
 
     # ------------------------------------------------------------------ triggers
     def _skip(self, trainer: L.Trainer) -> bool:

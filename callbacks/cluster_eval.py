@@ -144,12 +144,13 @@ class ClusterEvaluation(pl.Callback):
         pl_module.log("cluster/nmi", nmi, rank_zero_only=False, sync_dist=False)
         pl_module.log("cluster/ari", ari, rank_zero_only=False, sync_dist=False)
         if self.save_plots and self.map_samples and trainer.is_global_zero:
-            fig = self._map(x, y, assignments, trainer.current_epoch, nmi)
+            names = list(getattr(getattr(trainer, "datamodule", None), "classes", None) or [])
+            fig = self._map(x, y, assignments, trainer.current_epoch, nmi, names)
             save_and_log_figure(trainer, fig, "cluster/map", trainer.log_dir, "cluster_maps",
                                 "ClusterEvaluation")  # fmt: skip
 
     def _map(self, x: np.ndarray, y: np.ndarray, clusters: np.ndarray, epoch: int,
-             nmi: float) -> Figure:  # fmt: skip
+             nmi: float, class_names: list[str] | None = None) -> Figure:  # fmt: skip
         rng = np.random.default_rng(self.seed)
         pick = rng.permutation(len(x))[: self.map_samples]
         perplexity = float(min(30, max(2, len(pick) - 1) / 3))
@@ -160,7 +161,9 @@ class ClusterEvaluation(pl.Callback):
                                      ("class", "GMM cluster"), strict=True):  # fmt: skip
             for value in np.unique(colour):
                 sel = colour == value
-                label = "unlabelled" if value < 0 else str(int(value))
+                label = ("unlabelled" if value < 0 else class_names[int(value)]
+                         if title == "class" and class_names and value < len(class_names)
+                         else str(int(value)))  # fmt: skip
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=6, label=label)
             ax.set(title=f"t-SNE coloured by {title}", xticks=[], yticks=[])
             ax.legend(markerscale=2, fontsize="small", title=title, loc="best")

@@ -51,7 +51,8 @@ class ConfusionMatrixPlot(pl.Callback):
         confusion = getattr(pl_module, "last_confusion", None)
         if confusion is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        names = getattr(getattr(trainer, "datamodule", None), "class_names", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        names = getattr(pl_module, "class_names", None) or getattr(datamodule, "classes", None)
         fig = confusion_figure(confusion.numpy(), list(names) if names else None)
         save_and_log_figure(trainer, fig, "val/confusion", trainer.log_dir, "confusion",
                             type(self).__name__)  # fmt: skip

@@ -22,7 +22,7 @@ voxel in a validation volume otherwise gives plausible-looking Dice scores and e
 
 Under fp16 mixed precision inf/NaN gradients are the loss scaler's normal overflow signal
 (it skips those steps itself), so only the loss terms are checked there.  Checkpoints are
-protected separately: :class:`~callbacks.checkpoint.RunCheckpoint` never writes
+protected separately: :class:`~contraseg.callbacks.checkpoint.RunCheckpoint` never writes
 non-finite weights.
 """
 

@@ -11,7 +11,7 @@ subset of an evaluation split, gathers the embeddings of all DDP ranks and logs
 * ``rank/top1_ratio``: :math:`\sigma_1(C) / \sum_k \sigma_k(C)`,
 
 where :math:`C` is the covariance of the (optionally L2-normalised) embeddings, see
-:mod:`callbacks.spectrum`. It also plots :math:`\log_{10} \sigma_k(C)` against
+:mod:`contraseg.callbacks.spectrum`. It also plots :math:`\log_{10} \sigma_k(C)` against
 :math:`k` (the DirectCLR spectrum plot).
 
 Contract with the rest of the codebase:
@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import Dataset, Subset
 
-from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
+from contraseg.callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
 from contraseg.extraction import extract_features
 from contraseg.figures import image_loggers, save_and_log_figure
 

@@ -1,6 +1,6 @@
 """Visualisation of semantic-segmentation predictions.
 
-* :func:`~datamodules.datasets.palette.colourize` (beside the data-set metadata) maps a
+* :func:`~contraseg.datamodules.datasets.palette.colourize` (beside the data-set metadata) maps a
   label map to RGB through a palette (ignore pixels get a fixed colour);
   :func:`denormalize` undoes the datamodule's normalisation of an image tensor.
 * :class:`SegmentationOverlays` collects the first ``num_images`` validation samples of
@@ -13,8 +13,8 @@
   PNGs, which read back as class indices with ``np.array(Image.open(path))``.
 
 Contract with the rest of the codebase (see
-:class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` and
-:class:`~datamodules.segmentation.SegmentationDataModule`):
+:class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` and
+:class:`~contraseg.datamodules.segmentation.SegmentationDataModule`):
 
 * batches are dicts with ``image`` ``(B, C, H, W)`` (normalised float), ``mask``
   ``(B, H, W)`` (long, ``ignore_index`` = ignore) and optionally ``name`` (``list[str]``);
@@ -40,16 +40,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from contraseg.figures import image_loggers, save_and_log_figure
-from datamodules.datasets.palette import (
+from contraseg.datamodules.datasets.palette import (
     IGNORE_INDEX,
     colourize,
     palette_lut,
     save_palette_png,
     to_numpy_labels,
 )
+from contraseg.figures import image_loggers, save_and_log_figure
 
-__all__ = ["ColourPredictionWriter", "SegmentationOverlays", "denormalize", "overlay"]
+__all__ = ["ColourPredictionWriter", "SegmentationOverlays", "add_class_legend", "denormalize",
+           "overlay"]
 
 
 def denormalize(
@@ -100,6 +101,10 @@ def overlay(
 ) -> np.ndarray:
     """Blend a colourised label map over an RGB image; ignored pixels stay untouched.
 
+    Classes whose palette colour is black (the background or clutter class of most data
+    sets: VOC, Cityscapes' void, the synthetic scenes) are left transparent too: blending
+    black at half opacity would only darken the image.
+
     Args:
         rgb: ``(H, W, 3)`` uint8 image.
         labels: ``(H, W)`` class indices.
@@ -117,9 +122,41 @@ def overlay(
     weight = np.full(labels.shape, float(alpha), dtype=np.float32)
     if ignore_index is not None:
         weight[labels == ignore_index] = 0.0
+    weight[(colours == 0).all(axis=-1)] = 0.0  # black classes: transparent
     weight = weight[..., None]
     blended = rgb.astype(np.float32) * (1.0 - weight) + colours * weight
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def add_class_legend(fig: Figure, class_names: Sequence[str] | None,
+                     palette: Sequence[Sequence[int]] | np.ndarray | None,
+                     present: Sequence[int] | None = None) -> None:  # fmt: skip
+    """A colour legend of the classes under the figure (black classes marked transparent).
+
+    Args:
+        fig: The figure (space is made at its bottom).
+        class_names: Names by class index (``None``: ``class <i>``).
+        palette: See :func:`colourize`.
+        present: Class indices to list (default: every named class).
+    """
+    from matplotlib.patches import Patch
+
+    lut = palette_lut(palette)
+    indices = sorted(set(present)) if present is not None else list(range(len(class_names or [])))
+    handles = []
+    for i in indices:
+        if not 0 <= i < len(lut):
+            continue
+        name = class_names[i] if class_names and i < len(class_names) else f"class {i}"
+        colour = lut[i] / 255.0
+        black = not lut[i].any()
+        handles.append(Patch(facecolor="none" if black else colour, edgecolor="0.3",
+                             label=f"{name} (transparent)" if black else name))  # fmt: skip
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+                   frameon=False)  # fmt: skip
+        rows = -(-len(handles) // 6)
+        fig.subplots_adjust(bottom=min(0.4, 0.06 * rows + 0.04))
 
 
 class SegmentationOverlays(pl.Callback):
@@ -293,6 +330,11 @@ class SegmentationOverlays(pl.Callback):
                 ax.set_axis_off()
         fig.suptitle(f"Validation predictions - epoch {epoch}")
         fig.tight_layout()
+        classes = list(getattr(datamodule, "classes", None) or [])
+        present = sorted({int(v) for s in samples for key in ("mask", "pred")
+                          if s[key] is not None for v in s[key].unique().tolist()
+                          if int(v) != ignore_index})  # fmt: skip
+        add_class_legend(fig, classes or None, palette, present)
         return fig
 
 
@@ -310,10 +352,16 @@ class ColourPredictionWriter(BasePredictionWriter):
     (``pred_rank{r}_{batch_idx}_{i}`` when ``world_size > 1``). Every rank writes the
     items of its own shard.
 
+    With ``overlays=True`` each image is also drawn with its prediction over it and a legend
+    of the classes it holds (the data module's class names and palette), as
+    ``<output_dir>/overlays/<name>.png``.
+
     Args:
         output_dir: Folder the PNGs are written to (created if missing).
         write_interval: ``"batch"`` (default), ``"epoch"`` or ``"batch_and_epoch"`` (the
             latter writes once, per batch).
+        overlays: Also write the overlay pictures (batch-wise writing only).
+        alpha: Opacity of the overlay colours.
 
     Attributes:
         written: Paths written by this process, in order.
@@ -323,9 +371,12 @@ class ColourPredictionWriter(BasePredictionWriter):
         self,
         output_dir: str | os.PathLike[str],
         write_interval: Literal["batch", "epoch", "batch_and_epoch"] = "batch",
+        overlays: bool = False,
+        alpha: float = 0.5,
     ) -> None:
         super().__init__(write_interval)
         self.output_dir = Path(output_dir)
+        self.overlays, self.alpha = overlays, alpha
         self.written: list[Path] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -364,7 +415,30 @@ class ColourPredictionWriter(BasePredictionWriter):
         names = None
         if isinstance(batch, dict):
             names = batch.get("name")
-        self._write(trainer, prediction, batch_idx, names)
+        paths = self._write(trainer, prediction, batch_idx, names)
+        if self.overlays and isinstance(batch, dict) and "image" in batch:
+            preds = prediction.get("pred") if isinstance(prediction, dict) else prediction
+            for image, pred, path in zip(batch["image"], preds, paths):
+                self._write_overlay(trainer, image, pred, path)
+
+    def _write_overlay(self, trainer: pl.Trainer, image: Tensor, pred: Tensor,
+                       path: Path) -> None:  # fmt: skip
+        datamodule = getattr(trainer, "datamodule", None)
+        palette = getattr(datamodule, "palette", None)
+        rgb = denormalize(image, getattr(datamodule, "mean", None) or 0.0,
+                          getattr(datamodule, "std", None) or 1.0)  # fmt: skip
+        h, w = rgb.shape[:2]
+        fig = Figure(figsize=(max(4.0, 6.0 * w / max(h, w)), max(4.0, 6.0 * h / max(h, w)) + 1))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.imshow(overlay(rgb, pred, palette, self.alpha), interpolation="nearest")
+        ax.set_title(path.stem, fontsize=9)
+        ax.set_axis_off()
+        classes = list(getattr(datamodule, "classes", None) or []) or None
+        add_class_legend(fig, classes, palette, pred.unique().tolist())
+        target = self.output_dir / "overlays" / path.relative_to(self.output_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(target, dpi=100)
 
     def write_on_epoch_end(
         self,
@@ -397,7 +471,7 @@ class ColourPredictionWriter(BasePredictionWriter):
         prediction: Any,
         batch_idx: int,
         batch_names: Sequence[str] | None,
-    ) -> None:
+    ) -> list[Path]:
         if isinstance(prediction, dict):
             preds, names = prediction.get("pred"), prediction.get("name")
         else:
@@ -419,6 +493,7 @@ class ColourPredictionWriter(BasePredictionWriter):
         rank = getattr(trainer, "global_rank", 0)
         prefix = f"pred_rank{rank}" if world_size > 1 else "pred"
         preds = preds.detach().cpu()
+        paths = []
         for i, pred in enumerate(preds):
             if names is not None and i < len(names) and names[i] is not None:
                 rel = _safe_relative(str(names[i]))
@@ -428,6 +503,8 @@ class ColourPredictionWriter(BasePredictionWriter):
             path.parent.mkdir(parents=True, exist_ok=True)
             save_palette_png(pred, path, flat_palette)
             self.written.append(path)
+            paths.append(path)
+        return paths
 
 
 def _safe_relative(name: str) -> str:

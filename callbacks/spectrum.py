@@ -1,7 +1,7 @@
 r"""Spectral diagnostics of embedding matrices for dimensional-collapse monitoring.
 
 Pure ``torch`` functions (no Lightning) used by
-:class:`callbacks.rank_monitor.EmbeddingRankMonitor`:
+:class:`contraseg.callbacks.rank_monitor.EmbeddingRankMonitor`:
 
 * :func:`embedding_spectrum`: singular values of the embedding covariance, as plotted
   in DirectCLR (Jing et al., *Understanding Dimensional Collapse in Contrastive

@@ -12,11 +12,11 @@ resumed epoch replays epoch 0's batches) nor the RNG streams of the workers.  He
   ``DistributedSampler``, so DDP shards it and Lightning leaves it in place) and yields
   :class:`SampleKey` s ``(index, epoch, sample_seed)`` with
   ``sample_seed = mix_seed(seed, epoch, index)``;
-* :class:`~datamodules.base.TransformedDataset` seeds torch's RNG with the key's seed
+* :class:`~contraseg.datamodules.base.TransformedDataset` seeds torch's RNG with the key's seed
   around the sample's transform (and passes the epoch to data sets that draw per-epoch
   content, e.g. random Potsdam windows), so the augmentation of a sample is the same for
   any worker count, rank or restart;
-* the train loader (``datamodules.sampling.train_loader``) of a resumed run is realigned
+* the train loader (``contraseg.datamodules.sampling.train_loader``) of a resumed run is realigned
   to the checkpoint's epoch and, for a mid-epoch checkpoint, skips the batches already
   consumed (:func:`realign_train_loader`; our own skip, chosen over Lightning's
   stateful-dataloader path, which needs ``torchdata`` and per-worker iterator states).

@@ -1,7 +1,7 @@
-"""LightningDataModules; the raw readers they wrap are in :mod:`datamodules.datasets`."""
+"""LightningDataModules; the raw readers they wrap are in :mod:`contraseg.datamodules.datasets`."""
 
-from datamodules.base import PretrainDataModule
-from datamodules.classification import (
+from contraseg.datamodules.base import PretrainDataModule
+from contraseg.datamodules.classification import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     DigitsDataModule,
@@ -9,17 +9,17 @@ from datamodules.classification import (
     ISICDataModule,
     SVHNDataModule,
 )
-from datamodules.condensation import ClassBank, CondensationDataModule
-from datamodules.medical import (
+from contraseg.datamodules.condensation import ClassBank, CondensationDataModule
+from contraseg.datamodules.medical import (
     BTCVDataModule,
     HippocampusDataModule,
     MMWHSDataModule,
     NiftiFolderDataModule,
     SyntheticMedicalDataModule,
 )
-from datamodules.multidomain import MultiDomainDataModule
-from datamodules.segmentation import SegmentationDataModule
-from datamodules.segmentation_sets import (
+from contraseg.datamodules.multidomain import MultiDomainDataModule
+from contraseg.datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.segmentation_sets import (
     CityscapesDataModule,
     ISICSegmentationDataModule,
     PotsdamDataModule,
@@ -27,11 +27,11 @@ from datamodules.segmentation_sets import (
     SegmentationFolderDataModule,
     VOCDataModule,
 )
-from datamodules.synthetic import (
+from contraseg.datamodules.synthetic import (
     SyntheticDataModule,
     SyntheticSegmentationDataModule,
 )
-from datamodules.textured import (
+from contraseg.datamodules.textured import (
     DigitScenesDataModule,
     DigitSegmentationDataModule,
     TexturedScenesDataModule,

@@ -18,16 +18,16 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
-from contraseg.seeding import SampleKey, seeded_call
-from datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
-from datamodules.batch_augment import DeviceAugmentHooks
-from datamodules.sampling import eval_loader, train_loader
-from datamodules.transforms import (
+from contraseg.datamodules.attention import ATTENTION_SOURCES, AttentionMaskDataset
+from contraseg.datamodules.batch_augment import DeviceAugmentHooks
+from contraseg.datamodules.sampling import eval_loader, train_loader
+from contraseg.datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
     ViewAugmentation,
     build_eval_transform,
 )
+from contraseg.seeding import SampleKey, seeded_call
 
 
 class TransformedDataset(Dataset):
@@ -80,7 +80,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
 
     Training views are cropped and flipped in the workers (in the images' dtype) and get
     their photometric augmentation and normalisation batched on the device
-    (:mod:`datamodules.batch_augment`, ``on_after_batch_transfer``).
+    (:mod:`contraseg.datamodules.batch_augment`, ``on_after_batch_transfer``).
 
     Args:
         batch_size: Images per step and process (each yields ``n_views`` views).
@@ -95,7 +95,7 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
         index_maps: Also produce pixel-index maps for dense methods.
         seed: Seed of the kNN bank subset.
         attention_mask: Compute a foreground ``mask`` for every training image (``exg``:
-            excess green + Otsu, :mod:`datamodules.attention`), carried through the views
+            excess green + Otsu, :mod:`contraseg.datamodules.attention`), carried through the views
             as ``masks`` (CLAWS's hard attention); ``None``: items keep their own masks.
         class_balanced: Draw training images with probability ``1 / n_class`` (each epoch
             ``len(train)`` draws with replacement, seeded): the imbalanced-data sampler.
@@ -176,8 +176,8 @@ class PretrainDataModule(DeviceAugmentHooks, L.LightningDataModule):
 
     def _condensed(self, original: Dataset) -> Dataset:
         """``data.train_set`` as the training split, checked against the data set."""
-        from datamodules.datasets.condensed import CondensedSet
-        from datamodules.datasets.io import DataFormatError
+        from contraseg.datamodules.datasets.condensed import CondensedSet
+        from contraseg.datamodules.datasets.io import DataFormatError
 
         path = self.train_set_file
         condensed = CondensedSet(path)  # type: ignore[arg-type]

@@ -2,11 +2,11 @@
 
 Every training view is made in two parts (the GPU-first split):
 
-* **in the workers, per sample** (:mod:`datamodules.transforms`): decode, the geometric
+* **in the workers, per sample** (:mod:`contraseg.datamodules.transforms`): decode, the geometric
   transforms (``RandomResizedCrop``, flips, rot90) applied jointly to image, mask and
   pixel-index map *in the file's dtype* (uint8 stays uint8), and the *draw* of every random
-  photometric parameter (:func:`datamodules.transforms.draw_photometric`) from the sample's
-  ``(seed, epoch, index)`` stream;
+  photometric parameter (:func:`contraseg.datamodules.transforms.draw_photometric`) from the
+  sample's ``(seed, epoch, index)`` stream;
 * **on the batch, after it reaches the device** (``on_after_batch_transfer`` of the
   DataModules, here): colour jitter with hue in a per-sample random order, grey, Gaussian
   blur, solarise, the multi-band photometrics, gamma and noise, ``ScaleByDtype`` and the
@@ -240,9 +240,9 @@ class BatchPhotometric:
     """The device half of one view's pipeline (see the module docstring).
 
     Args:
-        cfg: The view's :class:`~datamodules.transforms.ViewAugmentation` (any object with its
-            attributes): kernel size from ``size``, the configured jitter ops, ``noise_std``,
-            ``pixel_noise_prob``, ``mean`` and ``std``.
+        cfg: The view's :class:`~contraseg.datamodules.transforms.ViewAugmentation` (any object
+            with its attributes): kernel size from ``size``, the configured jitter ops,
+            ``noise_std``, ``pixel_noise_prob``, ``mean`` and ``std``.
     """
 
     def __init__(self, cfg: Any) -> None:

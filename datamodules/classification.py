@@ -9,20 +9,20 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset, Subset
 
-from datamodules.base import PretrainDataModule, TransformedDataset
-from datamodules.batch_augment import device_views
-from datamodules.datasets.cifar import CIFARDataset
-from datamodules.datasets.digits import DigitsDataset
-from datamodules.datasets.image_folder import EncodedImages, ImageFolderDataset
-from datamodules.datasets.io import DataFormatError, require_dir
-from datamodules.datasets.isic import (
+from contraseg.datamodules.base import PretrainDataModule, TransformedDataset
+from contraseg.datamodules.batch_augment import device_views
+from contraseg.datamodules.datasets.cifar import CIFARDataset
+from contraseg.datamodules.datasets.digits import DigitsDataset
+from contraseg.datamodules.datasets.image_folder import EncodedImages, ImageFolderDataset
+from contraseg.datamodules.datasets.io import DataFormatError, require_dir
+from contraseg.datamodules.datasets.isic import (
     ISIC2018_CLASSES,
     ISIC2019_CLASSES,
     ISICClassification,
     lesion_split,
 )
-from datamodules.datasets.svhn import SVHNDataset
-from datamodules.transforms import ViewAugmentation, ViewDraws
+from contraseg.datamodules.datasets.svhn import SVHNDataset
+from contraseg.datamodules.transforms import ViewAugmentation, ViewDraws
 
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
@@ -45,7 +45,7 @@ class CIFAR10DataModule(PretrainDataModule):
         root: Folder containing ``cifar-10-batches-py`` (or that folder itself).
         augment: View augmentation (default: solo-learn's 32 px recipe with CIFAR-10's
             statistics).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     variant: Literal["cifar10", "cifar100"] = "cifar10"
@@ -74,7 +74,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     Args:
         root: Folder containing ``cifar-100-python`` (or that folder itself).
         augment: View augmentation (default: the 32 px recipe with CIFAR-100's statistics).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     variant = "cifar100"
@@ -96,7 +96,7 @@ class SVHNDataModule(PretrainDataModule):
         root: Folder with the ``.mat`` files.
         use_extra: Add the 531k ``extra`` images to the training set.
         augment: View augmentation (default: the 32 px recipe with SVHN's statistics).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     num_classes = 10
@@ -130,7 +130,7 @@ class DigitsDataModule(PretrainDataModule):
         background: Amplitude of class-irrelevant backgrounds (gratings + blobs; 0: none).
         augment: View augmentation (default: crops of half the image or more, mild jitter,
             no flips: digits are not mirror-symmetric); its ``size`` must equal ``size``.
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     num_classes = 10
@@ -170,9 +170,9 @@ class ImageFolderDataModule(PretrainDataModule):
             (``torchvision.io.decode_jpeg(..., device=...)``: nvJPEG on a GPU), in
             ``on_after_batch_transfer``: workers only read each file and its size from the
             header and draw the views' parameters; views are cropped on the device
-            (:func:`~datamodules.batch_augment.device_geometry`).  Every training image must
-            be a JPEG.  Validation and the kNN bank decode in the workers as before.
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+            (:func:`~contraseg.datamodules.batch_augment.device_geometry`).  Every training image
+            must be a JPEG.  Validation and the kNN bank decode in the workers as before.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     @classmethod
@@ -279,7 +279,7 @@ class ISICDataModule(PretrainDataModule):
         split_by: ``lesion`` (the lesion metadata CSV must exist: an error naming it
             otherwise) or ``image`` (a per-image split, with a warning: images of one lesion
             can land on both sides and inflate validation scores).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     log_counts = True

@@ -1,12 +1,13 @@
 """Per-class real batches for dataset condensation, from any classification DataModule.
 
-:class:`CondensationDataModule` wraps a labelled :class:`~datamodules.base.PretrainDataModule`
-(CIFAR-10/100, SVHN, image folders, digits, textured scenes, ...): at setup it decodes the
-training split once under the source's evaluation transform (normalised, no augmentation,
-as the official code's ``images_all``) into a :class:`ClassBank`, from which the method
-draws ``n`` images of every class at once (:meth:`ClassBank.per_class`, vectorised); the
-source's held-out split is the test set of the evaluation protocol.  The training loader
-has one item per epoch, because one epoch is one outer iteration of condensation; the
+:class:`CondensationDataModule` wraps a labelled
+:class:`~contraseg.datamodules.base.PretrainDataModule` (CIFAR-10/100, SVHN, image folders, digits,
+textured scenes, ...): at setup it decodes the training split once under the source's evaluation
+transform (normalised, no augmentation, as the official code's ``images_all``) into a
+:class:`ClassBank`, from which the method draws ``n`` images of every class at once
+(:meth:`ClassBank.per_class`, vectorised); the source's held-out split is the test set of the
+evaluation protocol.  The training loader has one item per epoch, because one epoch is one
+outer iteration of condensation; the
 draws themselves come from torch's RNG, which the task reseeds per step (exact resume).
 """
 
@@ -21,8 +22,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from datamodules.base import PretrainDataModule
-from datamodules.sampling import eval_loader
+from contraseg.datamodules.base import PretrainDataModule
+from contraseg.datamodules.sampling import eval_loader
 
 __all__ = ["ClassBank", "CondensationDataModule"]
 

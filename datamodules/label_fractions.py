@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.io import DataFormatError
 
 HEADER = "# contraseg split:"
 

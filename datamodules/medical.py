@@ -1,6 +1,6 @@
 """Medical segmentation DataModules: 2-D slices for training, whole volumes for evaluation.
 
-:class:`MedicalDataModule` is a :class:`~datamodules.segmentation.SegmentationDataModule`
+:class:`MedicalDataModule` is a :class:`~contraseg.datamodules.segmentation.SegmentationDataModule`
 whose "images" are the axial slices of subjects, so every dense method of the project
 (pretraining views, label fractions, fine-tuning) runs on it unchanged, with three medical
 rules:
@@ -13,7 +13,7 @@ rules:
   ``foreground_share`` of the slices contain a structure (``None``: every slice once);
 * **per-volume evaluation**: in fine-tuning mode validation batches are whole volumes
   (``image (1, C, D, H, W)``, ``mask``, ``spacing``) that
-  :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` predicts slice by
+  :class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` predicts slice by
   slice and scores with MONAI's Dice and HD95 in millimetres.
 
 Data sets: :class:`BTCVDataModule`, :class:`MMWHSDataModule`, :class:`HippocampusDataModule`,
@@ -30,9 +30,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import TransformedDataset
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.medical import (
+from contraseg.datamodules.base import TransformedDataset
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.medical import (
     BTCV,
     BTCV8,
     HIPPOCAMPUS,
@@ -43,10 +43,15 @@ from datamodules.datasets.medical import (
     mmwhs_subjects,
     pattern_subjects,
 )
-from datamodules.datasets.synthetic_volumes import SyntheticVolumes
-from datamodules.sampling import eval_loader
-from datamodules.segmentation import SegmentationDataModule
-from datamodules.volumes import SliceDataset, VolumeDataset, VolumeStore, foreground_weighted_index
+from contraseg.datamodules.datasets.synthetic_volumes import SyntheticVolumes
+from contraseg.datamodules.sampling import eval_loader
+from contraseg.datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.volumes import (
+    SliceDataset,
+    VolumeDataset,
+    VolumeStore,
+    foreground_weighted_index,
+)
 
 __all__ = [
     "BTCVDataModule",
@@ -77,7 +82,7 @@ class MedicalDataModule(SegmentationDataModule):
         mean: Normalisation mean per input channel (``null``: 0.5 for CT, whose windowed
             intensities lie in [0, 1]; 0 for MR, z-scored per volume).
         std: Normalisation std (``null``: 0.5 for CT, 1 for MR).
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments
             (``label_fraction`` counts subjects here).
     """
 
@@ -226,7 +231,7 @@ class MedicalDataModule(SegmentationDataModule):
 
 
 class SyntheticMedicalDataModule(MedicalDataModule):
-    """The embedded synthetic volumes (:mod:`datamodules.datasets.synthetic_volumes`).
+    """The embedded synthetic volumes (:mod:`contraseg.datamodules.datasets.synthetic_volumes`).
 
     Args:
         num_subjects: Subjects generated.

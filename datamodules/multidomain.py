@@ -1,8 +1,8 @@
 """Several segmentation sets as domains of one training run (Boutillon et al. 2021).
 
 :class:`MultiDomainDataModule` takes a list of segmentation data modules (any
-:class:`~datamodules.segmentation.SegmentationDataModule`: the medical volumes, the textured
-scenes, users' folders), tags every item with its domain index, and trains on their union
+:class:`~contraseg.datamodules.segmentation.SegmentationDataModule`: the medical volumes, the
+textured scenes, users' folders), tags every item with its domain index, and trains on their union
 with **balanced sampling**: each epoch draws ``sum_d N_d`` items with replacement, every
 domain with probability ``1 / D`` whatever its size (seeded, resumable like every training
 loader here).  Batches therefore mix domains; ``batch["domain"]`` carries the ids.  Validation
@@ -20,9 +20,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
-from datamodules.sampling import eval_loader, train_loader
-from datamodules.segmentation import SegmentationDataModule
-from datamodules.volumes import VolumeDataset
+from contraseg.datamodules.sampling import eval_loader, train_loader
+from contraseg.datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.volumes import VolumeDataset
 
 __all__ = ["DomainTagged", "MultiDomainDataModule"]
 

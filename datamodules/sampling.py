@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from contraseg.datamodules.batch_augment import collate_plans
 from contraseg.seeding import SeededSampler, run_seed
-from datamodules.batch_augment import collate_plans
 
 __all__ = ["PREFETCH_FACTOR", "eval_loader", "train_loader"]
 
@@ -36,7 +36,7 @@ def train_loader(
     Workers persist across epochs, batches go to pinned memory when CUDA is present (so the
     copy to the device is asynchronous), each worker keeps ``PREFETCH_FACTOR`` batches
     ready, and the collate function adds the photometric index plans
-    (:func:`datamodules.batch_augment.collate_plans`) in the workers.
+    (:func:`contraseg.datamodules.batch_augment.collate_plans`) in the workers.
 
     Args:
         dataset: Training set (a ``TransformedDataset`` applies the sample seeds).

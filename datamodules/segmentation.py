@@ -9,7 +9,7 @@ This class owns:
 
 * the labeled subset (``label_fraction`` chosen by seed and stored in a split
   file under ``split_dir``, or an explicit ``split_file`` such as GLCNet's
-  ``trainR1``), see :mod:`datamodules.label_fractions`;
+  ``trainR1``), see :mod:`contraseg.datamodules.label_fractions`;
 * joint image/mask augmentation for training (random rescale, crop padded with the
   ignore index, flip) and normalisation for evaluation;
 * an *unlabeled view* of the whole training split with multi-view augmentation
@@ -28,13 +28,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datamodules.base import TransformedDataset
-from datamodules.batch_augment import DeviceAugmentHooks
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import DataFormatError
-from datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
-from datamodules.sampling import eval_loader, train_loader
-from datamodules.transforms import (
+from contraseg.datamodules.base import TransformedDataset
+from contraseg.datamodules.batch_augment import DeviceAugmentHooks
+from contraseg.datamodules.datasets.image_files import ImageFiles
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.label_fractions import check_fraction, labeled_subset, read_split_file
+from contraseg.datamodules.sampling import eval_loader, train_loader
+from contraseg.datamodules.transforms import (
     ImageMaskTransform,
     MultiViewTransform,
     ScaleByDtype,
@@ -53,7 +54,8 @@ def joint_train_transform(
     """Random shorter-side resize, crop (padding masks with the ignore index), flip.
 
     The per-sample half of the fine-tuning pipeline, in the image's dtype; the scaling and
-    normalisation run on the device (:class:`~datamodules.batch_augment.BatchPhotometric`).
+    normalisation run on the device
+    (:class:`~contraseg.datamodules.batch_augment.BatchPhotometric`).
 
     Args:
         crop_size: Square crop size.
@@ -101,7 +103,7 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
 
     Training samples are cropped and flipped in the workers in the images' dtype; their
     photometric ops (pretraining views) and normalisation run batched on the device
-    (:mod:`datamodules.batch_augment`, ``on_after_batch_transfer``).
+    (:mod:`contraseg.datamodules.batch_augment`, ``on_after_batch_transfer``).
 
     Args:
         batch_size: Images per step and process.
@@ -127,6 +129,9 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         pretrain_subset: Images of the pretraining mode: ``"all"`` (the whole
             training split, unlabeled methods) or ``"labeled"`` (only the labeled
             subset, with its masks: Zhao et al., Hu et al. stage 2, Lee et al.).
+        predict_dir: A folder of your own unlabeled images (any size, sub-folders kept) that
+            ``predict`` runs on instead of the validation split
+            (:class:`~contraseg.datamodules.datasets.image_files.ImageFiles`).
     """
 
     info: ClassVar[DatasetInfo | None] = None  # a subclass's data set: metadata defined once
@@ -163,6 +168,7 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         pretrain_views: ViewAugmentation | list[ViewAugmentation] | None = None,
         n_views: int = 2,
         pretrain_subset: Literal["all", "labeled"] = "all",
+        predict_dir: str | None = None,
     ) -> None:
         super().__init__()
         crop_size = self.default_crop_size if crop_size is None else crop_size
@@ -187,6 +193,7 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
             )
         self.pretrain_views, self.n_views = pretrain_views, n_views
         self.pretrain_subset = pretrain_subset
+        self.predict_dir = predict_dir
 
     # tiny smoke runs: crop (and view) size (None: keep the config's), batch, labeled images
     tiny_crop: ClassVar[int | None] = 64
@@ -342,6 +349,16 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         """Seeded order and augmentations (:mod:`contraseg.seeding`), resumable exactly."""
         dataset = (self.unlabeled_dataset(self.pretrain_views, self.n_views)
                    if self.pretrain_views is not None else self.train_dataset())  # fmt: skip
+        size = len(dataset)  # type: ignore[arg-type]
+        if size < 2:
+            subset = (f"split_file {self.split_file}" if self.split_file
+                      else f"label_fraction {self.label_fraction}")  # fmt: skip
+            raise ValueError(
+                f"{self.name}: the training set holds {size} image ({subset}); "
+                "BatchNorm cannot train on batches of one image (its per-channel statistics "
+                "need two or more): raise data.init_args.label_fraction (a count such as 2 is "
+                "allowed) or list more names in the split file"
+            )
         return train_loader(dataset, self.batch_size, self.num_workers,
                             drop_last=len(dataset) > self.batch_size,  # type: ignore[arg-type]
                             collate_fn=self.train_collate())  # fmt: skip
@@ -352,5 +369,14 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:  # noqa: D102
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader:  # noqa: D102
-        return self.val_dataloader()
+    def predict_dataloader(self) -> DataLoader:
+        """``predict_dir``'s images (unlabeled, any size, one per batch), else the val split.
+
+        The images are normalised with the data set's ``mean`` / ``std``, nothing else: the
+        model pads each one to its network's stride or slides its window over it.
+        """
+        if self.predict_dir is None:
+            return self.val_dataloader()
+        normalise = ImageMaskTransform(eval_transform(self.mean, self.std))
+        return eval_loader(TransformedDataset(ImageFiles(self.predict_dir), normalise), 1,
+                           self.num_workers)  # fmt: skip

@@ -1,7 +1,7 @@
 """Segmentation LightningDataModules: Cityscapes, VOC (+SBD), Potsdam, and your own folders.
 
 Each wraps a raw reader (``cityscapes.py``, ``voc.py``, ``potsdam.py``) in
-:class:`~datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
+:class:`~contraseg.datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
 joint augmentation and the unlabeled multi-view split.
 """
 
@@ -13,14 +13,19 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import require_dir
-from datamodules.datasets.isic import ISIC_SEG, ISICSegmentation
-from datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES, PotsdamCrops, PotsdamTiles
-from datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
-from datamodules.datasets.voc import VOC, VOCSegmentation
-from datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.io import require_dir
+from contraseg.datamodules.datasets.isic import ISIC_SEG, ISICSegmentation
+from contraseg.datamodules.datasets.potsdam import (
+    POTSDAM,
+    POTSDAM_TILES,
+    PotsdamCrops,
+    PotsdamTiles,
+)
+from contraseg.datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
+from contraseg.datamodules.datasets.voc import VOC, VOCSegmentation
+from contraseg.datamodules.segmentation import SegmentationDataModule
 
 
 def _band_stats(info: DatasetInfo, n_bands: int, mean: Sequence[float] | None,
@@ -38,7 +43,7 @@ class CityscapesDataModule(SegmentationDataModule):
         crop_size: Training crop side (Cityscapes's default from its ``DatasetInfo``).
         mean: Normalisation mean (Cityscapes's default: ImageNet's).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = CITYSCAPES
@@ -66,7 +71,7 @@ class VOCDataModule(SegmentationDataModule):
         crop_size: Training crop side (VOC's default from its ``DatasetInfo``).
         mean: Normalisation mean (VOC's default: ImageNet's).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = VOC
@@ -107,7 +112,7 @@ class PotsdamDataModule(SegmentationDataModule):
         crop_size: Training crop side (GLCNet's 256).
         mean: Normalisation mean; ``null``: GLCNet's statistics of the chosen ``bands``.
         std: Normalisation std; ``null``: as ``mean``.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = POTSDAM
@@ -162,7 +167,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
 
     The standard split (24 train / 14 test tiles) is used; label fractions select
     training *tiles*.  Windows are read through memory maps, never decoding a tile per
-    sample (see :class:`~datamodules.datasets.potsdam.PotsdamTiles`).
+    sample (see :class:`~contraseg.datamodules.datasets.potsdam.PotsdamTiles`).
 
     Args:
         root: Folder with ``2_Ortho_RGB/`` or ``4_Ortho_RGBIR/`` and ``5_Labels_all*/``.
@@ -173,7 +178,7 @@ class PotsdamTilesDataModule(SegmentationDataModule):
         crop_size: Training crop side (512-px windows).
         mean: Normalisation mean; ``null``: GLCNet's statistics of the chosen ``bands``.
         std: Normalisation std; ``null``: as ``mean``.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = POTSDAM_TILES
@@ -220,8 +225,8 @@ class PotsdamTilesDataModule(SegmentationDataModule):
 class SegmentationFolderDataModule(SegmentationDataModule):
     """Your own segmentation data: images and masks matched by name, a YAML/JSON class table.
 
-    See :mod:`datamodules.datasets.segmentation_folder` for the layout and the class table.
-    Label fractions, joint augmentation and the unlabeled multi-view pretraining mode
+    See :mod:`contraseg.datamodules.datasets.segmentation_folder` for the layout and the class
+    table. Label fractions, joint augmentation and the unlabeled multi-view pretraining mode
     (``pretrain_views``) work as for every segmentation data module.
 
     Args:
@@ -233,7 +238,7 @@ class SegmentationFolderDataModule(SegmentationDataModule):
         train_split: Training split name.
         val_split: Validation split name.
         missing: ``error`` on an image without a mask, or ``skip`` it.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments
             (normalisation defaults to the table's ``mean`` / ``std``).
     """
 
@@ -289,7 +294,7 @@ class ISICSegmentationDataModule(SegmentationDataModule):
         crop_size: Training crop side (ISIC's default from its ``DatasetInfo``).
         mean: Normalisation mean (ISIC's default: ImageNet's).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = ISIC_SEG

@@ -1,4 +1,4 @@
-"""LightningDataModules over the embedded synthetic scenes (:mod:`datamodules.datasets.synthetic`).
+"""LightningDataModules over the synthetic scenes (:mod:`contraseg.datamodules.datasets.synthetic`).
 
 :class:`SyntheticDataModule` serves image-level pretraining (the quickstart),
 :class:`SyntheticSegmentationDataModule` segmentation with label fractions and the
@@ -12,9 +12,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from datamodules.base import PretrainDataModule
-from datamodules.datasets.synthetic import SHAPES, SyntheticScenes
-from datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.base import PretrainDataModule
+from contraseg.datamodules.datasets.synthetic import SHAPES, SyntheticScenes
+from contraseg.datamodules.segmentation import SegmentationDataModule
 
 
 class SyntheticDataModule(PretrainDataModule):
@@ -27,7 +27,7 @@ class SyntheticDataModule(PretrainDataModule):
         num_classes: Object classes.
         max_objects: Maximum objects per image.
         data_seed: Seed of the generated data (val uses ``data_seed + 1``).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     def __init__(
@@ -95,7 +95,7 @@ class SyntheticSegmentationDataModule(SegmentationDataModule):
         crop_size: Training crop side (``null``: ``image_size``, the whole scene).
         mean: Normalisation mean (the scenes' 0.5 grey).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     name = "synthetic"

@@ -1,7 +1,7 @@
 """LightningDataModules over the segmentation-scale synthetic benchmarks (two generators).
 
-The generators: :mod:`datamodules.datasets.textured_scenes` and
-:mod:`datamodules.datasets.digit_scenes`.
+The generators: :mod:`contraseg.datamodules.datasets.textured_scenes` and
+:mod:`contraseg.datamodules.datasets.digit_scenes`.
 :class:`TexturedScenesDataModule` serves image-level pretraining (SimCLR, DirectCLR, with the
 majority class as the kNN/probe label); :class:`TexturedSegmentationDataModule` serves
 segmentation with label fractions and the unlabeled multi-view mode of the dense methods.
@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.base import PretrainDataModule, TransformedDataset
-from datamodules.batch_augment import device_nearest, device_views
-from datamodules.datasets.digit_scenes import DIGIT_CLASSES, DigitScenes, DigitSceneSpec
-from datamodules.datasets.textured_scenes import TEXTURES, SceneSpec, TexturedScenes
-from datamodules.segmentation import SegmentationDataModule
-from datamodules.synthetic import NamedScenes
-from datamodules.transforms import ViewDraws
+from contraseg.datamodules.base import PretrainDataModule, TransformedDataset
+from contraseg.datamodules.batch_augment import device_nearest, device_views
+from contraseg.datamodules.datasets.digit_scenes import DIGIT_CLASSES, DigitScenes, DigitSceneSpec
+from contraseg.datamodules.datasets.textured_scenes import TEXTURES, SceneSpec, TexturedScenes
+from contraseg.datamodules.segmentation import SegmentationDataModule
+from contraseg.datamodules.synthetic import NamedScenes
+from contraseg.datamodules.transforms import ViewDraws
 
 
 class _SceneArgs:
@@ -106,7 +106,7 @@ class TexturedScenesDataModule(_ScenePretrain):
             parameters; the views are cropped on the device (:func:`device_geometry`,
             bilinear with adaptive sampling instead of the workers' antialiased resize) and
             augmented there.  Validation and the kNN bank render in the workers as before.
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     def __init__(
@@ -214,7 +214,7 @@ class TexturedSegmentationDataModule(_SceneSegmentation):
         crop_size: Training crop side (``null``: ``scene.image_size``, the whole scene).
         mean: Normalisation mean (the scenes' 0.5 grey).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     name = "textured"
@@ -267,7 +267,7 @@ class DigitScenesDataModule(_DigitArgs, _ScenePretrain):
         data_seed: Seed of the generated scenes.
         render_on_device: Render training scenes on the training device (see
             :class:`TexturedScenesDataModule`).
-        **kwargs: :class:`~datamodules.base.PretrainDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.base.PretrainDataModule` arguments.
     """
 
     def __init__(
@@ -298,7 +298,7 @@ class DigitSegmentationDataModule(_DigitArgs, _SceneSegmentation):
         crop_size: Training crop side (``null``: ``scene.image_size``, the whole scene).
         mean: Normalisation mean (the scenes' 0.5 grey).
         std: Normalisation std.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     name = "digit_scenes"

@@ -18,8 +18,8 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datamodules.batch_augment import scale_by_dtype
-from datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD
+from contraseg.datamodules.batch_augment import scale_by_dtype
+from contraseg.datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD
 
 
 class ScaleByDtype(v2.Transform):
@@ -190,7 +190,7 @@ def draw_photometric(cfg: ViewAugmentation, image: Tensor) -> dict[str, Tensor]:
         image: The view after the geometric part (channels and dtype choose the ops).
 
     Returns:
-        A dict of tensors (see :class:`datamodules.batch_augment.BatchPhotometric`).
+        A dict of tensors (see :class:`contraseg.datamodules.batch_augment.BatchPhotometric`).
     """
     channels = image.shape[-3]
     rgb = channels == 3
@@ -240,7 +240,7 @@ def draw_photometric(cfg: ViewAugmentation, image: Tensor) -> dict[str, Tensor]:
 def draw_geometry(cfg: ViewAugmentation, height: int, width: int) -> dict[str, Tensor]:
     """One view's crop, flips and rot90, drawn in a worker for a view cropped on the device.
 
-    Applied by :func:`datamodules.batch_augment.device_geometry`.
+    Applied by :func:`contraseg.datamodules.batch_augment.device_geometry`.
 
     The distributions of the per-sample half (``RandomResizedCrop`` with ``crop_scale`` /
     ``crop_ratio``, flips, rot90): the crop box comes from torchvision's own
@@ -330,7 +330,7 @@ class MultiViewTransform:
     ``label`` and optionally ``mask`` (``tv_tensors.Mask``).  The output holds ``views``
     (list of the views after the geometric part, in the image's dtype), ``photometric``
     (each view's drawn parameters, applied on the device by
-    :class:`~datamodules.batch_augment.BatchPhotometric`) and ``label``; with masks,
+    :class:`~contraseg.datamodules.batch_augment.BatchPhotometric`) and ``label``; with masks,
     ``masks``; with ``index_maps=True``, ``index_maps`` (each view's source-pixel indices)
     and ``source_size`` (``(H, W)`` of the source image, to decode the indices).
 

@@ -8,7 +8,7 @@ size, the protocol and :data:`CACHE_VERSION`; an edited file or changed option g
 entry (the stale one is deleted with a warning), and two folders sharing one cache never see
 each other's volumes.  The stored arrays keep
 the file's dtype; slices are normalised per modality when served
-(:func:`~datamodules.datasets.nifti.normalize_intensity`).  ``reads`` counts
+(:func:`~contraseg.datamodules.datasets.nifti.normalize_intensity`).  ``reads`` counts
 decompressions (``benchmarks/medical.py`` and the tests use it).
 
 Datasets over a store:
@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.medical import Protocol, Subject
-from datamodules.datasets.nifti import (
+from contraseg.datamodules.datasets.medical import Protocol, Subject
+from contraseg.datamodules.datasets.nifti import (
     Volume,
     check_pair,
     intensity_stats,
@@ -48,7 +48,7 @@ from datamodules.datasets.nifti import (
     normalize_intensity,
     read_nifti,
 )
-from datamodules.datasets.synthetic_volumes import SyntheticVolumes
+from contraseg.datamodules.datasets.synthetic_volumes import SyntheticVolumes
 
 __all__ = [
     "CACHE_VERSION",

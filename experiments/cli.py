@@ -4,8 +4,8 @@ A thin :class:`lightning.pytorch.cli.LightningCLI` in subclass mode: any
 LightningModule, LightningDataModule, callback or logger class can be chosen with
 ``class_path`` in YAML and every argument overridden on the command line
 (``--model.temperature 0.1``).  Config files compose (``defaults``, ``${name}`` and
-``--run_name``: :mod:`experiments.compose`).  The data module's ``in_channels``, ``num_classes``
-(segmentation classes) and ``probe_classes`` (image-level classes of the online
+``--run_name``: :mod:`contraseg.experiments.compose`).  The data module's ``in_channels``,
+``num_classes`` (segmentation classes) and ``probe_classes`` (image-level classes of the online
 evaluators) are linked into the model arguments of the same name, where the model has one.
 """
 
@@ -18,11 +18,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from experiments.compose import expand_configs
-from lightning_modules.components.checkpoint_init import load_checkpoint_file
+from contraseg.callbacks.checkpoint import (
+    CheckpointFolderInUseError,
+    RunCheckpoint,
+    check_run_folder,
+)
+from contraseg.experiments.compose import MOVED, expand_configs
+from contraseg.experiments.errors import ContrasegParser
+from contraseg.lightning_modules.components.checkpoint_init import load_checkpoint_file
 
 LINKED = ("in_channels", "num_classes", "probe_classes")
 TRUST_ENV = "CONTRASEG_TRUST_CHECKPOINTS"
@@ -39,23 +46,15 @@ class LoggerSaveConfigCallback(SaveConfigCallback):
     """Save the resolved config next to the run and send it to every logger (e.g. W&B)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Log the resolved configuration as hyper-parameters of every attached logger."""
-        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        """Log the resolved configuration (``config.yaml``'s content) to every logger.
+
+        Under one ``config`` key, nested as in the file: W&B shows ``config.model.init_args.lr``
+        and the CSV logger's ``hparams.yaml`` holds the same tree (the task's own
+        hyper-parameters, which Lightning logs at fit start, sit beside it).
+        """
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False, format="yaml"))
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config, **_flatten(self.config.as_dict())})
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}/"))
-        elif value is None or isinstance(value, str | int | float | bool):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+            logger.log_hyperparams({"config": resolved})
 
 
 class ContrasegCLI(LightningCLI):
@@ -95,6 +94,12 @@ class ContrasegCLI(LightningCLI):
             self._check_checkpoint(str(path), sub)
         # Lightning would now overwrite the config's model arguments with the checkpoint's
         # hyper-parameters; the config stays the one source of truth here (same class checked)
+        if path and sub in ("validate", "test", "predict"):
+            # the fitted checkpoint holds every weight: the pretraining file the encoder was
+            # initialised from (model.init_checkpoint) is neither read nor required
+            init_args = (self.config[sub].get("model") or {}).get("init_args") or {}
+            if init_args.get("init_checkpoint"):
+                init_args["init_checkpoint"] = None
 
     def _check_checkpoint(self, path: str, sub: str) -> None:
         """The class check and the weights-only policy (``docs/checkpoints.md``) for ``path``.
@@ -120,6 +125,8 @@ class ContrasegCLI(LightningCLI):
                 f"trust, set {TRUST_ENV}=1 and pass --weights_only false"
             )
         theirs = hparams.get("_class_path")
+        if isinstance(theirs, str) and theirs.split(".")[0] in MOVED:
+            theirs = f"contraseg.{theirs}"  # written before the packages moved under contraseg
         ours = (self.config[sub].get("model") or {}).get("class_path")
         if theirs and ours and theirs != ours:
             self.parser.error(
@@ -138,12 +145,74 @@ class ContrasegCLI(LightningCLI):
                 self._check_checkpoint(str(path), subcommand)
         super()._run_subcommand(subcommand)
 
+    def before_instantiate_classes(self) -> None:
+        """Refuse a fresh fit into a folder holding another run's checkpoints, early.
+
+        Before any class (logger, W&B run, data) is built; ``RunCheckpoint`` checks again
+        when the fit starts (a folder it finds by default).
+        """
+        sub = self.config.get("subcommand")
+        if sub != "fit":
+            return
+        trainer = self.config[sub].get("trainer") or {}
+        if self.config[sub].get("ckpt_path"):
+            self._continue_logger_runs(trainer, self.config[sub]["ckpt_path"])
+            return
+        if trainer.get("fast_dev_run"):
+            return
+        for init_args in _entries(trainer.get("callbacks"), RunCheckpoint.__name__):
+            if init_args.get("dirpath"):
+                try:
+                    check_run_folder(init_args["dirpath"], bool(init_args.get("overwrite")))
+                except CheckpointFolderInUseError as err:
+                    self.parser.error(str(err))
+
+    def _continue_logger_runs(self, trainer: Any, ckpt_path: str) -> None:
+        """A resumed fit logs into the runs it started: the same W&B run id, CSV version.
+
+        ``RunCheckpoint`` records the loggers' versions in every checkpoint; a logger of the
+        config without its own ``id`` / ``version`` takes the recorded one (W&B with
+        ``resume="allow"``).
+        """
+        path = Path(ckpt_path)
+        if ckpt_path in ("last", "best"):
+            folders = [a.get("dirpath") for a in _entries(trainer.get("callbacks"),
+                                                          RunCheckpoint.__name__)]  # fmt: skip
+            path = Path(next((f for f in folders if f), ".")) / f"{ckpt_path}.ckpt"
+        if not path.is_file():
+            return
+        try:
+            recorded = load_checkpoint_file(path).get("loggers") or []
+        except ValueError:
+            return  # refused or reported by _check_checkpoint
+        for name, key, extra in (("WandbLogger", "id", {"resume": "allow"}),
+                                 ("CSVLogger", "version", {})):  # fmt: skip
+            versions = [r["version"] for r in recorded if r.get("class") == name]
+            for init_args, version in zip(_entries(trainer.get("logger"), name), versions):
+                if init_args.get(key) is None and version is not None:
+                    init_args[key] = version
+                    for k, v in extra.items():
+                        init_args[k] = v
+
     def instantiate_classes(self) -> None:
         """Instantiate, turning constructor validation errors into parser errors."""
         try:
             super().instantiate_classes()
         except (ValueError, FileNotFoundError, NotADirectoryError) as err:
             self.parser.error(f"invalid configuration: {err}")
+
+
+def _entries(value: Any, class_name: str) -> list[Any]:
+    """The ``init_args`` of the config entries (one or a list) of the class named so."""
+    entries = value if isinstance(value, list) else [value] if value else []
+    out = []
+    for entry in entries:
+        if hasattr(entry, "get") and str(entry.get("class_path", "")).rpartition(".")[2] == \
+                class_name:  # fmt: skip
+            if entry.get("init_args") is None:
+                entry["init_args"] = {}
+            out.append(entry["init_args"])
+    return out
 
 
 # the CLI's construction, shared by main() and the resolving parser (one source of truth)
@@ -156,6 +225,7 @@ _CLI_KWARGS: dict[str, Any] = {
     "save_config_kwargs": {"overwrite": True},
     "seed_everything_default": 0,
     "auto_configure_optimizers": False,
+    "parser_class": ContrasegParser,
 }
 
 
@@ -213,3 +283,4 @@ def main(args: list[str] | None = None, run: bool = True) -> ContrasegCLI:
         The CLI object (``cli.trainer``, ``cli.model``, ``cli.datamodule``).
     """
     return ContrasegCLI(**_CLI_KWARGS, args=args, run=run)
+

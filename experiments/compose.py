@@ -18,12 +18,13 @@ folder and the checkpoint folder follow the file name unless set.  Files without
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["compose_file", "expand_configs", "merge"]
+__all__ = ["check_moved", "compose_file", "expand_configs", "merge"]
 
 PLACEHOLDER = "${name}"
 
@@ -74,6 +75,23 @@ def _substitute(tree: Any, name: str) -> Any:
 
 
 _CLASS_KEYS = {"class_path", "init_args", "dict_kwargs"}
+MOVED = ("callbacks", "datamodules", "experiments", "lightning_modules")
+_MOVED = re.compile(rf"^({'|'.join(MOVED)})[.][A-Za-z_]")
+
+
+def check_moved(value: Any, where: str) -> None:
+    """Refuse a class path of the old top-level packages, naming the new one.
+
+    contraseg's packages are installed under its namespace since 0.2 (``callbacks.X`` is now
+    ``contraseg.callbacks.X``); the old name would otherwise fail deep inside jsonargparse, or
+    import a user's own ``callbacks.py`` from the working directory.
+
+    Raises:
+        ValueError: ``value`` is a string starting with an old package name.
+    """
+    if isinstance(value, str) and _MOVED.match(value):
+        raise ValueError(f"{where}: {value!r} is an old class path; contraseg's packages live "
+                         f"under its namespace now: write 'contraseg.{value}'")  # fmt: skip
 
 
 def _check_class_entries(tree: Any, path: Path, where: str = "") -> None:
@@ -88,6 +106,7 @@ def _check_class_entries(tree: Any, path: Path, where: str = "") -> None:
     if not isinstance(tree, dict):
         return
     if "class_path" in tree:
+        check_moved(tree["class_path"], f"config file {path}, {where or 'class_path'}")
         stray = [k for k in tree if k not in _CLASS_KEYS]
         if stray:
             key = f"{where}.{stray[0]}" if where else stray[0]
@@ -174,6 +193,8 @@ def expand_configs(argv: list[str]) -> list[str]:
         elif arg.startswith("--config="):
             value, i = arg.split("=", 1)[1], i + 1
         else:
+            check_moved(arg.split("=", 1)[-1] if arg.startswith("--") else arg,
+                        f"command-line argument {arg!r}")  # fmt: skip
             out.append(arg)
             i += 1
             continue

@@ -4,18 +4,15 @@ Runs the missing steps of every row of ``experiments/tables/<table>.yaml`` in-pr
 the same CLI as ``experiments/run.py`` (``--dry-run`` prints those commands), aggregates
 mean ± std over seeds and writes ``<out>/<table>/<scale>.{md,csv,png}`` and a W&B Table
 (offline without W&B credentials; ``--no-wandb`` to skip).  See
-:mod:`experiments.tables` for the table format.
+:mod:`contraseg.experiments.tables` for the table format.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from experiments.tables import (  # noqa: E402
+from contraseg.experiments.tables import (
     TableInUseError,
     aggregate,
     expand,

@@ -29,7 +29,7 @@ A table with ``budgets: [0, 100, 300, 1000]`` (a scale may replace the list) has
 a row with ``budgets: true`` stands for one row per budget ("name (300 steps)").  Its chain
 entry marked ``budget: true`` (the pretraining) runs once, to the largest budget
 (``--trainer.max_steps``), leaving ``step=NNNNNN.ckpt`` at every budget
-(:class:`callbacks.StepSnapshots`); every later entry that inits from it starts from the
+(:class:`contraseg.callbacks.StepSnapshots`); every later entry that inits from it starts from the
 snapshot of its row's budget.  A chain entry may be a ``validate`` run (``command: validate``,
 ``init: {from: 0, arg: --ckpt_path}``: kNN, effective rank of that checkpoint), and may carry
 a label (``as: frozen``) that names its metrics as ``"val/miou@frozen"`` beside
@@ -44,11 +44,11 @@ where a row sets its own epochs) (+ ``--seed_everything <seed>`` for
 the seeded step, by default the last of the chain; ``seeded: true`` on a step seeds it
 too) + the init checkpoint of an earlier step of the chain.  Its outputs go to
 ``<out>/<table>/<scale>/steps/<key>/`` where ``key`` hashes the step's resolved configuration
-(:func:`experiments.cli.resolve_config`: config files with their ``defaults``, overrides and
-class defaults, all filled in) and the keys of the steps it starts from.  So a step shared by
+(:func:`contraseg.experiments.cli.resolve_config`: config files with their ``defaults``, overrides
+and class defaults, all filled in) and the keys of the steps it starts from.  So a step shared by
 rows runs once, a rerun skips finished steps (their ``result.json``), an interrupted table
 resumes, and a step whose config file, overrides or class defaults changed runs again.
-See :mod:`experiments.reproduce` for the command line.
+See :mod:`contraseg.experiments.reproduce` for the command line.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,9 +87,9 @@ __all__ = [
     "write_reports",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "experiments" / "configs"
-TABLES = REPO / "experiments" / "tables"
+HERE = Path(__file__).resolve().parent  # contraseg.experiments: a checkout's or an installed one
+CONFIGS = HERE / "configs"
+TABLES = HERE / "tables"
 FRACTION_ARG = "--data.init_args.label_fraction"
 SUBCOMMANDS = ("fit", "validate", "test")
 
@@ -200,10 +200,10 @@ def expand_budgets(table: Table, scale: str) -> Table:
     """A copy of ``table`` with every ``budgets`` row replaced by one row per budget.
 
     The budget entry of the chain gets ``--trainer.max_steps <largest budget>`` (no epoch
-    limit) and a :class:`callbacks.StepSnapshots` at every budget, the same arguments for
+    limit) and a :class:`contraseg.callbacks.StepSnapshots` at every budget, the same arguments for
     every budget (so it runs once); entries that init from it start from ``step=<b>``.
     """
-    from callbacks.checkpoint import StepSnapshots
+    from contraseg.callbacks.checkpoint import StepSnapshots
 
     preset = table.scales.get(scale) or {}
     rows = []
@@ -221,7 +221,7 @@ def expand_budgets(table: Table, scale: str) -> Table:
                 if k == marked:
                     args = [*_flat_args(entry.get("args", [])), "--trainer.max_epochs", "-1",
                             "--trainer.max_steps", str(max(budgets)),
-                            "--trainer.callbacks+=callbacks.StepSnapshots",
+                            "--trainer.callbacks+=contraseg.callbacks.StepSnapshots",
                             "--trainer.callbacks.steps", json.dumps(budgets)]
                     entry = {**entry, "args": args}
                 init = spec.get("init")
@@ -293,6 +293,23 @@ def _scale_args(table: Table, scale: str, config: str) -> list[str]:
     return [str(a) for a in (preset.get("all") or []) + (preset.get(Path(config).stem) or [])]
 
 
+SMOKE_DESCRIPTION = ("Smoke scale: every step runs for seconds on tiny data, to check that the "
+                     "table runs end to end; its numbers measure nothing.")
+
+
+def describe(table: Table, scale: str) -> str:
+    """The table's description at ``scale``: the scale's own ``description`` if it has one.
+
+    A table's top-level ``description`` states the setting of its main scale; a scale that
+    runs another setting (fewer steps, smaller data) says so in ``scales.<scale>.description``.
+    ``smoke``, which only checks that the table runs, says that unless it has its own.
+    """
+    own = (table.scales.get(scale) or {}).get("description")
+    if own:
+        return str(own).strip()
+    return SMOKE_DESCRIPTION if scale == "smoke" else table.description.strip()
+
+
 def _last_args(table: Table, scale: str) -> list[str]:
     """The scale's ``last`` arguments: after a step's own, so they win over a row's."""
     return [str(a) for a in ((table.scales.get(scale) or {}).get("last") or [])]
@@ -303,7 +320,7 @@ _SEED_LINE = re.compile(r"^seed_everything: 0$", re.MULTILINE)
 
 @functools.lru_cache(maxsize=1024)
 def _resolved_text(args: tuple[str, ...]) -> str:
-    from experiments.cli import resolve_config
+    from contraseg.experiments.cli import resolve_config
 
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         text = resolve_config(list(args))
@@ -388,8 +405,9 @@ def _previous_result(result_file: Path, needs: Sequence[str]) -> dict[str, Any] 
     return result
 
 
-def run_step(step: Step, root: Path, dry_run: bool = False,
-             needs: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+def run_step(step: Step, root: Path, dry_run: bool = False, needs: Sequence[str] = (),
+             label: str = "", after: Callable[[dict[str, Any]], str] | None = None,
+             wandb_run: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``step`` in-process through the CLI unless its ``result.json`` has what is needed.
 
     The step runs with its folder as working directory (so ``outputs/`` and ``splits/`` of
@@ -404,6 +422,10 @@ def run_step(step: Step, root: Path, dry_run: bool = False,
         root: The table's output folder at this scale.
         dry_run: Print the command only.
         needs: Metrics the table reads from this step.
+        label: Start of the step's console line (``[k/n] row (seed s) ``).
+        after: Text ending the console line, given the result (elapsed time, estimate).
+        wandb_run: W&B's ``WANDB_*`` variables for the step's run (name, group, job type,
+            tags), set while it runs.
 
     Returns:
         ``{"status": "done" | "failed" | "skipped" | "dry-run", "metrics": {...}, "log": path}``.
@@ -413,15 +435,17 @@ def run_step(step: Step, root: Path, dry_run: bool = False,
     command = step.command(root)
     previous = _previous_result(result_file, needs)
     if previous is not None:
+        if label:
+            print(f"{label}{step.key}: finished before ({result_file})", flush=True)
         return {**previous, "status": "skipped"}
     checkpoints = step.output(root) / "checkpoints"
     resumable = step.subcommand == "fit" and (checkpoints / "last.ckpt").is_file()
     if resumable:
         command += ["--ckpt_path", "last"]  # an interrupted step resumes (exactly)
     if dry_run:
-        print(f"(cd {folder} && python {REPO / 'experiments' / 'run.py'} {shlex.join(command)})")
+        print(f"(cd {folder} && python {HERE / 'run.py'} {shlex.join(command)})")
         return {"status": "dry-run", "metrics": {}, "log": str(folder / "log.txt")}
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     if step.subcommand == "fit" and not resumable and checkpoints.is_dir():
         # killed before its first resumable checkpoint (only budget snapshots, or none):
@@ -436,7 +460,9 @@ def run_step(step: Step, root: Path, dry_run: bool = False,
     lightning_log = logging.getLogger("lightning.pytorch")
     console = [h for h in lightning_log.handlers if isinstance(h, logging.StreamHandler)]
     started = time.monotonic()
-    print(f"running {step.key} ({step.config}, log {log}) ...", flush=True)
+    print(f"{label}{step.key} ({step.config}, log {log}) ...", end="", flush=True)
+    saved_env = {k: os.environ.get(k) for k in (wandb_run or {})}
+    os.environ.update(wandb_run or {})
     try:
         with log.open("w") as stream, contextlib.redirect_stdout(stream), \
                 contextlib.redirect_stderr(stream):  # fmt: skip
@@ -467,17 +493,24 @@ def run_step(step: Step, root: Path, dry_run: bool = False,
                 traceback.print_exc(file=stream)
                 print(f"step failed: {type(err).__name__}: {err}", file=stream)
                 metrics, status = {}, "failed"
+            finally:
+                _finish_wandb()  # its run summary goes to the step's log, not the console
     finally:
         _finish_wandb()  # else the next in-process step's WandbLogger reuses this run
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         os.chdir(cwd)
         if handler is not None:
             lightning_log.removeHandler(handler)
         for h in console:
             lightning_log.addHandler(h)
     seconds = time.monotonic() - started
-    print(f"  {status} in {seconds:.0f} s", flush=True)
     result = {"status": status, "metrics": metrics, "log": str(log), "command": command,
               "seconds": seconds}  # fmt: skip
+    print(f" {status} in {_duration(seconds)}{after(result) if after else ''}", flush=True)
     if status == "done":
         tmp = result_file.with_name(f".result.{os.getpid()}.tmp")  # unique per writer
         tmp.write_text(json.dumps(result, indent=1))
@@ -555,6 +588,14 @@ def run_table(table: Table, scale: str, seeds: list[int], out: Path, dry_run: bo
             f"--set {k}=<value>" for k in missing) + " (e.g. the data set folder)")  # fmt: skip
     _scale_args(table, scale, "")  # an unknown or unavailable scale fails the whole table
     table = expand(table, scale)
+    if rows is not None:
+        valid = {n for row in table.rows for n in _row_names(row)}
+        unknown = [r for r in rows if r not in valid]
+        if unknown:
+            listed = sorted({row.get("curve") or row["name"] for row in table.rows})
+            raise ValueError(f"--rows: no row {', '.join(map(repr, unknown))} in table "
+                             f"{table.name!r}; its rows: {', '.join(map(repr, listed))} (or "
+                             "'name [network]')")  # fmt: skip
     root = out.resolve() / table.name / scale  # steps run in their own folders: absolute paths
     if dry_run:
         return _run_rows(table, scale, seeds, root, True, extra, rows)
@@ -574,46 +615,102 @@ def _needs(table: Table, position: int, label: str | None, last: bool) -> list[s
     return needs
 
 
+def _row_names(row: dict[str, Any]) -> set[str]:
+    """What ``--rows`` may call a row: its name, its curve's, each with ``[network]``."""
+    return {n for base in (row["name"], row.get("curve")) if base
+            for n in (base, f"{base} [{row.get('network')}]")}  # fmt: skip
+
+
+class _Progress:
+    """One console line per step: ``[k/n] row (seed s) key ... done in 41 s, ...``.
+
+    ``n`` counts the distinct steps of the selected rows and seeds (a step shared by rows
+    runs once); the estimate is the mean time of the steps run so far times those left
+    (finished steps found on disk take no time and are not counted in the mean).
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total, self.index, self.ran, self.spent = total, 0, 0, 0.0
+        self.started = time.monotonic()
+
+    def label(self, row: str, seed: int) -> str:
+        self.index += 1
+        return f"[{self.index}/{self.total}] {row} (seed {seed}) "
+
+    def after(self, result: dict[str, Any]) -> str:
+        if result["status"] not in ("done", "failed"):
+            return ""
+        self.ran += 1
+        self.spent += float(result.get("seconds", 0.0))
+        left = self.total - self.index
+        elapsed = time.monotonic() - self.started
+        text = f"; {_duration(elapsed)} elapsed"
+        if left:
+            text += f", about {_duration(self.spent / self.ran * left)} left ({left} steps)"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
 def _run_rows(table: Table, scale: str, seeds: list[int], root: Path, dry_run: bool,
               extra: list[str] | None, rows: list[str] | None) -> list[dict[str, Any]]:  # fmt: skip
     records = []
     done: dict[str, dict[str, Any]] = {}
+    plan: list[tuple[int, dict[str, Any], int, list[Step] | ValueError]] = []
     for index, row in enumerate(table.rows):
-        names = {n for base in (row["name"], row.get("curve")) if base
-                 for n in (base, f"{base} [{row.get('network')}]")}  # a curve by its name too
-        if rows is not None and not names & set(rows):
+        if rows is not None and not _row_names(row) & set(rows):
             continue
         for seed in seeds:
             try:
-                chain = resolve_row(table, row, scale, seed, extra)
+                plan.append((index, row, seed, resolve_row(table, row, scale, seed, extra)))
             except ValueError as err:
-                records.append({"row": row["name"], "index": index, "seed": seed,
-                                "status": "failed", "metrics": {}, "log": str(err)})  # fmt: skip
-                continue
-            result: dict[str, Any] = {}
-            by_step: dict[str, float] = {}
-            sources: dict[str, str] = {}  # metric -> key of the step that logged it
-            for position, step in enumerate(chain):
-                label = _spec(table, row["chain"][position]).get("as")
-                needs = _needs(table, position, label, position == len(chain) - 1)
-                result = done.get(step.key) or run_step(step, root, dry_run, needs)
-                done[step.key] = result
-                names = [f"{{}}@{position}", *(["{}@" + label] if label else []),
-                         *(["{}"] if position == len(chain) - 1 else [])]
-                for k, v in result["metrics"].items():
-                    for name in names:
-                        by_step[name.format(k)] = v
-                        sources[name.format(k)] = step.key
-                if result["status"] == "failed":
-                    break
-            record = {"row": row["name"], "index": index, "seed": seed, **result}
-            record["metrics"], record["sources"] = by_step, sources
-            # a step metric ("name@k") may be absent by design (e.g. no pretraining step)
-            missing = [m for m in table.metrics if m not in record["metrics"] and "@" not in m]
-            if record["status"] in ("done", "skipped") and missing:
-                record["status"] = "failed"  # finished, but the table's metrics were not logged
-                record["log"] = f"{result.get('log')} (not logged: {missing})"
-            records.append(record)
+                plan.append((index, row, seed, err))
+    keys = {s.key for *_, chain in plan if not isinstance(chain, ValueError) for s in chain}
+    progress = _Progress(len(keys))
+    for index, row, seed, chain in plan:
+        if isinstance(chain, ValueError):
+            records.append({"row": row["name"], "index": index, "seed": seed,
+                            "status": "failed", "metrics": {}, "log": str(chain)})  # fmt: skip
+            continue
+        result: dict[str, Any] = {}
+        by_step: dict[str, float] = {}
+        sources: dict[str, str] = {}  # metric -> key of the step that logged it
+        for position, step in enumerate(chain):
+            label = _spec(table, row["chain"][position]).get("as")
+            needs = _needs(table, position, label, position == len(chain) - 1)
+            if step.key not in done:
+                line = "" if dry_run else progress.label(row["name"], seed)
+                job = row["chain"][position].get("step") or Path(step.config).stem
+                seeded = f" seed {step.seed}" if step.seed is not None else ""
+                wandb_run = {"WANDB_NAME": f"{row['name']} | {job}{seeded}",
+                             "WANDB_RUN_GROUP": f"{table.name}/{scale}", "WANDB_JOB_TYPE": job,
+                             "WANDB_TAGS": f"{table.name},{scale}"}  # fmt: skip
+                done[step.key] = run_step(step, root, dry_run, needs, line, progress.after,
+                                          wandb_run)  # fmt: skip
+            result = done[step.key]
+            names = [f"{{}}@{position}", *(["{}@" + label] if label else []),
+                     *(["{}"] if position == len(chain) - 1 else [])]
+            for k, v in result["metrics"].items():
+                for name in names:
+                    by_step[name.format(k)] = v
+                    sources[name.format(k)] = step.key
+            if result["status"] == "failed":
+                break
+        record = {"row": row["name"], "index": index, "seed": seed, **result}
+        record["metrics"], record["sources"] = by_step, sources
+        # a step metric ("name@k") may be absent by design (e.g. no pretraining step)
+        missing = [m for m in table.metrics if m not in record["metrics"] and "@" not in m]
+        if record["status"] in ("done", "skipped") and missing:
+            record["status"] = "failed"  # finished, but the table's metrics were not logged
+            record["log"] = f"{result.get('log')} (not logged: {missing})"
+        records.append(record)
     return records
 
 
@@ -714,7 +811,7 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]], out: 
     head = ["row", "network", *table.metrics] + ([f"paper {m}" for m in table.metrics]
                                                  if has_paper else [])  # fmt: skip
     lines = [f"# {table.name} ({scale})", "", provenance(table, scale, seeds, rows), "",
-             table.description.strip(), "",
+             describe(table, scale), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for e in summary:
         cells = [e["row"], e["network"]]
@@ -826,7 +923,7 @@ def log_wandb_table(table: Table, scale: str, summary: list[dict[str, Any]], out
     """Log the aggregate as a W&B Table (and the bar chart) in a run of its own.
 
     Offline, under ``out/<table>/wandb``, unless W&B credentials are configured (as the
-    training loggers, :class:`callbacks.WandbLogger`); ``WANDB_MODE=disabled`` skips it.
+    training loggers, :class:`contraseg.callbacks.WandbLogger`); ``WANDB_MODE=disabled`` skips it.
 
     Returns:
         The run's local folder, or ``None`` when W&B is disabled.
@@ -835,7 +932,7 @@ def log_wandb_table(table: Table, scale: str, summary: list[dict[str, Any]], out
         return None
     import wandb
 
-    from callbacks.loggers import wandb_credentials_available
+    from contraseg.callbacks.loggers import wandb_credentials_available
 
     folder = out / table.name
     offline = os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun") or (
@@ -869,16 +966,26 @@ def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Pa
     labels = [f"{e['row']}\n{e['network']}".strip() for e in summary]
     for ax, metric in zip(axes[0], table.metrics, strict=True):
         ours = [e[metric]["mean"] for e in summary]
-        err = [e[metric]["std"] for e in summary]
+        err = [0.0 if math.isnan(s) else s for s in (e[metric]["std"] for e in summary)]
+        # error bars stop at zero for a non-negative mean (a score cannot go below it)
+        lower = [min(s, m) if m >= 0 else s for s, m in zip(err, ours)]
         y = range(len(summary))
-        ax.barh([i + 0.2 for i in y], ours, 0.4, xerr=err, label="ours")
         paper = [e[metric]["paper"]["value"] if e[metric]["paper"] else math.nan for e in summary]
-        if any(not math.isnan(p) for p in paper):
+        has_paper = any(not math.isnan(p) for p in paper)
+        shift, width = (0.2, 0.4) if has_paper else (0.0, 0.6)
+        ax.barh([i + shift for i in y], ours, width, xerr=[lower, err], label="ours")
+        for i, (m, s) in enumerate(zip(ours, err)):  # the value, past its error bar
+            if not math.isnan(m):
+                ax.annotate(f"{m:.3f}", (max(m + s, 0.0), i + shift), xytext=(3, 0),
+                            textcoords="offset points", va="center", fontsize=6)  # fmt: skip
+        if has_paper:
             ax.barh([i - 0.2 for i in y], paper, 0.4, label="paper")
         ax.set_yticks(list(y), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_title(metric)
-        ax.legend(fontsize=7)
+        ax.margins(x=0.15)  # room for the value labels
+        if has_paper:
+            ax.legend(fontsize=7)
     fig.suptitle(f"{table.name} ({scale})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -18,7 +18,7 @@ where :math:`[x; m]` is the image with the attention channel, :math:`f` the
 encoder, :math:`g` the projector and :math:`P(i)` the other pairs (any image, any
 view) highlighting the same class.  Stage 2 fine-tunes a segmentation network
 from the encoder
-(:class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` with
+(:class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` with
 ``init_checkpoint``; the extra input channel of the first convolution is dropped,
 i.e. fine-tuning sees an all-zero attention channel).
 
@@ -37,10 +37,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_modules.components import Projector
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import nt_xent_loss
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components import Projector
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.losses import nt_xent_loss
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["AttentionGuidedContrast", "sample_objects"]
 
@@ -88,7 +88,7 @@ def sample_objects(
 class AttentionGuidedContrast(EmbeddingTask):
     """Stage 1 of Lee et al.: SupCon over (image + object-mask channel, object class).
 
-    ``in_channels`` (a :class:`~lightning_modules.task.BaseTask` argument, linked from the
+    ``in_channels`` (a :class:`~contraseg.lightning_modules.task.BaseTask` argument, linked from the
     data) counts the image channels; the encoder gets ``in_channels + 1``.
 
     Args:
@@ -98,7 +98,7 @@ class AttentionGuidedContrast(EmbeddingTask):
         ignore_index: Mask value that is not a class.
         temperature: SupCon temperature.
         projector: Projector shape (2048 -> 128 with BatchNorm).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments
             (``encoder``, optimiser, ...).
 
     Raises:

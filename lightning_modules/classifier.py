@@ -1,15 +1,15 @@
 """Image classifier over a (pretrained) encoder: SuperCon stage 2 and the CE baseline.
 
 SuperCon (Chen, Zhuang and Chang 2022) trains a SupCon representation
-(:class:`~lightning_modules.supcon.SupCon`), then fine-tunes a classifier on the frozen
+(:class:`~contraseg.lightning_modules.supcon.SupCon`), then fine-tunes a classifier on the frozen
 (``freeze_encoder: true``) or unfrozen encoder.  The cross-entropy baseline is the same
 module from random init (``init_checkpoint: null``) at the same budget.  Imbalance
 handling, as options: ``data.class_balanced`` (sampler), ``loss: weighted_ce`` (Cui et
 al.'s effective-number weights), ``loss: focal``, ``loss: logit_adjusted`` (Menon et al.),
-all in :mod:`lightning_modules.losses.classification`.  The class counts come from the
+all in :mod:`contraseg.lightning_modules.losses.classification`.  The class counts come from the
 data module at fit start and are kept in the checkpoint.  Validation reports accuracy,
 balanced accuracy, macro and per-class F1 and recall, and macro one-vs-rest AUROC
-(:class:`~lightning_modules.evaluators.ClassificationMetrics`); ``callbacks.
+(:class:`~contraseg.lightning_modules.evaluators.ClassificationMetrics`); ``callbacks.
 ConfusionMatrixPlot`` draws the confusion matrix.
 """
 
@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components.heads import MLPHead
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.evaluators.classification_metrics import ClassificationMetrics
-from lightning_modules.losses.classification import (
+from contraseg.lightning_modules.components.heads import MLPHead
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.evaluators.classification_metrics import ClassificationMetrics
+from contraseg.lightning_modules.losses.classification import (
     class_balanced_weights,
     focal_loss,
     logit_adjusted_cross_entropy,
 )
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["ImageClassifier"]
 
@@ -52,7 +52,7 @@ class ImageClassifier(EmbeddingTask):
         optimizer: The optimiser (a supervised baseline: AdamW, not the pretraining LARS).
         lr: Peak learning rate.
         warmup_epochs: Linear warm-up epochs.
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(

@@ -4,7 +4,7 @@ No official code exists; this follows the abstract: a SimCLR-style network whose
 multiplied by a hard attention mask (the encoder sees the foreground only), and weak labels
 that make "contrastive learning within class clusters".  With :math:`y_i` the weak label of
 image :math:`i` when it has one and a unique instance id otherwise, one supervised
-contrastive loss (Khosla et al. 2020, :func:`~lightning_modules.losses.nt_xent_loss` with
+contrastive loss (Khosla et al. 2020, :func:`~contraseg.lightning_modules.losses.nt_xent_loss` with
 labels) covers both parts:
 
 .. math::
@@ -20,7 +20,7 @@ index (``weak_label_fraction``), the same in every epoch and on every rank.
 
 The attention mask comes from the data: the items' own masks (synthetic scenes and
 segmentation sets; ``background_classes`` are masked out) or ``data.attention_mask: exg``
-(excess green + Otsu, :mod:`datamodules.attention`); it is cropped and flipped with each
+(excess green + Otsu, :mod:`contraseg.datamodules.attention`); it is cropped and flipped with each
 view.  ``attention: none`` is the ablation.  Evaluation inputs are masked the same way.
 """
 
@@ -32,11 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.losses import nt_xent_loss
+from contraseg.lightning_modules.task import TaskLoss
 from contraseg.seeding import mix_seed
-from lightning_modules.components.heads import Projector
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import nt_xent_loss
-from lightning_modules.task import TaskLoss
 
 __all__ = ["CLAWS"]
 
@@ -56,7 +56,7 @@ class CLAWS(EmbeddingTask):
         weak_label_fraction: Share of the training images whose image label is used.
         weak_label_seed: Seed of which images those are.
         gather_distributed: Contrast against every DDP rank's views (with gradients).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     UNIT = (*EmbeddingTask.UNIT, "weak_label_fraction")

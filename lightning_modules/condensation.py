@@ -7,18 +7,18 @@ iteration**, written out in :meth:`DatasetCondensation.training_step` (manual op
 
 1. the matching network (``ConvNet``) is re-initialised at random;
 2. for ``inner`` steps: draw ``batch_real`` real images of every class; the matching loss
-   (:mod:`lightning_modules.losses.gradient_matching`) is DC per class, or DCC once over all
-   classes when ``method: dcc`` and ``outer >= outer_warmup or inner_step >= inner_warmup``
+   (:mod:`contraseg.lightning_modules.losses.gradient_matching`) is DC per class, or DCC once over
+   all classes when ``method: dcc`` and ``outer >= outer_warmup or inner_step >= inner_warmup``
    (the official condition); one SGD step on the images; then, except after the last
    inner step, ``net_steps`` epochs of the network on the synthetic set (SGD lr 0.01);
 3. with ``dsa: true`` (DSAC = DCC + DSA), the real and synthetic images of a class share
-   one siamese augmentation draw (:mod:`~lightning_modules.components.siamese_augment`).
+   one siamese augmentation draw (:mod:`~contraseg.lightning_modules.components.siamese_augment`).
 
 ``(inner, net_steps)`` default to the official ``get_loops(ipc)`` (DCC ``utils.py:428-446``:
 ipc 1 -> (10, 5), 10 -> (10, 50), 20 -> (20, 25), 30 -> (30, 20), 40 -> (40, 15), 50 -> (50,
 10)).  ``method: none`` keeps the initial selection (random or herding baselines).  At the
 outer iterations in ``eval_iterations`` (the paper: 0, 500, 1000) fresh networks are trained
-on the set and tested on the real test split (:mod:`~lightning_modules.evaluators.
+on the set and tested on the real test split (:mod:`~contraseg.lightning_modules.evaluators.
 synthetic_set`); each evaluation writes the set to ``<run>/condensed/iter_XXXXX.pt``, which
 ``data.train_set`` of every classification DataModule loads.  Checkpoints hold the set,
 its optimiser's momentum, the epoch (outer iteration) and the evaluations so far.
@@ -34,14 +34,18 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import Tensor, nn
 
+from contraseg.lightning_modules.components.class_gradients import (
+    MODES,
+    class_gradients,
+    mean_gradient,
+)
+from contraseg.lightning_modules.components.convnet import ConvNet, reset_parameters
+from contraseg.lightning_modules.components.herding import herding
+from contraseg.lightning_modules.components.siamese_augment import SiameseAugment
+from contraseg.lightning_modules.evaluators.synthetic_set import SyntheticSetEvaluator, train_on_set
+from contraseg.lightning_modules.losses.gradient_matching import dc_loss, dcc_loss
+from contraseg.lightning_modules.task import BaseTask
 from contraseg.seeding import mix_seed, run_seed
-from lightning_modules.components.class_gradients import MODES, class_gradients, mean_gradient
-from lightning_modules.components.convnet import ConvNet, reset_parameters
-from lightning_modules.components.herding import herding
-from lightning_modules.components.siamese_augment import SiameseAugment
-from lightning_modules.evaluators.synthetic_set import SyntheticSetEvaluator, train_on_set
-from lightning_modules.losses.gradient_matching import dc_loss, dcc_loss
-from lightning_modules.task import BaseTask
 
 __all__ = ["OFFICIAL_LOOPS", "DatasetCondensation", "official_loops"]
 
@@ -99,7 +103,7 @@ class DatasetCondensation(BaseTask):
         velocity_probe: Test images of the kernel-velocity probe.
         optimizer: Optimiser of the :class:`BaseTask` contract (the condensation loops use
             their own SGD optimisers on images and networks).
-        **kwargs: :class:`~lightning_modules.task.BaseTask` arguments (``in_channels``).
+        **kwargs: :class:`~contraseg.lightning_modules.task.BaseTask` arguments (``in_channels``).
     """
 
     POSITIVE = (*BaseTask.POSITIVE, "lr_images", "lr_net", "eval_lr", "ipc", "batch_real",

@@ -1,8 +1,8 @@
 """Tasks over a segmentation network: dense pretraining and fine-tuning.
 
 GLCNet, pixel-wise label contrast (Zhao et al.), supervised local contrast (Hu et al.)
-and :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` share the
-network of :func:`~lightning_modules.components.networks.build_segmentation_net`, of any
+and :class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` share the
+network of :func:`~contraseg.lightning_modules.components.networks.build_segmentation_net`, of any
 registered architecture: a timm encoder (``net.encoder.model.*``, the task's ``encoder``)
 and a decoder (``net.decoder.*``); pretraining has no segmentation head.  Tasks read only
 the network contract (``components/networks.py``), never an architecture's internals;
@@ -16,8 +16,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from lightning_modules.components.networks import ASPP_RATES_OS16, build_segmentation_net
-from lightning_modules.task import BaseTask
+from contraseg.lightning_modules.components.networks import ASPP_RATES_OS16, build_segmentation_net
+from contraseg.lightning_modules.task import BaseTask
 
 __all__ = ["DenseTask"]
 
@@ -36,7 +36,7 @@ class DenseTask(BaseTask):
             smp's default is 12/24/36, its output-stride-8 one).
         decoder_channels: Decoder widths (``None``: DeepLabV3+ 256; U-Net
             ``(256, 128, 64, 64, 64)``, a 64-channel last stage as in Hu et al.).
-        **kwargs: :class:`~lightning_modules.task.BaseTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.task.BaseTask` arguments.
     """
 
     def __init__(

@@ -6,9 +6,9 @@ from typing import Any
 
 from jsonargparse.typing import PositiveInt
 
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import directclr_loss
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.losses import directclr_loss
+from contraseg.lightning_modules.task import TaskLoss
 
 
 class DirectCLR(EmbeddingTask):
@@ -21,7 +21,7 @@ class DirectCLR(EmbeddingTask):
             2048-d ResNet-50 in the paper).
         temperature: InfoNCE temperature (0.1 in the paper).
         gather_distributed: Use keys from all DDP ranks (with gradients).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(

@@ -2,9 +2,9 @@
 
 SimCLR, DirectCLR and Lee et al.'s attention-guided contrast derive from
 :class:`EmbeddingTask`: it builds ``self.encoder`` (a
-:class:`~lightning_modules.components.networks.TimmEncoder`) and, when the data has
+:class:`~contraseg.lightning_modules.components.networks.TimmEncoder`) and, when the data has
 image-level classes (``probe_classes``, linked from the data module), the online
-evaluators of :mod:`lightning_modules.evaluators`.  Training batches carry ``views``
+evaluators of :mod:`contraseg.lightning_modules.evaluators`.  Training batches carry ``views``
 and ``label`` (``-1``: unlabeled); evaluation batches ``image`` and ``label``.
 """
 
@@ -17,11 +17,11 @@ from jsonargparse.typing import PositiveFloat
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from lightning_modules.components.heads import MLPHead, Projector
-from lightning_modules.components.networks import TimmEncoder
-from lightning_modules.components.optim import split_decay_groups
-from lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
-from lightning_modules.task import BaseTask
+from contraseg.lightning_modules.components.heads import MLPHead, Projector
+from contraseg.lightning_modules.components.networks import TimmEncoder
+from contraseg.lightning_modules.components.optim import split_decay_groups
+from contraseg.lightning_modules.evaluators import OnlineLinearProbe, WeightedKNN
+from contraseg.lightning_modules.task import BaseTask
 
 __all__ = ["EmbeddingTask"]
 
@@ -31,17 +31,17 @@ class EmbeddingTask(BaseTask):
 
     Args:
         encoder: timm model name.
-        encoder_kwargs: Extra :class:`~lightning_modules.components.networks.TimmEncoder`
+        encoder_kwargs: Extra :class:`~contraseg.lightning_modules.components.networks.TimmEncoder`
             arguments (``cifar_stem``, ``pretrained``, ``checkpoint_path``, ...).
         probe_classes: Image-level classes of the online probe and kNN (0 disables
             both); linked from ``data.probe_classes`` by the CLI.
         probe_lr: Learning rate of the online linear probe (no weight decay, no LARS).
         knn_k: Neighbours of the kNN evaluator.
         knn_temperature: Vote temperature of the kNN evaluator.
-        optimizer: As :class:`~lightning_modules.task.BaseTask`; SimCLR's LARS here.
+        optimizer: As :class:`~contraseg.lightning_modules.task.BaseTask`; SimCLR's LARS here.
         lr: Peak learning rate (SimCLR's 0.3 x batch / 256 at batch 256).
         warmup_epochs: Linear warm-up epochs (SimCLR: 10).
-        **kwargs: :class:`~lightning_modules.task.BaseTask` arguments (optimiser,
+        **kwargs: :class:`~contraseg.lightning_modules.task.BaseTask` arguments (optimiser,
             ``in_channels``, ``init_checkpoint``, ``freeze_encoder``, ...).
     """
 

@@ -4,11 +4,11 @@ A DeepLabV3+ (smp, timm ``tu-`` encoder) is pretrained on two views of each
 unlabeled image:
 
 * the **global style** branch summarises the ASPP output of each view by its
-  channel-wise mean and variance (:func:`~lightning_modules.losses.glcnet.style_features`)
+  channel-wise mean and variance (:func:`~contraseg.lightning_modules.losses.glcnet.style_features`)
   and projects it with an MLP ``2C -> 256 -> 64``;
 * the **local matching** branch samples up to ``num_patches`` matched
   ``patch_size`` windows from the views' pixel-index maps
-  (:func:`~lightning_modules.losses.glcnet.sample_corresponding_patches`), average-pools
+  (:func:`~contraseg.lightning_modules.losses.glcnet.sample_corresponding_patches`), average-pools
   the local features (upsampled to the view size) over each window and projects them
   with an MLP ``64 -> 64 -> 64``.  The local features are, as in the official
   ``GLCNet.py``, the decoder's final *linear* 1x1 convolution to 64 channels after two
@@ -19,11 +19,11 @@ unlabeled image:
   (``projector.batch_norm`` adds BN); the two views run in separate forward passes, so
   BatchNorm sees per-view statistics as in the official code (``joint_forward`` runs
   one pass over both views, faster);
-* the loss is :func:`~lightning_modules.losses.glcnet.glcnet_loss`
+* the loss is :func:`~contraseg.lightning_modules.losses.glcnet.glcnet_loss`
   (``weight * L_global + (1 - weight) * L_local``, decoupled NT-Xent).
 
 The encoder weights live under ``net.encoder.model.*``, the layout
-:class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` loads with
+:class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` loads with
 ``init_checkpoint``.  Training batches come from a segmentation data module in
 ``pretrain_views`` mode (``views`` and ``index_maps``).
 """
@@ -36,16 +36,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.components import MLPHead, Projector
-from lightning_modules.components.networks import out_channels
-from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.glcnet import (
+from contraseg.lightning_modules.components import MLPHead, Projector
+from contraseg.lightning_modules.components.networks import out_channels
+from contraseg.lightning_modules.dense_task import DenseTask
+from contraseg.lightning_modules.losses.glcnet import (
     glcnet_loss,
     local_matching_embeddings,
     sample_corresponding_patches,
     style_features,
 )
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["GLCNet"]
 
@@ -76,7 +76,7 @@ class GLCNet(DenseTask):
         local_channels: Channels of the official local features (64).
         joint_forward: One forward pass over both views (BN statistics over both);
             ``False`` runs one pass per view as the official code.
-        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments
+        **kwargs: :class:`~contraseg.lightning_modules.dense_task.DenseTask` arguments
             (``architecture`` must be ``deeplabv3plus``).
 
     Raises:

@@ -9,18 +9,18 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lightning_modules.components.prototype_update import PrototypeUpdate
-from lightning_modules.components.prototypes import Prototypes, check_levels
-from lightning_modules.losses.hcsc import (
+from contraseg.lightning_modules.components.prototype_update import PrototypeUpdate
+from contraseg.lightning_modules.components.prototypes import Prototypes, check_levels
+from contraseg.lightning_modules.losses.hcsc import (
     bernoulli_keep,
     instance_keep_probability,
     prototype_keep_probability,
     prototype_nce_loss,
     prototype_negatives,
 )
-from lightning_modules.losses.moco import MASKED_MODES, queue_info_nce_loss
-from lightning_modules.momentum_task import MomentumTask
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.losses.moco import MASKED_MODES, queue_info_nce_loss
+from contraseg.lightning_modules.momentum_task import MomentumTask
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["HCSC"]
 
@@ -29,11 +29,11 @@ class HCSC(MomentumTask):
     """Hierarchical contrastive selective coding over a MoCo v2 network.
 
     The prototypes come from
-    :class:`~lightning_modules.components.prototype_update.PrototypeUpdate` (k-means of the
-    momentum features of the training set at every epoch start after its warm-up), which
+    :class:`~contraseg.lightning_modules.components.prototype_update.PrototypeUpdate` (k-means of
+    the momentum features of the training set at every epoch start after its warm-up), which
     the task supplies itself (``configure_callbacks``, from the ``prototype_*`` arguments);
     until then the loss is MoCo v2's.  Afterwards (equations in
-    :mod:`lightning_modules.losses.hcsc`): instance InfoNCE per level with selected queue
+    :mod:`contraseg.lightning_modules.losses.hcsc`): instance InfoNCE per level with selected queue
     negatives (summed over levels), plus ProtoNCE per level with selected negative
     prototypes (averaged over levels).  Views beyond the first two are multi-crop queries
     against the key and the queue (official ``compute_local_logits`` /
@@ -59,7 +59,7 @@ class HCSC(MomentumTask):
         prototype_num_workers: Feature-extraction DataLoader workers.
         prototype_seed: Seed of level 0 of the k-means (level ``l``: ``seed + l``).
         prototype_plots: Write and log the cluster-size and concentration histograms.
-        **kwargs: :class:`~lightning_modules.momentum_task.MomentumTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.momentum_task.MomentumTask` arguments.
     """
 
     def __init__(

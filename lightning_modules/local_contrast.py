@@ -4,7 +4,7 @@
 Segmentation* (official code ``xhu248/semi_cotrast_seg``):
 
 1. **global** contrast (SimCLR, temperature 0.5) pretrains the U-Net *encoder* on
-   all unlabeled images: :class:`~lightning_modules.simclr.SimCLR` with the same
+   all unlabeled images: :class:`~contraseg.lightning_modules.simclr.SimCLR` with the same
    timm encoder;
 2. **local** supervised contrast (this module) starts from that encoder
    (``init_checkpoint``) and trains encoder *and decoder* on the few labeled
@@ -12,11 +12,11 @@ Segmentation* (official code ``xhu248/semi_cotrast_seg``):
    the official one) go through a 1x1-conv head (``64 -> 256 -> 128``, no BN/ReLU
    between as in the official ``mlp``; ``projector.batch_norm`` adds them), are L2-normalised
    and contrasted pixel-wise with the SupCon loss
-   (:func:`~lightning_modules.losses.pixel_supcon.pixel_supcon_loss`, temperature
+   (:func:`~contraseg.lightning_modules.losses.pixel_supcon.pixel_supcon_loss`, temperature
    0.1), positives = same label; background pixels are not anchors but stay in the
    denominators;
 3. fine-tuning (Dice / cross-entropy) of the whole U-Net:
-   :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` with
+   :class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` with
    ``init_checkpoint`` = this module's checkpoint and ``init_decoder: [""]``.
 
 The loss over all ``2 B H W`` pixels of the two views is quadratic; the paper
@@ -32,12 +32,15 @@ from typing import Any, Literal
 
 import torch
 
-from lightning_modules.components import Projector
-from lightning_modules.components.networks import out_channels, resize_labels
-from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.pixel_blocked import stride_sample
-from lightning_modules.losses.pixel_supcon import pixel_supcon_loss, tiled_pixel_supcon_loss
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components import Projector
+from contraseg.lightning_modules.components.networks import out_channels, resize_labels
+from contraseg.lightning_modules.dense_task import DenseTask
+from contraseg.lightning_modules.losses.pixel_blocked import stride_sample
+from contraseg.lightning_modules.losses.pixel_supcon import (
+    pixel_supcon_loss,
+    tiled_pixel_supcon_loss,
+)
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["SupervisedLocalContrast"]
 
@@ -45,7 +48,7 @@ __all__ = ["SupervisedLocalContrast"]
 class SupervisedLocalContrast(DenseTask):
     """Hu et al.'s stage 2: pixel SupCon on the decoder features of a U-Net.
 
-    ``init_checkpoint`` (a :class:`~lightning_modules.task.BaseTask` argument) is the
+    ``init_checkpoint`` (a :class:`~contraseg.lightning_modules.task.BaseTask` argument) is the
     stage-1 checkpoint, e.g. a SimCLR run with the same timm encoder.  The official recipe:
     U-Net, Adam at lr 1e-4, weight decay 1e-4, constant lr (``min_lr_ratio: 1``), stage-2
     augmentation intensity only (brightness, gamma, noise; no crop or flip).
@@ -62,7 +65,7 @@ class SupervisedLocalContrast(DenseTask):
             anchors).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
-        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
         ValueError: On an unknown memory mode, bad stride / block or temperature.

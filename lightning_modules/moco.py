@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.components.momentum import KeyQueue
-from lightning_modules.losses.moco import queue_info_nce
-from lightning_modules.momentum_task import MomentumTask
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components.momentum import KeyQueue
+from contraseg.lightning_modules.losses.moco import queue_info_nce
+from contraseg.lightning_modules.momentum_task import MomentumTask
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["MoCoV2"]
 
@@ -27,7 +27,7 @@ class MoCoV2(MomentumTask):
     Args:
         symmetric: MoCo v2+ (module docstring): both views are queries, a second queue holds
             view-0 keys.  ``False``: the official asymmetric loss (view-0 queries only).
-        **kwargs: :class:`~lightning_modules.momentum_task.MomentumTask` arguments
+        **kwargs: :class:`~contraseg.lightning_modules.momentum_task.MomentumTask` arguments
             (``temperature``, ``queue_size``, ``ema_momentum``, ``shuffle_bn``, ...).
     """
 

@@ -1,9 +1,9 @@
 """Base of momentum-encoder methods (MoCo v2, HCSC): key encoder, key queue, shuffle-BN.
 
-:class:`MomentumTask` adds to :class:`~lightning_modules.embedding_task.EmbeddingTask`
+:class:`MomentumTask` adds to :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask`
 an MLP projector, a momentum copy of encoder + projector (no gradient, EMA-updated at
 the start of every training step, before the keys are computed, as in MoCo's
-``forward``) and a :class:`~lightning_modules.components.momentum.KeyQueue` of past keys
+``forward``) and a :class:`~contraseg.lightning_modules.components.momentum.KeyQueue` of past keys
 with their dataset indices.  All of it lives in the state dict (persistent buffers and
 submodules), so ``--ckpt_path last`` restores the queue and the key encoder exactly.
 
@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_modules.components import distributed as dist_utils
-from lightning_modules.components.heads import Projector
-from lightning_modules.components.momentum import (
+from contraseg.lightning_modules.components import distributed as dist_utils
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.components.momentum import (
     KeyQueue,
     ema_momentum,
     ema_update,
@@ -31,7 +31,7 @@ from lightning_modules.components.momentum import (
     split_batch_norm,
     unshuffle_across_ranks,
 )
-from lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
 
 __all__ = ["MomentumTask"]
 
@@ -56,7 +56,7 @@ class MomentumTask(EmbeddingTask):
             keys for every query; the official code keeps them (off by default).
         split_batch_norm: The official one-GPU substitute for shuffle-BN (MoCo's CIFAR demo):
             every BatchNorm2d of both encoders normalises ``S`` sub-batches separately
-            (:class:`~lightning_modules.components.momentum.SplitBatchNorm2d`) and the key
+            (:class:`~contraseg.lightning_modules.components.momentum.SplitBatchNorm2d`) and the key
             batch is permuted before the key encoder (a permutation seeded by the step), so
             a query's sub-batch statistics are not its key's.  1: off (plain BN).  Under DDP
             use ``shuffle_bn`` instead.
@@ -66,7 +66,7 @@ class MomentumTask(EmbeddingTask):
         optimizer: MoCo's SGD (momentum 0.9).
         lr: MoCo v2's 0.03 at batch 256.
         warmup_epochs: None in MoCo v2.
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     POSITIVE = (*EmbeddingTask.POSITIVE, "queue_size")

@@ -2,8 +2,8 @@ r"""Multi-domain segmentation with domain-specific batch norm (Boutillon et al.,
 
 One network for several data sets (domains): shared convolutions, **domain-specific batch
 norm** (every BN layer of the smp/timm network keeps one set of running statistics and affine
-parameters per domain, :mod:`lightning_modules.components.domain_bn`), domain-specific output
-layers (one segmentation head per domain) and a supervised contrastive regulariser with the
+parameters per domain, :mod:`contraseg.lightning_modules.components.domain_bn`), domain-specific
+output layers (one segmentation head per domain) and a supervised contrastive regulariser with the
 *domain as the label* on the pooled bottleneck (last encoder stage) embeddings :math:`z`:
 
 .. math::
@@ -13,7 +13,7 @@ layers (one segmentation head per domain) and a supervised contrastive regularis
 (:math:`g` a small projector, :math:`d` the domain ids, SupCon of Khosla et al.; it promotes
 intra-domain similarity and inter-domain margins, the abstract's wording; where the paper
 applies it and its exact form were not retrieved, so this is a documented choice).  Batches
-come from :class:`~datamodules.multidomain.MultiDomainDataModule` (balanced over domains,
+come from :class:`~contraseg.datamodules.multidomain.MultiDomainDataModule` (balanced over domains,
 ``domain`` per sample; mixed batches are split inside each BN layer).  Ablations:
 ``shared_bn: true`` (one BN for all domains), ``contrastive_weight: 0``, ``domain_heads: false``
 (one shared head) and single-domain training (a data module with one domain).  Evaluation
@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.components.domain_bn import convert_domain_bn, set_domain
-from lightning_modules.components.heads import Projector
-from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
-from lightning_modules.evaluators.volume_metrics import VolumeMetrics
-from lightning_modules.losses import nt_xent_loss
-from lightning_modules.segmentation_finetune import SegmentationFineTune
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components.domain_bn import convert_domain_bn, set_domain
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
+from contraseg.lightning_modules.evaluators.volume_metrics import VolumeMetrics
+from contraseg.lightning_modules.losses import nt_xent_loss
+from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["MultiDomainSegmentation"]
 
@@ -49,7 +49,7 @@ class MultiDomainSegmentation(SegmentationFineTune):
         contrastive_weight: Weight (lambda) of the domain-contrastive regulariser.
         contrastive_temperature: Its SupCon temperature.
         projector: Shape of the domain-contrast projector (256 -> 64, no BatchNorm).
-        **kwargs: :class:`~lightning_modules.segmentation_finetune.SegmentationFineTune`
+        **kwargs: :class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune`
             arguments (architecture, encoder, loss, ``init_checkpoint``, ...).
     """
 

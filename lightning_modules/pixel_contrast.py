@@ -4,13 +4,13 @@
 DeepLabV3+ with a supervised pixel-contrastive loss on the **labeled** images
 themselves (the same few labels the model is later fine-tuned on), then fine-tunes
 it with cross-entropy
-(:class:`~lightning_modules.segmentation_finetune.SegmentationFineTune` with
+(:class:`~contraseg.lightning_modules.segmentation_finetune.SegmentationFineTune` with
 ``init_checkpoint`` and ``init_decoder: [""]``).
 
 Two augmented views of each labeled image pass through the network; the decoder
 output is resized to ``loss_size`` (bilinear; labels nearest), projected by two
 1x1 convolutions (256 channels, BN + ReLU after the first) and L2-normalised.  The
-loss (:mod:`lightning_modules.losses.pixel_contrast`, temperature 0.07) has three
+loss (:mod:`contraseg.lightning_modules.losses.pixel_contrast`, temperature 0.07) has three
 variants, one switch (``mode``):
 
 * ``cross_image`` (the paper's default): view 1 of image ``b`` is paired with view 2
@@ -30,7 +30,8 @@ image with its augmented copy (``features_orig`` / ``features_aug``); the config
 two random views (the paper's wording).  The official pairing is a config: give
 ``pretrain_views`` as a list whose first view has ``crop_scale: [1, 1]``,
 ``crop_ratio: [1, 1]`` and every flip / jitter / grey / blur probability 0.  The
-self-pair deviation of the loss is documented in :mod:`lightning_modules.losses.pixel_contrast`.
+self-pair deviation of the loss is documented in
+:mod:`contraseg.lightning_modules.losses.pixel_contrast`.
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components import Projector
-from lightning_modules.components.networks import out_channels, resize_labels
-from lightning_modules.dense_task import DenseTask
-from lightning_modules.losses.pixel_contrast import (
+from contraseg.lightning_modules.components import Projector
+from contraseg.lightning_modules.components.networks import out_channels, resize_labels
+from contraseg.lightning_modules.dense_task import DenseTask
+from contraseg.lightning_modules.losses.pixel_contrast import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
     within_image_pixel_contrastive_loss,
 )
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["PixelContrast"]
 
@@ -71,7 +72,7 @@ class PixelContrast(DenseTask):
             pixel" in ``distortion`` mode (default: the input / loss-map stride).
         ignore_index: Label of pixels that are neither anchors nor candidates.
         block_size: Anchors per block of the memory-bounded loss.
-        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.dense_task.DenseTask` arguments.
 
     Raises:
         ValueError: On an unknown mode, bad temperature or sizes.

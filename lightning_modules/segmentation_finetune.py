@@ -13,6 +13,7 @@ the training crops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -20,20 +21,51 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor
 
-from lightning_modules.components.checkpoint_init import init_from_checkpoint
-from lightning_modules.components.sliding_window import sliding_window_inference
-from lightning_modules.dense_task import DenseTask
-from lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
-from lightning_modules.evaluators.volume_metrics import VolumeMetrics
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components.checkpoint_init import init_from_checkpoint
+from contraseg.lightning_modules.dense_task import DenseTask
+from contraseg.lightning_modules.evaluators.segmentation_metrics import SegmentationMetrics
+from contraseg.lightning_modules.evaluators.volume_metrics import VolumeMetrics
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["SegmentationFineTune"]
+
+
+def window_logits(
+    predictor: Callable[[Tensor], Tensor],
+    images: Tensor,
+    window: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    batch_size: int = 8,
+    mode: Literal["constant", "gaussian"] = "constant",
+) -> Tensor:
+    """Logits of images of any size from windows: MONAI's ``sliding_window_inference``.
+
+    Windows of ``window`` pixels every ``stride`` pixels (the last flush with the border;
+    an image smaller than the window is padded and the output cropped back), ``batch_size``
+    windows per call, overlapping outputs averaged (``constant``) or weighted by a Gaussian
+    importance map (``gaussian``).  The one sliding window of the project: images, and the
+    slices of volumes (:meth:`SegmentationFineTune.infer_volume`).
+
+    Raises:
+        ValueError: A stride outside ``[1, window]``.
+    """
+    from monai.inferers import sliding_window_inference
+
+    windows = (window, window) if isinstance(window, int) else tuple(window)
+    strides = (stride, stride) if isinstance(stride, int) else tuple(stride)
+    if any(not 1 <= s <= w for s, w in zip(strides, windows)):
+        raise ValueError(f"sliding_stride {stride} must lie in [1, sliding_window {window}]")
+    # MONAI takes the overlap and steps int(window * (1 - overlap)) pixels: a quarter pixel
+    # of margin makes that step exactly ``stride`` despite rounding (e.g. window 12, stride 5)
+    overlap = [max(0.0, 1 - (s + 0.25) / w) for s, w in zip(strides, windows)]
+    return sliding_window_inference(images, windows, batch_size, predictor, overlap=overlap,
+                                    mode=mode)  # fmt: skip
 
 
 class SegmentationFineTune(DenseTask):
     """Semantic segmentation with an smp decoder over a timm encoder.
 
-    ``init_checkpoint`` (a :class:`~lightning_modules.task.BaseTask` argument) initialises
+    ``init_checkpoint`` (a :class:`~contraseg.lightning_modules.task.BaseTask` argument) initialises
     the encoder from a contraseg pretraining or fine-tuning checkpoint, or a plain timm
     state dict; ``freeze_encoder`` trains only the decoder and head.
 
@@ -53,7 +85,7 @@ class SegmentationFineTune(DenseTask):
         attention_channel: ``none``, or ``ones``: append a constant all-ones channel to
             every input (the network takes ``in_channels + 1``), so an encoder pretrained
             with an attention channel (Lee et al.) keeps its first convolution whole.
-        **kwargs: :class:`~lightning_modules.dense_task.DenseTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.dense_task.DenseTask` arguments.
     """
 
     def __init__(
@@ -93,6 +125,16 @@ class SegmentationFineTune(DenseTask):
 
     def head_classes(self) -> int:  # noqa: D102
         return self.hparams.num_classes
+
+    def task_state(self) -> dict[str, Any]:
+        """The class names in use (the data module's, when none were given): export, predict."""
+        return {**super().task_state(), "class_names": list(self.class_names)}
+
+    def load_task_state(self, state: dict[str, Any]) -> None:  # noqa: D102
+        super().load_task_state(state)
+        if self.hparams.class_names is None and len(state.get("class_names") or []) == \
+                self.num_classes:  # fmt: skip
+            self.class_names = list(state["class_names"])
 
     def encoder_in_channels(self) -> int:  # noqa: D102
         return self.hparams.in_channels + (self.hparams.attention_channel == "ones")
@@ -157,7 +199,7 @@ class SegmentationFineTune(DenseTask):
                 return self(F.pad(images, (0, pad_w, 0, pad_h)))[..., :h, :w]
             return self(images)
         stride = self.hparams.sliding_stride or max(1, window // 2)
-        return sliding_window_inference(self, images, window, stride, self.num_classes)
+        return window_logits(self, images, window, stride)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """The configured loss (``loss``) with ignore index on the labeled crops."""
@@ -182,8 +224,6 @@ class SegmentationFineTune(DenseTask):
         With ``sliding_window`` each slice goes through MONAI's ``sliding_window_inference``
         (window ``sliding_window``, overlap from ``sliding_stride``); otherwise whole slices.
         """
-        from monai.inferers import sliding_window_inference as monai_sliding_window
-
         slices = volume.permute(1, 0, 2, 3)
         window = self.hparams.sliding_window
         outs = []
@@ -192,13 +232,12 @@ class SegmentationFineTune(DenseTask):
                 outs.append(self._infer(chunk))
             else:
                 stride = self.hparams.sliding_stride or max(1, window // 2)
-                outs.append(monai_sliding_window(chunk, (window, window), self.VOLUME_CHUNK,
-                                                 self, overlap=1 - stride / window))  # fmt: skip
+                outs.append(window_logits(self, chunk, window, stride, self.VOLUME_CHUNK))
         return torch.cat(outs)
 
     def _eval_step(self, batch: dict[str, Any], metrics: SegmentationMetrics) -> dict[str, Tensor]:
         stage = "val" if metrics is self.val_metrics else "test"
-        if batch["image"].ndim == 5:  # one whole volume (datamodules.medical)
+        if batch["image"].ndim == 5:  # one whole volume (contraseg.datamodules.medical)
             return self._eval_volume(batch, metrics, stage)
         logits = self._infer(batch["image"])
         loss = self.segmentation_loss(logits, batch["mask"])

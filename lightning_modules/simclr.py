@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning_modules.components.heads import Projector
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import nt_xent_loss
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.losses import nt_xent_loss
+from contraseg.lightning_modules.task import TaskLoss
 
 
 class SimCLR(EmbeddingTask):
@@ -20,7 +20,7 @@ class SimCLR(EmbeddingTask):
             linear).
         decoupled: Decoupled NT-Xent (positive removed from the denominator).
         gather_distributed: Contrast against all DDP ranks' embeddings (with gradients).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(

@@ -8,8 +8,8 @@ in the (DDP-gathered, with gradients) batch, :math:`\mathcal{L}^{sup}_{out}` (eq
     \mathcal{L} = \frac{1}{|V|}\sum_{a \in V} \frac{-1}{|P(a)|} \sum_{p \in P(a)}
         \log \frac{\exp(z_a^\top z_p / \tau)}{\sum_{b \ne a} \exp(z_a^\top z_b / \tau)}
 
-computed by the fused, mask-free :func:`~lightning_modules.losses.nt_xent_loss` path
-(:mod:`lightning_modules.losses.supcon`).  As the official code (HobbitLong/SupContrast,
+computed by the fused, mask-free :func:`~contraseg.lightning_modules.losses.nt_xent_loss` path
+(:mod:`contraseg.lightning_modules.losses.supcon`).  As the official code (HobbitLong/SupContrast,
 ``losses.py``), the loss is multiplied by :math:`\tau / \tau_{base}` with
 :math:`\tau_{base} = 0.07` (at :math:`\tau = 0.1` the loss and its gradients are x1.43, with
 SGD a 1.43x learning rate); ``base_temperature: null`` is the paper's eq. 2 as written.  The
@@ -17,7 +17,7 @@ projector is the official one: ``Linear-ReLU-Linear`` without BatchNorm
 (``projector: {batch_norm: true}`` adds it).  Images without a label (``-1``) fall back to
 instance discrimination (their positives are their own other views), so the module also
 trains on partly labelled data.  SuperCon's stage 2 is
-:class:`~lightning_modules.classifier.ImageClassifier` initialised from this checkpoint.
+:class:`~contraseg.lightning_modules.classifier.ImageClassifier` initialised from this checkpoint.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from lightning_modules.components.heads import Projector
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.losses import nt_xent_loss
-from lightning_modules.task import TaskLoss
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.losses import nt_xent_loss
+from contraseg.lightning_modules.task import TaskLoss
 
 __all__ = ["SupCon"]
 
@@ -43,7 +43,7 @@ class SupCon(EmbeddingTask):
         gather_distributed: Contrast against every DDP rank's views (with gradients).
         base_temperature: The official loss scale ``temperature / base_temperature``
             (0.07); ``None``: no scale (the paper's eq. 2).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(

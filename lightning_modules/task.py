@@ -31,14 +31,18 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from contraseg.seeding import loader_state, mix_seed, realign_train_loader, run_seed
-from lightning_modules.components.checkpoint_init import (
+from contraseg.lightning_modules.components.checkpoint_init import (
     check_init_report,
     load_encoder_from_checkpoint,
     summarize,
 )
-from lightning_modules.components.hparams import check_ranges, plain_numbers
-from lightning_modules.components.optim import OPTIMIZERS, param_groups, scheduled_optimizer
+from contraseg.lightning_modules.components.hparams import check_ranges, plain_numbers
+from contraseg.lightning_modules.components.optim import (
+    OPTIMIZERS,
+    param_groups,
+    scheduled_optimizer,
+)
+from contraseg.seeding import loader_state, mix_seed, realign_train_loader, run_seed
 
 __all__ = ["BaseTask", "TaskLoss"]
 

@@ -25,7 +25,7 @@ DUMPS = Path(__file__).resolve().parent / "data" / "print_config"
 
 def resolved(config: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """The configuration ``fit --config config --print_config`` prints, as a dict."""
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):

@@ -112,7 +112,7 @@ def write_voc(root: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     """VOC2012 layout: JPEGImages, palette SegmentationClass PNGs, ImageSets/Segmentation."""
     from PIL import Image
 
-    from datamodules.datasets.voc import voc_colormap
+    from contraseg.datamodules.datasets.voc import voc_colormap
 
     rng = np.random.default_rng(seed)
     voc = root / "VOC2012"
@@ -136,7 +136,7 @@ def write_potsdam_tiles(root: Path, size: int = 80, seed: int = 0) -> Path:
     """Raw tile layout: 4_Ortho_RGBIR/*_RGBIR.tif + 5_Labels_all_noBoundary/*.tif (colours)."""
     import tifffile
 
-    from datamodules.datasets.potsdam import (
+    from contraseg.datamodules.datasets.potsdam import (
         POTSDAM_PALETTE,
         POTSDAM_TEST_TILES,
         POTSDAM_TRAIN_TILES,
@@ -162,7 +162,7 @@ def write_potsdam_crops(root: Path, size: int = 64, seed: int = 0) -> Path:
     ``*_lbl.txt``, one ``<name>.tif`` per line) with the official crop names."""
     import tifffile
 
-    from datamodules.datasets.potsdam import POTSDAM_PALETTE
+    from contraseg.datamodules.datasets.potsdam import POTSDAM_PALETTE
 
     rng = np.random.default_rng(seed)
     colours = np.array([*POTSDAM_PALETTE, (0, 0, 0)], dtype=np.uint8)  # + eroded boundary

@@ -17,7 +17,7 @@ Issue 12 re-recorded ``attention_quickstart`` only: its SupCon loss now runs the
 mask-free path (same value to float rounding: steps 0-5 agree to 5e-7, the drift grows to
 1.8e-4 by step 18 through training), the other five are unchanged.
 Issue 22 re-recorded the five pretraining runs: their views' photometric ops moved to the
-device half (:mod:`datamodules.batch_augment`, float throughout instead of uint8 rounding
+device half (:mod:`contraseg.datamodules.batch_augment`, float throughout instead of uint8 rounding
 between v2 ops, parameters drawn in a new order from the same per-sample streams);
 ``finetune_quickstart`` is bitwise unchanged (only its scaling and normalisation moved).
 The runs are seeded, on CPU, single-threaded (so the result does not depend on the core
@@ -79,7 +79,7 @@ class _LossRecorder(pl.Callback):
 
 def run(stem: str, workdir: Path) -> list[float]:
     """Per-step training losses of ``STEPS`` steps of ``configs/<stem>.yaml``."""
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     args = ["--config", str(CONFIGS / f"{stem}.yaml"), *COMMON, *RUNS[stem],
             "--trainer.default_root_dir", str(workdir)]  # fmt: skip

@@ -1,6 +1,6 @@
 """Run the contraseg CLI in a subprocess that SIGKILLs itself at a chosen step (resume tests).
 
-``python tests/resume_run.py OUT.pt KILL_STEP fit ARGS...`` runs ``experiments.cli.main``;
+``python tests/resume_run.py OUT.pt KILL_STEP fit ARGS...`` runs ``contraseg.experiments.cli.main``;
 with ``KILL_STEP > 0`` the process kills itself with ``SIGKILL`` (no clean shutdown: no
 hook, no finally, no checkpoint) at the start of the training batch of that global step.
 A run that finishes saves ``{"state": model state dict, "metrics": callback metrics,
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments.cli import main  # noqa: E402
+from contraseg.experiments.cli import main  # noqa: E402
 
 
 class KillAtStep(L.Callback):

@@ -26,7 +26,7 @@ from conftest import (
     write_voc,
 )
 
-from datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.io import DataFormatError
 
 ERRORS = (DataFormatError, FileNotFoundError, ValueError)
 
@@ -46,7 +46,7 @@ def _seg(module: str, **kwargs) -> Callable[[Path], None]:  # noqa: ANN003
     """Load through the data module: setup (leakage) and every raw item of both splits."""
 
     def load(root: Path) -> None:
-        import datamodules
+        from contraseg import datamodules
 
         dm = getattr(datamodules, module)(root=str(root), split_dir=str(root / "_splits"),
                                           num_workers=0, **kwargs)  # fmt: skip
@@ -77,7 +77,7 @@ def voc_rgb_label(root: Path) -> Path:
 def voc_label_out_of_set(root: Path) -> Path:
     from conftest import _png as png
 
-    from datamodules.datasets.voc import voc_colormap
+    from contraseg.datamodules.datasets.voc import voc_colormap
 
     path = root / "SegmentationClass" / "2007_000003.png"
     label = np.full((48, 64), 30, dtype=np.uint8)  # class 30 of 21
@@ -203,7 +203,7 @@ def pt_wrong_bands(root: Path) -> Path:
 def pt_unknown_colour(root: Path) -> Path:
     import tifffile
 
-    from datamodules.datasets.potsdam import POTSDAM_TEST_TILES
+    from contraseg.datamodules.datasets.potsdam import POTSDAM_TEST_TILES
 
     tile = POTSDAM_TEST_TILES[0]  # a test tile: every window of it is read
     path = root / "5_Labels_all_noBoundary" / f"top_potsdam_{tile}_label_noBoundary.tif"
@@ -323,21 +323,21 @@ def folder_empty_class(root: Path) -> Path:
 
 
 def _svhn(root: Path) -> None:
-    from datamodules.datasets.svhn import SVHNDataset
+    from contraseg.datamodules.datasets.svhn import SVHNDataset
 
     for split in ("train", "test"):
         _read_all(SVHNDataset(root, split))  # type: ignore[arg-type]
 
 
 def _cifar(root: Path) -> None:
-    from datamodules.datasets.cifar import CIFARDataset
+    from contraseg.datamodules.datasets.cifar import CIFARDataset
 
     for train in (True, False):
         _read_all(CIFARDataset(root, train=train))
 
 
 def _image_folder(root: Path) -> None:
-    from datamodules.datasets.image_folder import ImageFolderDataset
+    from contraseg.datamodules.datasets.image_folder import ImageFolderDataset
 
     _read_all(ImageFolderDataset(root))
 

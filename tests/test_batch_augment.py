@@ -11,7 +11,7 @@ from torch.utils.data import default_collate
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from datamodules.batch_augment import (
+from contraseg.datamodules.batch_augment import (
     BatchPhotometric,
     adjust_brightness,
     adjust_contrast,
@@ -25,7 +25,7 @@ from datamodules.batch_augment import (
     rgb_to_grey,
     solarize,
 )
-from datamodules.transforms import MultiViewTransform, ViewAugmentation, draw_photometric
+from contraseg.datamodules.transforms import MultiViewTransform, ViewAugmentation, draw_photometric
 
 TOL = 1e-5
 
@@ -236,7 +236,7 @@ def test_true_half_precision_is_refused_with_a_clear_error() -> None:
     """``bf16-true`` would cast the drawn parameters (and crop boxes) before the device half."""
     import lightning as L
 
-    from datamodules import SyntheticDataModule
+    from contraseg.datamodules import SyntheticDataModule
 
     dm = SyntheticDataModule(num_train=8, num_val=4, image_size=32, batch_size=4, num_workers=0,
                              knn_bank_size=0, augment=ViewAugmentation(size=16))  # fmt: skip

@@ -10,9 +10,9 @@ import segmentation_models_pytorch as smp
 import timm
 import torch
 
-from lightning_modules import SegmentationFineTune
-from lightning_modules.components import checkpoint_init
-from lightning_modules.components.networks import UNET_CHANNELS
+from contraseg.lightning_modules import SegmentationFineTune
+from contraseg.lightning_modules.components import checkpoint_init
+from contraseg.lightning_modules.components.networks import UNET_CHANNELS
 
 
 def dense_checkpoint(tmp_path: Path, arch: str = "DeepLabV3Plus") -> tuple[Path, dict]:
@@ -82,7 +82,7 @@ def test_whole_unet_decoder(tmp_path: Path) -> None:
 
 
 def test_glcnet_checkpoint_aspp(tmp_path: Path) -> None:
-    from lightning_modules import GLCNet
+    from contraseg.lightning_modules import GLCNet
 
     glc = GLCNet(encoder="resnet18")
     path = tmp_path / "glcnet.ckpt"

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import make_blobs
 
-from callbacks.cluster_eval import ClusterEvaluation, gmm_scores
-from datamodules import SyntheticDataModule
-from datamodules.attention import AttentionMaskDataset, excess_green_mask, otsu_threshold
-from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
-from datamodules.transforms import ViewAugmentation
-from lightning_modules import CLAWS
-from lightning_modules.components.heads import Projector
+from contraseg.callbacks.cluster_eval import ClusterEvaluation, gmm_scores
+from contraseg.datamodules import SyntheticDataModule
+from contraseg.datamodules.attention import AttentionMaskDataset, excess_green_mask, otsu_threshold
+from contraseg.datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
+from contraseg.datamodules.transforms import ViewAugmentation
+from contraseg.lightning_modules import CLAWS
+from contraseg.lightning_modules.components.heads import Projector
 
 
 def _brute_force_otsu(values: np.ndarray, bins: int = 256) -> float:

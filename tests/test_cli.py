@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments.cli import main
+from contraseg.experiments.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,8 @@ def run_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_unknown_model_class(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    err = run_error(["--config", QUICK, "--model", "lightning_modules.NoSuchMethod"], capsys)
+    err = run_error(["--config", QUICK, "--model", "contraseg.lightning_modules.NoSuchMethod"],
+                    capsys)
     assert "NoSuchMethod" in err
 
 
@@ -77,11 +78,11 @@ def test_readme_data_switches(tmp_path: Path, monkeypatch) -> None:
     folder.mkdir(parents=True)
     for i in range(4):
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"{i}.png")
-    for cls, root, n_cls in (("datamodules.SVHNDataModule", svhn, 10),
-                             ("datamodules.ImageFolderDataModule", folder, 0)):
+    for cls, root, n_cls in (("contraseg.datamodules.SVHNDataModule", svhn, 10),
+                             ("contraseg.datamodules.ImageFolderDataModule", folder, 0)):
         cli = main(["--config", CIFAR, "--data.class_path", cls, "--data.root", str(root),
                     "--trainer.logger", "false"], run=False)  # fmt: skip
-        assert type(cli.datamodule).__name__ == cls.split(".")[1]
+        assert type(cli.datamodule).__name__ == cls.split(".")[-1]
         assert cli.datamodule.probe_classes == n_cls == cli.model.hparams.probe_classes
         assert cli.datamodule.augment.size == 32  # init_args carried over from the config
 
@@ -92,12 +93,12 @@ def test_print_config(capsys, tmp_path: Path, monkeypatch) -> None:
         main(["fit", "--config", QUICK, "--print_config"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "class_path: lightning_modules.SimCLR" in out and "temperature: 0.2" in out
+    assert "class_path: contraseg.lightning_modules.SimCLR" in out and "temperature: 0.2" in out
 
 
 def test_knn_accuracy_equals_a_manual_vote(tmp_path: Path, monkeypatch) -> None:
     """val/knn_acc (bank read by the task, not a second val loader) equals a hand-made vote."""
-    from lightning_modules.evaluators import weighted_knn_predict
+    from contraseg.lightning_modules.evaluators import weighted_knn_predict
 
     monkeypatch.chdir(tmp_path)
     cli = main(["validate", "--config", QUICK, "--trainer.accelerator", "cpu",

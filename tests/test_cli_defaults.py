@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import _png, write_segmentation_folder
 
-import datamodules as dm
-import lightning_modules as lm
-from experiments.cli import main
+import contraseg.datamodules as dm
+import contraseg.lightning_modules as lm
+from contraseg.experiments.cli import main
 
 TASKS = sorted(name for name in lm.__all__ if inspect.isclass(getattr(lm, name))
                and issubclass(getattr(lm, name), lm.BaseTask) and name != "BaseTask")  # fmt: skip
@@ -27,7 +27,7 @@ LINKED = {"ImageClassifier": {"num_classes": 2}}
 
 def printed_init_args(name: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--model", f"lightning_modules.{name}", "--print_config"])
+        main(["fit", "--model", f"contraseg.lightning_modules.{name}", "--print_config"])
     assert exit_info.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
 
@@ -106,8 +106,8 @@ def test_data_module_python_and_cli_defaults_agree(
     required = [p.name for p in inspect.signature(cls).parameters.values()
                 if p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD]  # fmt: skip
     root = data_root(name, tmp_path)
-    args = ["--model", "lightning_modules.SimCLR", "--data", f"datamodules.{name}",
-            "--trainer.logger", "false"]  # fmt: skip
+    args = ["--model", "contraseg.lightning_modules.SimCLR",
+            "--data", f"contraseg.datamodules.{name}", "--trainer.logger", "false"]  # fmt: skip
     for key in required:
         args += [f"--data.init_args.{key}", root]
     with pytest.raises(SystemExit):

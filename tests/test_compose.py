@@ -8,7 +8,7 @@ import pytest
 import yaml
 from config_dumps import resolved
 
-from experiments.compose import compose_file, expand_configs, merge
+from contraseg.experiments.compose import compose_file, expand_configs, merge
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "experiments" / "configs"
@@ -90,13 +90,13 @@ def test_method_configs_hold_only_their_own_trainer_settings() -> None:
 
 def test_yaml_and_indentation_errors_name_the_file_and_key(tmp_path: Path) -> None:
     beside = tmp_path / "beside.yaml"
-    beside.write_text("model:\n  class_path: lightning_modules.SimCLR\n  init_args:\n"
+    beside.write_text("model:\n  class_path: contraseg.lightning_modules.SimCLR\n  init_args:\n"
                       "    temperature: 0.2\n  encoder: resnet18\n")  # fmt: skip
     with pytest.raises(ValueError, match=r"beside.yaml: model.encoder sits beside model "
                        r"class_path; .* model.init_args"):  # fmt: skip
         expand_configs(["fit", "--config", str(beside)])
     listed = tmp_path / "listed.yaml"
-    listed.write_text("trainer:\n  callbacks:\n    - class_path: callbacks.NaNGuard\n"
+    listed.write_text("trainer:\n  callbacks:\n    - class_path: contraseg.callbacks.NaNGuard\n"
                       "      action: skip\n")  # fmt: skip
     with pytest.raises(ValueError, match=r"trainer.callbacks\[0\].action sits beside"):
         expand_configs(["fit", "--config", str(listed)])

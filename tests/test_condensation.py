@@ -11,20 +11,20 @@ import torch.nn.functional as F
 from harness_runs import fresh_run, served_run
 from torch import nn
 
-from datamodules.condensation import ClassBank
-from datamodules.datasets.condensed import CondensedSet
-from datamodules.datasets.io import DataFormatError
-from lightning_modules.components.class_gradients import class_gradients, mean_gradient
-from lightning_modules.components.convnet import ConvNet, reset_parameters
-from lightning_modules.components.herding import herding
-from lightning_modules.components.siamese_augment import SiameseAugment
-from lightning_modules.condensation import DatasetCondensation, official_loops
-from lightning_modules.evaluators.kernel_velocity import (
+from contraseg.datamodules.condensation import ClassBank
+from contraseg.datamodules.datasets.condensed import CondensedSet
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.lightning_modules.components.class_gradients import class_gradients, mean_gradient
+from contraseg.lightning_modules.components.convnet import ConvNet, reset_parameters
+from contraseg.lightning_modules.components.herding import herding
+from contraseg.lightning_modules.components.siamese_augment import SiameseAugment
+from contraseg.lightning_modules.condensation import DatasetCondensation, official_loops
+from contraseg.lightning_modules.evaluators.kernel_velocity import (
     empirical_ntk,
     kernel_distance,
     kernel_velocity,
 )
-from lightning_modules.losses.gradient_matching import (
+from contraseg.lightning_modules.losses.gradient_matching import (
     dc_loss,
     dcc_loss,
     gradient_distance,
@@ -258,8 +258,8 @@ def test_convnet_matches_the_official_layout() -> None:
 
 
 def test_condensed_set_file_round_trips_through_a_datamodule(tmp_path: Path) -> None:
-    from datamodules import DigitsDataModule
-    from datamodules.transforms import ViewAugmentation
+    from contraseg.datamodules import DigitsDataModule
+    from contraseg.datamodules.transforms import ViewAugmentation
 
     images = torch.randn(20, 1, 32, 32)
     path = tmp_path / "set.pt"
@@ -332,7 +332,7 @@ def test_killed_condensation_resumes_to_the_uninterrupted_set(tmp_path: Path) ->
 
 def test_evaluation_schedule_is_the_official_one(monkeypatch: pytest.MonkeyPatch) -> None:
     """E + 1 epochs, lr / 10 (a new optimiser) after epoch E // 2 + 1, momentum .9, wd 5e-4."""
-    from lightning_modules.evaluators import synthetic_set
+    from contraseg.lightning_modules.evaluators import synthetic_set
 
     steps: list[tuple[float, float, float]] = []
 
@@ -352,7 +352,7 @@ def test_evaluation_schedule_is_the_official_one(monkeypatch: pytest.MonkeyPatch
 
 
 def test_digits_over_class_irrelevant_backgrounds() -> None:
-    from datamodules.datasets.digits import DigitsDataset
+    from contraseg.datamodules.datasets.digits import DigitsDataset
 
     plain = DigitsDataset("train")
     bg = DigitsDataset("train", background=0.8)

@@ -32,8 +32,8 @@ RENAMED: dict[str, str | None] = {
     M + "projection_layers": None,
     # linked from the data module now (data.in_channels), never typed by hand
     M + "in_channels": None,
-    # issue 9: Lightning's ModelCheckpoint -> callbacks.RunCheckpoint (true last.ckpt every
-    # epoch, best.ckpt by monitor, every_n_epochs = kept snapshots); its other knobs are gone
+    # issue 9: Lightning's ModelCheckpoint -> contraseg.callbacks.RunCheckpoint (true last.ckpt
+    # every epoch, best.ckpt by monitor, every_n_epochs = kept snapshots); its other knobs are gone
     r"trainer\.callbacks\.ModelCheckpoint\.class_path": None,
     r"trainer\.callbacks\.ModelCheckpoint\.init_args\.(?:dirpath|monitor|mode|every_n_epochs)":
         "trainer.callbacks.RunCheckpoint.init_args.KEY",
@@ -76,6 +76,9 @@ ADDED: list[str] = [
     r"(band_brightness|band_contrast|pixel_noise_prob|gamma|noise_std)",
     r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
+    r"data\.init_args\.predict_dir",  # issue 26: predict on a folder of one's own images
+    r"trainer\.callbacks\.RunFigures\..*",  # issue 26: every run draws its learning curves
+    r"trainer\.logger\.WandbLogger\.init_args\.(name|group|job_type|tags)",  # issue 26
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
     M + "(channels_last|compile)",  # issue 22: step-speed switches of the task base
     M + "prototype_\\w+",  # issue 25: HCSC's prototype settings (defaults the callback had)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datamodules import SegmentationDataModule
-from experiments.cli import main
-from experiments.compose import compose_file
+from contraseg.datamodules import SegmentationDataModule
+from contraseg.experiments.cli import main
+from contraseg.experiments.compose import compose_file
 
 
 def import_class(path: str) -> type:

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from experiments.compose import compose_file
+from contraseg.experiments.compose import compose_file
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 DATA = CONFIGS / "data"

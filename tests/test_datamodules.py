@@ -10,13 +10,13 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from datamodules import (
+from contraseg.datamodules import (
     CIFAR10DataModule,
     ImageFolderDataModule,
     SyntheticDataModule,
 )
-from datamodules.datasets import SyntheticScenes
-from datamodules.transforms import MultiViewTransform, ViewAugmentation
+from contraseg.datamodules.datasets import SyntheticScenes
+from contraseg.datamodules.transforms import MultiViewTransform, ViewAugmentation
 
 PLAIN = {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0, "mean": [0.0] * 3,
          "std": [1.0] * 3}  # fmt: skip
@@ -152,7 +152,7 @@ def test_rot90_and_vflip_keep_correspondences() -> None:
 def test_asymmetric_views_from_cli(tmp_path, monkeypatch) -> None:
     from pathlib import Path
 
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quickstart.yaml"
@@ -168,7 +168,11 @@ def test_asymmetric_views_from_cli(tmp_path, monkeypatch) -> None:
 
 def _full_view(cfg: ViewAugmentation, image: tv_tensors.Image) -> torch.Tensor:
     """One view through both halves: per-sample transform, then the device half."""
-    from datamodules.batch_augment import BatchPhotometric, apply_photometric, collate_plans
+    from contraseg.datamodules.batch_augment import (
+        BatchPhotometric,
+        apply_photometric,
+        collate_plans,
+    )
 
     batch = collate_plans([MultiViewTransform(cfg, n_views=1)({"image": image, "label": 0})])
     return apply_photometric(batch, [BatchPhotometric(cfg)])["views"][0][0]
@@ -191,7 +195,7 @@ def test_gamma_and_noise_views_hu_stage_two() -> None:
 
 def test_image_folder_decodes_jpegs_on_the_device(tmp_path: Path) -> None:
     """``decode_on_device``: workers send bytes; identity views equal the worker-decoded image."""
-    from datamodules.datasets.io import DataFormatError, read_image_rgb
+    from contraseg.datamodules.datasets.io import DataFormatError, read_image_rgb
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "jpegs"
@@ -230,7 +234,7 @@ def test_cpu_fits_run_the_batched_half_in_the_workers() -> None:
     """Training on the CPU with workers: the workers apply the batched half, same values."""
     import lightning as L
 
-    from datamodules.batch_augment import WorkerPhotometric
+    from contraseg.datamodules.batch_augment import WorkerPhotometric
 
     def make(workers: int) -> SyntheticDataModule:
         dm = SyntheticDataModule(num_train=16, num_val=8, image_size=32, batch_size=4,

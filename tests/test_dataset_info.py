@@ -7,19 +7,19 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from datamodules import (
+from contraseg.datamodules import (
     CityscapesDataModule,
     PotsdamDataModule,
     PotsdamTilesDataModule,
     VOCDataModule,
 )
-from datamodules.datasets import PotsdamCrops, PotsdamTiles
-from datamodules.datasets.cityscapes import CITYSCAPES
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES
-from datamodules.datasets.voc import VOC
-from datamodules.segmentation import eval_transform
-from datamodules.transforms import ScaleByDtype
+from contraseg.datamodules.datasets import PotsdamCrops, PotsdamTiles
+from contraseg.datamodules.datasets.cityscapes import CITYSCAPES
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.potsdam import POTSDAM, POTSDAM_TILES
+from contraseg.datamodules.datasets.voc import VOC
+from contraseg.datamodules.segmentation import eval_transform
+from contraseg.datamodules.transforms import ScaleByDtype
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,16 @@ from PIL import Image
 from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
-from datamodules.datasets.cifar import CIFARDataset
-from datamodules.datasets.image_folder import ImageFolderDataset
-from datamodules.datasets.io import (
+from contraseg.datamodules.datasets.cifar import CIFARDataset
+from contraseg.datamodules.datasets.image_folder import ImageFolderDataset
+from contraseg.datamodules.datasets.io import (
     DataFormatError,
     read_image_rgb,
     read_jpeg_bytes,
     require_dir,
     require_file,
 )
-from datamodules.datasets.svhn import SVHNDataset
+from contraseg.datamodules.datasets.svhn import SVHNDataset
 
 CIFAR10_NAMES = [
     "airplane", "automobile", "bird", "cat", "deer",

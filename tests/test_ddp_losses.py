@@ -16,9 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
-from lightning_modules.components.distributed import gather_no_grad, gather_with_grad
-from lightning_modules.losses.contrastive import nt_xent_loss
-from lightning_modules.losses.directclr import directclr_loss
+from contraseg.lightning_modules.components.distributed import gather_no_grad, gather_with_grad
+from contraseg.lightning_modules.losses.contrastive import nt_xent_loss
+from contraseg.lightning_modules.losses.directclr import directclr_loss
 
 WORLD_SIZE, LOCAL_B, IN_DIM, OUT_DIM, TAU = 2, 4, 8, 16, 0.2
 GLOBAL_B = WORLD_SIZE * LOCAL_B

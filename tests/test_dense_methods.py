@@ -10,26 +10,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules import SyntheticSegmentationDataModule
-from datamodules.transforms import ViewAugmentation
-from lightning_modules import (
+from contraseg.datamodules import SyntheticSegmentationDataModule
+from contraseg.datamodules.transforms import ViewAugmentation
+from contraseg.lightning_modules import (
     AttentionGuidedContrast,
     PixelContrast,
     SegmentationFineTune,
     SupervisedLocalContrast,
 )
-from lightning_modules.attention_contrast import sample_objects
-from lightning_modules.components.heads import Projector
-from lightning_modules.components.networks import resize_labels
-from lightning_modules.losses import (
+from contraseg.lightning_modules.attention_contrast import sample_objects
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.components.networks import resize_labels
+from contraseg.lightning_modules.losses import (
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,
     nt_xent_loss,
     pixel_supcon_loss,
     within_image_pixel_contrastive_loss,
 )
-from lightning_modules.losses.pixel_blocked import stride_sample
-from lightning_modules.losses.pixel_supcon import tiled_pixel_supcon_loss
+from contraseg.lightning_modules.losses.pixel_blocked import stride_sample
+from contraseg.lightning_modules.losses.pixel_supcon import tiled_pixel_supcon_loss
 
 SIZE = 32
 
@@ -165,7 +165,7 @@ def test_local_contrast_background_is_never_an_anchor(batch: dict[str, Any]) -> 
 
 def test_three_stage_recipe_loads_every_stage(tmp_path: Path) -> None:
     """Stage 1 SimCLR encoder -> stage 2 local contrast -> stage 3 U-Net fine-tuning."""
-    from lightning_modules import SimCLR
+    from contraseg.lightning_modules import SimCLR
 
     stage1 = SimCLR(encoder="resnet18")
     path1 = tmp_path / "stage1.ckpt"
@@ -267,7 +267,7 @@ def test_attention_guided_step_without_objects_touches_every_parameter(
 
 def test_cli_pretrain_then_finetune_with_decoder(tmp_path: Path, monkeypatch) -> None:
     """The README recipe: pixelcontrast_quickstart.yaml, then finetune with init_decoder."""
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     monkeypatch.chdir(tmp_path)
     configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"

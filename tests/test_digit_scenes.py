@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules import DigitScenesDataModule, DigitSegmentationDataModule
-from datamodules.datasets.digit_scenes import DigitScenes, DigitSceneSpec, digit_glyphs
-from datamodules.datasets.textured_scenes import _OBJ_FIELDS
+from contraseg.datamodules import DigitScenesDataModule, DigitSegmentationDataModule
+from contraseg.datamodules.datasets.digit_scenes import DigitScenes, DigitSceneSpec, digit_glyphs
+from contraseg.datamodules.datasets.textured_scenes import _OBJ_FIELDS
 
 
 def test_glyph_pools_are_disjoint_stratified_and_real() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.tables import PROVENANCE_PREFIX
+from contraseg.experiments.tables import PROVENANCE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ import yaml
 from torch import nn
 from toy_extension import StripesDataModule, ToyAlignment, ToyNet, alignment_loss, toy_topdown
 
-from experiments.cli import main
-from lightning_modules.components.networks import (
+from contraseg.experiments.cli import main
+from contraseg.lightning_modules.components.networks import (
     ARCHITECTURES,
     TimmEncoder,
     build_segmentation_net,
@@ -47,7 +47,7 @@ def test_toy_method_runs_through_the_cli(tmp_path: Path, monkeypatch) -> None:
         tmp_path,
         {"class_path": "toy_extension.ToyAlignment",
          "init_args": {"encoder": "resnet18", "optimizer": "adamw", "lr": 1e-3}},
-        {"class_path": "datamodules.SyntheticDataModule",
+        {"class_path": "contraseg.datamodules.SyntheticDataModule",
          "init_args": {"num_train": 16, "num_val": 8, "image_size": 32, "batch_size": 4,
                        "num_workers": 0, "knn_bank_size": 8, "augment": {"size": 32}}},
     )  # fmt: skip
@@ -65,7 +65,7 @@ def test_toy_data_set_fine_tunes_and_pretrains(tmp_path: Path, monkeypatch) -> N
     monkeypatch.chdir(tmp_path)
     data = {"class_path": "toy_extension.StripesDataModule",
             "init_args": {"batch_size": 4, "num_workers": 0, "label_fraction": 8}}
-    model = {"class_path": "lightning_modules.SegmentationFineTune",
+    model = {"class_path": "contraseg.lightning_modules.SegmentationFineTune",
              "init_args": {"encoder": "resnet18", "lr": 1e-3}}  # fmt: skip
     config = _config(tmp_path, model, data)
     cli = main(["fit", "--config", str(config), "--trainer.accelerator", "cpu",
@@ -78,7 +78,8 @@ def test_toy_data_set_fine_tunes_and_pretrains(tmp_path: Path, monkeypatch) -> N
     # the same data set in the unlabeled multi-view mode, for a dense method
     pre = main(["fit", "--config", str(config), "--trainer.accelerator", "cpu",
                 *_csv(tmp_path), "--trainer.limit_train_batches", "2",
-                "--model", "lightning_modules.PixelContrast", "--model.encoder", "resnet18",
+                "--model", "contraseg.lightning_modules.PixelContrast",
+                "--model.encoder", "resnet18",
                 "--data.pretrain_views", '{"size": 32}', "--data.pretrain_subset", "labeled",
                 "--trainer.limit_val_batches", "0", "--run_name", "toy_pretrain"])  # fmt: skip
     assert pre.trainer.global_step == 2 and pre.trainer.callback_metrics["train/loss"].isfinite()
@@ -90,7 +91,7 @@ def test_toy_architecture_fine_tunes_through_the_cli(tmp_path: Path, monkeypatch
     state = TimmEncoder("resnet18").state_dict()
     ckpt = tmp_path / "pretrained.ckpt"
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in state.items()}}, ckpt)
-    model = {"class_path": "lightning_modules.SegmentationFineTune",
+    model = {"class_path": "contraseg.lightning_modules.SegmentationFineTune",
              "init_args": {"encoder": "resnet18", "lr": 1e-3,
                            "architecture": "toy_extension.toy_topdown",
                            "decoder_channels": [16], "init_checkpoint": str(ckpt)}}  # fmt: skip

@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import SyntheticSegmentationDataModule
-from lightning_modules import SegmentationFineTune, SimCLR
-from lightning_modules.components.heads import Projector
+from contraseg.datamodules import SyntheticSegmentationDataModule
+from contraseg.lightning_modules import SegmentationFineTune, SimCLR
+from contraseg.lightning_modules.components.heads import Projector
 
 
 def simclr_checkpoint(tmp_path: Path, **kwargs) -> tuple[Path, SimCLR]:
@@ -71,18 +71,18 @@ def test_fit_frozen_encoder_with_sliding_window(tmp_path: Path) -> None:
 
 
 def test_cli_predict_writes_colour_pngs(tmp_path: Path, monkeypatch) -> None:
-    """README: `predict ... --trainer.callbacks+=callbacks.ColourPredictionWriter`."""
+    """README: `predict ... --trainer.callbacks+=contraseg.callbacks.ColourPredictionWriter`."""
     import numpy as np
     from PIL import Image
 
-    from experiments.cli import main
+    from contraseg.experiments.cli import main
 
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).resolve().parents[1] / "experiments/configs/finetune_quickstart.yaml"
     main(["predict", "--config", str(config), "--model.init_checkpoint", "null",
           "--trainer.logger", "false", "--trainer.accelerator", "cpu",
           "--data.num_val", "6", "--data.num_workers", "0",
-          "--trainer.callbacks+=callbacks.ColourPredictionWriter",
+          "--trainer.callbacks+=contraseg.callbacks.ColourPredictionWriter",
           "--trainer.callbacks.output_dir", str(tmp_path / "preds")])  # fmt: skip
     pngs = sorted((tmp_path / "preds").glob("*.png"))
     assert [p.stem for p in pngs] == [f"{i:06d}" for i in range(6)]
@@ -106,7 +106,7 @@ def test_potsdam_unknown_colours_are_reported(tmp_path: Path) -> None:
     import numpy as np
     import tifffile
 
-    from datamodules.datasets.potsdam import PotsdamCrops
+    from contraseg.datamodules.datasets.potsdam import PotsdamCrops
 
     for folder in ("train_RGBIR", "train_lbl"):
         (tmp_path / folder).mkdir()
@@ -169,7 +169,7 @@ def test_attention_channel_keeps_the_pretrained_first_convolution(tmp_path: Path
 
 
 def test_aspp_rates_follow_output_stride_16_and_unet_ends_at_64_channels() -> None:
-    from lightning_modules.components.networks import build_segmentation_net
+    from contraseg.lightning_modules.components.networks import build_segmentation_net
 
     def rates(net: torch.nn.Module) -> list[int]:
         return sorted({m.dilation[0] for m in net.decoder.aspp.modules()

@@ -7,9 +7,9 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from datamodules.transforms import MultiViewTransform, ViewAugmentation, pixel_index_map
-from lightning_modules.losses.contrastive import nt_xent_loss
-from lightning_modules.losses.glcnet import (
+from contraseg.datamodules.transforms import MultiViewTransform, ViewAugmentation, pixel_index_map
+from contraseg.lightning_modules.losses.contrastive import nt_xent_loss
+from contraseg.lightning_modules.losses.glcnet import (
     glcnet_loss,
     local_matching_embeddings,
     patch_boxes,

@@ -9,11 +9,11 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules import SyntheticSegmentationDataModule
-from datamodules.transforms import ViewAugmentation
-from lightning_modules import SegmentationFineTune
-from lightning_modules.components.heads import Projector
-from lightning_modules.glcnet import GLCNet
+from contraseg.datamodules import SyntheticSegmentationDataModule
+from contraseg.datamodules.transforms import ViewAugmentation
+from contraseg.lightning_modules import SegmentationFineTune
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.glcnet import GLCNet
 
 SIZE, PATCH = 32, 8
 

@@ -15,23 +15,23 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor
 
-import lightning_modules.hcsc as hcsc_module
-from lightning_modules import HCSC
-from lightning_modules.components.heads import Projector
-from lightning_modules.components.prototype_update import PrototypeUpdate
-from lightning_modules.components.prototypes import (
+import contraseg.lightning_modules.hcsc as hcsc_module
+from contraseg.lightning_modules import HCSC
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.components.prototype_update import PrototypeUpdate
+from contraseg.lightning_modules.components.prototypes import (
     Prototypes,
     check_levels,
     concentration,
     hierarchical_kmeans,
 )
-from lightning_modules.losses.hcsc import (
+from contraseg.lightning_modules.losses.hcsc import (
     instance_keep_probability,
     prototype_keep_probability,
     prototype_nce_loss,
     prototype_negatives,
 )
-from lightning_modules.losses.moco import queue_info_nce_loss
+from contraseg.lightning_modules.losses.moco import queue_info_nce_loss
 
 
 def _official_density(sq_dists: np.ndarray, labels: np.ndarray, k: int, t: float) -> np.ndarray:

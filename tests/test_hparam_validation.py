@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import lightning_modules as lm
-from experiments.cli import main
-from lightning_modules.components.networks import TimmEncoder
+import contraseg.lightning_modules as lm
+from contraseg.experiments.cli import main
+from contraseg.lightning_modules.components.networks import TimmEncoder
 
 MODULES = ["SimCLR", "DirectCLR", "AttentionGuidedContrast", "GLCNet", "PixelContrast",
            "SupervisedLocalContrast", "SegmentationFineTune"]  # fmt: skip

@@ -11,9 +11,9 @@ import torch
 from conftest import _jpg, write_isic_diagnosis, write_isic_segmentation
 from PIL import Image
 
-from datamodules import ISICDataModule, ISICSegmentationDataModule
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.isic import ISICClassification, ISICSegmentation, lesion_split
+from contraseg.datamodules import ISICDataModule, ISICSegmentationDataModule
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.isic import ISICClassification, ISICSegmentation, lesion_split
 
 
 def test_ham10000_split_keeps_lesions_together(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from lightning_modules.components import kmeans as km
+from contraseg.lightning_modules.components import kmeans as km
 
 
 def _blobs(n: int = 600, centers: int = 5, d: int = 8, std: float = 0.5, seed: int = 0):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from datamodules.datasets.io import DataFormatError
-from datamodules.label_fractions import (
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.label_fractions import (
     choose_subset,
     labeled_subset,
     pool_hash,
@@ -31,7 +31,7 @@ def test_sizes() -> None:
 
 @pytest.mark.parametrize("bad", [1.5, 0, -1, 0.0])
 def test_data_module_rejects_bad_fraction_at_configuration(bad: float, tmp_path: Path) -> None:
-    from datamodules import SyntheticSegmentationDataModule
+    from contraseg.datamodules import SyntheticSegmentationDataModule
 
     with pytest.raises(ValueError, match="data.label_fraction"):
         SyntheticSegmentationDataModule(label_fraction=bad, split_dir=str(tmp_path))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks.loggers import WandbLogger, wandb_credentials_available
-from experiments.cli import main
+from contraseg.callbacks.loggers import WandbLogger, wandb_credentials_available
+from contraseg.experiments.cli import main
 
 QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quickstart.yaml")
 TINY = ["--trainer.accelerator", "cpu", "--data.init_args.num_train", "16",
@@ -36,7 +36,7 @@ def test_quickstart_logs_to_wandb_and_resumes(tmp_path: Path, monkeypatch) -> No
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = ["fit", "--config", QUICK, *TINY, "--trainer.max_epochs", "1",
-            "--trainer.callbacks+=callbacks.EmbeddingRankMonitor",
+            "--trainer.callbacks+=contraseg.callbacks.EmbeddingRankMonitor",
             "--trainer.callbacks.every_n_epochs", "1",
             "--trainer.callbacks.num_samples", "8"]  # fmt: skip
     cli = main(args)

@@ -1,4 +1,4 @@
-"""Tests for lightning_modules.losses: NT-Xent / SupCon / decoupled / DirectCLR.
+"""Tests for contraseg.lightning_modules.losses: NT-Xent / SupCon / decoupled / DirectCLR.
 
 Every loss is checked (value and gradient) against a naive float64 reference written
 with python loops over anchors and explicit exp-sums, straight from the papers.
@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from lightning_modules.losses.contrastive import (
+from contraseg.lightning_modules.losses.contrastive import (
     check_temperature,
     contrastive_loss,
     instance_labels,
     nt_xent_loss,
     paired_contrastive_loss,
 )
-from lightning_modules.losses.directclr import directclr_loss, info_nce_loss
+from contraseg.lightning_modules.losses.directclr import directclr_loss, info_nce_loss
 
 # ----------------------------------------------------------------------------- references
 
@@ -295,7 +295,7 @@ def test_supcon_matches_pytorch_metric_learning(
     """Our SupCon (``nt_xent_loss`` with labels) and pixel SupCon equal pml's ``SupConLoss``."""
     from pytorch_metric_learning.losses import SupConLoss
 
-    from lightning_modules.losses import pixel_supcon_loss
+    from contraseg.lightning_modules.losses import pixel_supcon_loss
 
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(n, dim, generator=g, dtype=torch.float64)
@@ -488,7 +488,7 @@ def test_fused_supcon_matches_loop_reference(labels: list[int]) -> None:
 
 def test_fused_supcon_candidates_and_normalizer() -> None:
     """Anchors as a slice of the candidates (the DDP layout): value and both gradients."""
-    from lightning_modules.losses.supcon import fused_supcon_loss
+    from contraseg.lightning_modules.losses.supcon import fused_supcon_loss
 
     g = torch.Generator().manual_seed(3)
     c = torch.randn(20, 5, generator=g, dtype=torch.float64)

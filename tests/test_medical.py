@@ -17,25 +17,30 @@ import pytest
 import torch
 from conftest import AFFINE, _save, _subject, write_btcv, write_hippocampus, write_mmwhs
 
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.medical import BTCV8, MMWHS, btcv_subjects, hippocampus_subjects
-from datamodules.datasets.nifti import (
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.medical import BTCV8, MMWHS, btcv_subjects, hippocampus_subjects
+from contraseg.datamodules.datasets.nifti import (
     check_pair,
     intensity_stats,
     map_labels,
     normalize_intensity,
     read_nifti,
 )
-from datamodules.datasets.synthetic_volumes import SyntheticVolumes
-from datamodules.medical import (
+from contraseg.datamodules.datasets.synthetic_volumes import SyntheticVolumes
+from contraseg.datamodules.medical import (
     BTCVDataModule,
     HippocampusDataModule,
     MMWHSDataModule,
     NiftiFolderDataModule,
     SyntheticMedicalDataModule,
 )
-from datamodules.volumes import PatchDataset, SliceDataset, VolumeStore, foreground_weighted_index
-from lightning_modules.evaluators.volume_metrics import VolumeMetrics, volume_scores
+from contraseg.datamodules.volumes import (
+    PatchDataset,
+    SliceDataset,
+    VolumeStore,
+    foreground_weighted_index,
+)
+from contraseg.lightning_modules.evaluators.volume_metrics import VolumeMetrics, volume_scores
 
 # --------------------------------------------------------------------------- NIfTI reader
 
@@ -335,7 +340,7 @@ def test_per_volume_aggregation_equals_direct_3d() -> None:
 
 
 def test_finetune_scores_whole_volumes() -> None:
-    from lightning_modules.segmentation_finetune import SegmentationFineTune
+    from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
 
     model = SegmentationFineTune(
         architecture="unet", encoder="resnet18", num_classes=5, in_channels=1

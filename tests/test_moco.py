@@ -12,9 +12,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules import MoCoV2
-from lightning_modules.components.heads import Projector
-from lightning_modules.components.momentum import (
+from contraseg.lightning_modules import MoCoV2
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.components.momentum import (
     KeyQueue,
     SplitBatchNorm2d,
     ema_momentum,
@@ -24,7 +24,7 @@ from lightning_modules.components.momentum import (
     split_batch_norm,
     unshuffle_across_ranks,
 )
-from lightning_modules.losses.moco import queue_info_nce, queue_info_nce_loss
+from contraseg.lightning_modules.losses.moco import queue_info_nce, queue_info_nce_loss
 
 
 def _reference(q: Tensor, k: Tensor, queue: Tensor, tau: float, keep=None, masked="drop"):

@@ -8,10 +8,10 @@ import pytest
 import timm
 import torch
 
-from lightning_modules import DirectCLR, SimCLR
-from lightning_modules.components import TimmEncoder
-from lightning_modules.components.heads import Projector
-from lightning_modules.losses import directclr_loss, nt_xent_loss
+from contraseg.lightning_modules import DirectCLR, SimCLR
+from contraseg.lightning_modules.components import TimmEncoder
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.losses import directclr_loss, nt_xent_loss
 
 
 def views(b: int = 4, size: int = 32) -> list[torch.Tensor]:
@@ -93,7 +93,7 @@ def test_in_channels_reach_the_encoder() -> None:
 
 
 def test_projector_is_one_argument_with_the_method_defaults() -> None:
-    from lightning_modules import SupCon
+    from contraseg.lightning_modules import SupCon
 
     assert SupCon().hparams.projector == {"hidden_dims": [2048], "out_dim": 128,
                                           "batch_norm": False}  # the official head: no BN

@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from lightning_modules.components.domain_bn import (
+from contraseg.lightning_modules.components.domain_bn import (
     DomainBatchNorm,
     convert_domain_bn,
     domain_context,
@@ -57,7 +57,7 @@ def test_convert_any_timm_network() -> None:
 
 
 def _module(**kwargs):
-    from lightning_modules import MultiDomainSegmentation
+    from contraseg.lightning_modules import MultiDomainSegmentation
 
     return MultiDomainSegmentation(architecture="unet", encoder="resnet18", num_classes=3,
                                    in_channels=1, num_domains=2, **kwargs)  # fmt: skip
@@ -88,7 +88,7 @@ def test_multidomain_heads_bn_and_contrast() -> None:
 
 
 def test_multidomain_datamodule_balances_domains(tmp_path) -> None:
-    from datamodules import (
+    from contraseg.datamodules import (
         MultiDomainDataModule,
         SyntheticMedicalDataModule,
         TexturedSegmentationDataModule,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import quickstart_tiny
 
-from callbacks import NaNGuard, RunCheckpoint
-from callbacks.nan_guard import NonFiniteError
-from experiments.cli import main
+from contraseg.callbacks import NaNGuard, RunCheckpoint
+from contraseg.callbacks.nan_guard import NonFiniteError
+from contraseg.experiments.cli import main
 
 QUICK = str(Path(__file__).resolve().parents[1] / "experiments" / "configs" / "quickstart.yaml")
 TINY = quickstart_tiny(32)
@@ -177,7 +177,7 @@ def test_non_finite_inputs_are_named_in_every_stage(tmp_path: Path, split: str,
 
 
 def test_non_finite_inputs_walks_nested_batches() -> None:
-    from callbacks.nan_guard import non_finite_inputs
+    from contraseg.callbacks.nan_guard import non_finite_inputs
 
     views = [torch.zeros(3, 2, 2), torch.zeros(3, 2, 2)]
     views[1][2, 0, 0] = float("inf")

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.components.optim import (
+from contraseg.lightning_modules.components.optim import (
     LARS,
     build_optimizer,
     split_decay_groups,
     warmup_cosine_schedule,
 )
-from lightning_modules.evaluators.knn import WeightedKNN, weighted_knn_predict
-from lightning_modules.evaluators.linear_probe import OnlineLinearProbe
+from contraseg.lightning_modules.evaluators.knn import WeightedKNN, weighted_knn_predict
+from contraseg.lightning_modules.evaluators.linear_probe import OnlineLinearProbe
 
 # ----------------------------------------------------------------------------- LARS
 
@@ -435,10 +435,42 @@ def test_warmup_epochs_count_the_loaders_steps_when_max_steps_limits_the_run() -
     """``max_epochs: -1`` + ``max_steps`` (the budget curves): an epoch is the loader's steps."""
     from types import SimpleNamespace
 
-    from lightning_modules.components.optim import steps_per_epoch
+    from contraseg.lightning_modules.components.optim import steps_per_epoch
 
     run = SimpleNamespace(num_training_batches=7, accumulate_grad_batches=2, max_epochs=-1)
     assert steps_per_epoch(run, total=1000) == 4.0  # ceil(7 / 2), not 1000 / 1
     unsized = SimpleNamespace(num_training_batches=float("inf"), accumulate_grad_batches=1,
                               max_epochs=4)  # fmt: skip
     assert steps_per_epoch(unsized, total=100) == 25.0
+
+
+def test_timm_lars_equals_ours_on_simclr_groups_but_adapts_decayed_excluded_ones() -> None:
+    """The reason LARS is not timm's (its docstring): same updates on SimCLR's groups (no decay
+    on the excluded biases and norms), trust-scaled excluded groups once they are decayed."""
+    import timm.optim
+
+    from contraseg.lightning_modules.components.optim import param_groups
+
+    def run(excluded_decay: float, use_timm: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
+        groups = param_groups(net)
+        groups[1]["weight_decay"] = excluded_decay
+        if use_timm:
+            groups = [{**{k: v for k, v in g.items() if k != "lars_exclude"},
+                       "always_adapt": not g.get("lars_exclude", False)} for g in groups]
+            opt = timm.optim.Lars(groups, lr=0.5, momentum=0.9, weight_decay=1e-5,
+                                  trust_coeff=0.02, eps=0.0)
+        else:
+            opt = LARS(groups, lr=0.5, momentum=0.9, weight_decay=1e-5, eta=0.02)
+        x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+        for _ in range(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+        return [p.detach().clone() for p in net.parameters()]
+
+    for ours, theirs in zip(run(0.0, False), run(0.0, True)):
+        assert torch.equal(ours, theirs)
+    differ = [not torch.equal(a, b) for a, b in zip(run(1e-4, False), run(1e-4, True))]
+    assert any(differ)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.pixel_blocked import block_partition, stride_sample
-from lightning_modules.losses.pixel_contrast import (
+from contraseg.lightning_modules.losses.pixel_blocked import block_partition, stride_sample
+from contraseg.lightning_modules.losses.pixel_contrast import (
     pixel_contrastive_loss,
     pixel_contrastive_loss_naive,
     tiled_pixel_contrastive_loss,

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.pixel_contrast import (
+from contraseg.lightning_modules.losses.pixel_contrast import (
     _source_cells,
     cross_image_pixel_contrastive_loss,
     distortion_pixel_contrastive_loss,

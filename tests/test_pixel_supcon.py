@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from lightning_modules.losses.pixel_blocked import block_partition
-from lightning_modules.losses.pixel_contrast import tiled_pixel_contrastive_loss
-from lightning_modules.losses.pixel_supcon import (
+from contraseg.lightning_modules.losses.pixel_blocked import block_partition
+from contraseg.lightning_modules.losses.pixel_contrast import tiled_pixel_contrastive_loss
+from contraseg.lightning_modules.losses.pixel_supcon import (
     pixel_supcon_loss,
     pixel_supcon_loss_naive,
     tiled_pixel_supcon_loss,

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import tv_tensors
 
-from datamodules.datasets import potsdam as potsdam_module
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.potsdam import (
+from contraseg.datamodules.datasets import potsdam as potsdam_module
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.potsdam import (
     POTSDAM_CLASSES,
     POTSDAM_PALETTE,
     POTSDAM_TEST_TILES,

@@ -1,4 +1,4 @@
-"""Tests for callbacks.spectrum and callbacks.rank_monitor.EmbeddingRankMonitor."""
+"""Tests for contraseg.callbacks.spectrum and the rank monitor (EmbeddingRankMonitor)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from callbacks.rank_monitor import EmbeddingRankMonitor
-from callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
+from contraseg.callbacks.rank_monitor import EmbeddingRankMonitor
+from contraseg.callbacks.spectrum import collapsed_dimensions, effective_rank, embedding_spectrum
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -36,7 +36,7 @@ TABLE_COMMANDS = commands("experiments/reproduce.py")
 
 @pytest.mark.parametrize("args", TABLE_COMMANDS, ids=lambda a: " ".join(a)[:60])
 def test_readme_table_command_runs_dry(args: list[str], tmp_path: Path, capsys) -> None:
-    from experiments.reproduce import main
+    from contraseg.experiments.reproduce import main
 
     assert main([*args, "--dry-run", "--out", str(tmp_path)]) == 0
     assert "experiments/run.py fit --config" in capsys.readouterr().out

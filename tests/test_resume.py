@@ -36,7 +36,7 @@ COMMON = ["--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
           "--trainer.enable_progress_bar", "false",
           "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.save_dir", "csv", "--model.init_args.encoder", "resnet18"]  # fmt: skip
-SMALL_DOMAINS = [{"class_path": "datamodules.SyntheticMedicalDataModule",
+SMALL_DOMAINS = [{"class_path": "contraseg.datamodules.SyntheticMedicalDataModule",
                   "init_args": {"num_subjects": 6, "shape": [24, 32, 32], "domain": d,
                                 "volume_seed": d, "labelled_subjects": 2, "split_dir": "splits",
                                 "batch_size": 8, "num_workers": 0}} for d in (0, 1)]  # fmt: skip
@@ -92,7 +92,7 @@ def _config(tmp: Path, stem: str, case: str | None, method: str) -> Path:
     over: dict = {"defaults": [str(CONFIGS / f"{stem}.yaml")]}
     # every epoch end unless the case says otherwise (a config may thin them out)
     settings = {"last_every_n_epochs": 1, **(CASES[case][1] if case else {})}
-    over["trainer"] = {"callbacks": [{"class_path": "callbacks.RunCheckpoint",
+    over["trainer"] = {"callbacks": [{"class_path": "contraseg.callbacks.RunCheckpoint",
                                       "init_args": settings}]}  # fmt: skip
     path = tmp / f"{stem}_{case or 'reference'}.yaml"
     path.write_text(yaml.safe_dump(over))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,9 @@ import pytest
 import torch
 from conftest import quickstart_tiny
 
-from callbacks import RunCheckpoint, StepSnapshots
-from callbacks.checkpoint import CheckpointFolderInUseError
-from experiments.cli import main
+from contraseg.callbacks import RunCheckpoint, StepSnapshots
+from contraseg.callbacks.checkpoint import CheckpointFolderInUseError
+from contraseg.experiments.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 QUICK = str(CONFIGS / "quickstart.yaml")
@@ -46,12 +47,20 @@ def test_last_is_the_last_epoch_and_best_is_separate(tmp_path: Path, monkeypatch
     assert resumed.trainer.global_step == 8 and _epoch(CKPTS / "last.ckpt") == 3
 
 
-def test_a_second_run_refuses_the_folder_unless_overwrite(tmp_path: Path, monkeypatch) -> None:
+def test_a_second_run_refuses_the_folder_unless_overwrite(tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:  # fmt: skip
     monkeypatch.chdir(tmp_path)
     _fit("--trainer.max_epochs", "1")
-    with pytest.raises(CheckpointFolderInUseError, match=r"quickstart/checkpoints already holds"
-                       r".*--ckpt_path last.*--run_name"):  # fmt: skip
+    # refused by the command line before anything is built (tests/test_daily_use.py) ...
+    with pytest.raises(SystemExit) as exc:
         _fit("--trainer.max_epochs", "1")
+    assert exc.value.code == 2
+    assert re.search(r"quickstart/checkpoints already holds.*--ckpt_path last.*--run_name",
+                     capsys.readouterr().err)  # fmt: skip
+    # ... and by the callback itself when a fit starts (a trainer built in Python)
+    cli = main(["--config", QUICK, *TINY, "--trainer.max_epochs", "1"], run=False)
+    with pytest.raises(CheckpointFolderInUseError, match=r"quickstart/checkpoints already holds"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     cli = main(["--config", QUICK, *TINY, "--trainer.max_epochs", "1"], run=False)
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, RunCheckpoint))
     callback.overwrite = True
@@ -68,7 +77,7 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path: Path, monkeypatch) -> None:
 
 def test_snapshots_every_n_epochs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _fit("--trainer.max_epochs", "4", "--trainer.callbacks+=callbacks.RunCheckpoint",
+    _fit("--trainer.max_epochs", "4", "--trainer.callbacks+=contraseg.callbacks.RunCheckpoint",
          "--trainer.callbacks.dirpath", "snap", "--trainer.callbacks.every_n_epochs", "2")
     assert sorted(p.name for p in Path("snap").iterdir()) == [
         "epoch=001.ckpt", "epoch=003.ckpt", "last.ckpt"]  # fmt: skip
@@ -128,7 +137,7 @@ from pathlib import Path
 import lightning as L, torch
 sys.path.insert(0, {tests!r})
 from test_run_checkpoint import _Tiny
-from callbacks import RunCheckpoint
+from contraseg.callbacks import RunCheckpoint
 
 folder = Path({folder!r})
 trainer = L.Trainer(max_epochs=1, callbacks=[RunCheckpoint(dirpath=str(folder))], logger=False,
@@ -283,8 +292,8 @@ def test_ckpt_path_of_another_model_class_is_an_error(tmp_path: Path, monkeypatc
     with pytest.raises(SystemExit):
         main(["fit", "--config", finetune, "--ckpt_path", str(CKPTS / "last.ckpt")])
     err = capsys.readouterr().err
-    assert "is a checkpoint of lightning_modules.SimCLR" in err
-    assert "the config's model is lightning_modules.SegmentationFineTune" in err
+    assert "is a checkpoint of contraseg.lightning_modules.SimCLR" in err
+    assert "the config's model is contraseg.lightning_modules.SegmentationFineTune" in err
 
 
 def test_ckpt_path_last_gets_the_class_check(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -292,13 +301,15 @@ def test_ckpt_path_last_gets_the_class_check(tmp_path: Path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     _fit("--trainer.max_epochs", "1")
     ckpt = torch.load(CKPTS / "last.ckpt", weights_only=True)
-    ckpt["hyper_parameters"]["_class_path"] = "lightning_modules.MoCoV2"  # a MoCo run's file
+    # a MoCo run's file, written before the packages moved under contraseg (old class path)
+    ckpt["hyper_parameters"]["_class_path"] = "lightning_modules.MoCoV2"
     torch.save(ckpt, CKPTS / "last.ckpt")
     with pytest.raises(SystemExit):
         _fit("--trainer.max_epochs", "2", "--ckpt_path", "last")
     err = capsys.readouterr().err
     assert f"--ckpt_path {(CKPTS / 'last.ckpt').resolve()} is a checkpoint of " in err
-    assert "lightning_modules.MoCoV2, but the config's model is lightning_modules.SimCLR" in err
+    assert ("contraseg.lightning_modules.MoCoV2, but the config's model is "
+            "contraseg.lightning_modules.SimCLR") in err
 
 
 class _Payload:
@@ -357,7 +368,7 @@ def test_unreadable_checkpoints_are_named(tmp_path: Path, monkeypatch, capsys) -
 
 def test_task_state_and_persistent_buffers_survive_a_checkpoint(tmp_path: Path) -> None:
     """How a method declares state beyond weights (``BaseTask`` docstring), round-tripped."""
-    from lightning_modules.embedding_task import EmbeddingTask
+    from contraseg.lightning_modules.embedding_task import EmbeddingTask
 
     class Queued(EmbeddingTask):
         def configure_models(self) -> None:
@@ -390,7 +401,7 @@ def test_step_snapshots_of_a_killed_and_resumed_run_equal_the_uninterrupted_ones
     step 3 and resumed from the epoch-end ``last.ckpt`` of step 2 writes bitwise the
     uninterrupted run's step 3 and 5 files (Lightning alone would resume this ``max_steps``
     run one epoch ahead: see ``RunCheckpoint.setup``)."""
-    snap = ["--trainer.callbacks+=callbacks.StepSnapshots", "--trainer.callbacks.steps",
+    snap = ["--trainer.callbacks+=contraseg.callbacks.StepSnapshots", "--trainer.callbacks.steps",
             "[0, 3, 5]", "--trainer.max_epochs", "-1", "--trainer.max_steps", "5"]  # fmt: skip
     (tmp_path / "whole").mkdir()
     monkeypatch.chdir(tmp_path / "whole")

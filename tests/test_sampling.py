@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 import contraseg.seeding as sampling
+from contraseg.datamodules.base import TransformedDataset
+from contraseg.datamodules.sampling import train_loader
 from contraseg.seeding import SampleKey, SeededSampler, mix_seed
-from datamodules.base import TransformedDataset
-from datamodules.sampling import train_loader
 
 
 class _Noise:

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from datamodules.datasets.cityscapes import (
+from contraseg.datamodules.datasets.cityscapes import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_LABEL_TO_TRAIN_ID,
     CITYSCAPES_PALETTE,
     CityscapesDataset,
     encode_cityscapes_labels,
 )
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.voc import (
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.voc import (
     VOC_CLASSES,
     VOC_PALETTE,
     VOCSegmentation,

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassCohenKappa, MulticlassJaccardIndex
 
-from lightning_modules.components.sliding_window import sliding_window_inference, window_starts
-from lightning_modules.evaluators.segmentation_metrics import (
+from contraseg.lightning_modules.evaluators.segmentation_metrics import (
     SegmentationMetrics,
     confusion_matrix,
     metrics_from_confusion,
 )
+from contraseg.lightning_modules.segmentation_finetune import window_logits
 
 IGNORE = 255
 
@@ -188,7 +188,7 @@ def _pointwise_model(c_in=3, c_out=4):
     return nn.Conv2d(c_in, c_out, kernel_size=1).eval()
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "gaussian"])
+@pytest.mark.parametrize("weighting", ["constant", "gaussian"])
 @pytest.mark.parametrize(
     ("size", "window", "stride"),
     [
@@ -203,16 +203,15 @@ def _pointwise_model(c_in=3, c_out=4):
 def test_sliding_window_pointwise_equals_full_forward(size, window, stride, weighting):
     model = _pointwise_model()
     images = torch.randn(2, 3, *size)
-    out = sliding_window_inference(
-        model, images, window, stride, num_classes=4, batch_size=3, weighting=weighting
-    )
+    with torch.no_grad():
+        out = window_logits(model, images, window, stride, batch_size=3, mode=weighting)
     assert out.shape == (2, 4, *size)
     with torch.no_grad():
         ref = model(images)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("weighting", ["uniform", "gaussian"])
+@pytest.mark.parametrize("weighting", ["constant", "gaussian"])
 @pytest.mark.parametrize(("size", "window", "stride"), [((37, 29), 16, 10), ((5, 50), 8, 3)])
 def test_sliding_window_covers_every_pixel(size, window, stride, weighting):
     calls = []
@@ -221,22 +220,29 @@ def test_sliding_window_covers_every_pixel(size, window, stride, weighting):
         calls.append(x.shape[0])
         return torch.ones(x.shape[0], 2, *x.shape[-2:])
 
-    out = sliding_window_inference(
-        ones, torch.randn(1, 3, *size), window, stride, 2, batch_size=4, weighting=weighting
-    )
+    out = window_logits(ones, torch.randn(1, 3, *size), window, stride, batch_size=4,
+                        mode=weighting)  # fmt: skip
     torch.testing.assert_close(out, torch.ones(1, 2, *size))
     assert max(calls) <= 4
 
 
-def test_window_starts_flush_with_border():
-    assert window_starts(37, 16, 10) == [0, 10, 20, 21]
-    assert window_starts(32, 16, 16) == [0, 16]
-    assert window_starts(16, 16, 4) == [0]
+@pytest.mark.parametrize(("size", "window", "stride", "starts"),
+                         [(37, 16, 10, [0, 10, 20, 21]), (32, 16, 16, [0, 16]), (16, 16, 4, [0]),
+                          (50, 12, 5, [0, 5, 10, 15, 20, 25, 30, 35, 38])])  # fmt: skip
+def test_windows_step_by_the_stride_and_end_flush_with_the_border(size, window, stride, starts):
+    seen = []
+
+    def record(x):
+        seen.append(x.shape[0])
+        return torch.zeros(x.shape[0], 1, *x.shape[-2:])
+
+    window_logits(record, torch.zeros(1, 1, window, size), window, stride, batch_size=1)
+    assert len(seen) == len(starts)  # one window per start along the long axis
 
 
 def test_sliding_window_rejects_bad_args():
     model = _pointwise_model()
-    with pytest.raises(ValueError):
-        sliding_window_inference(model, torch.randn(1, 3, 32, 32), 16, 20, 4)
-    with pytest.raises(ValueError):
-        sliding_window_inference(model, torch.randn(1, 3, 32, 32), 16, 8, 5)  # wrong classes
+    with pytest.raises(ValueError, match="sliding_stride 20"):
+        window_logits(model, torch.randn(1, 3, 32, 32), 16, 20)
+    with pytest.raises(ValueError, match="sliding_stride 0"):
+        window_logits(model, torch.randn(1, 3, 32, 32), 16, 0)

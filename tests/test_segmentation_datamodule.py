@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from datamodules import SyntheticSegmentationDataModule
-from datamodules.transforms import ViewAugmentation
+from contraseg.datamodules import SyntheticSegmentationDataModule
+from contraseg.datamodules.transforms import ViewAugmentation
 
 
 def make(tmp_path: Path, **kwargs) -> SyntheticSegmentationDataModule:
@@ -63,7 +63,7 @@ def test_loaders_and_unlabeled_views(tmp_path: Path) -> None:
 
 
 def test_potsdam_tiles_draw_new_windows_every_epoch(seg_roots) -> None:
-    from datamodules import PotsdamTilesDataModule
+    from contraseg.datamodules import PotsdamTilesDataModule
 
     dm = PotsdamTilesDataModule(str(seg_roots["potsdam_tiles"]), crop_size=32,
                                 samples_per_epoch=8, batch_size=4, num_workers=1)  # fmt: skip

@@ -12,10 +12,10 @@ import yaml
 from conftest import FOLDER_PALETTE, write_segmentation_folder
 from PIL import Image
 
-from datamodules import SegmentationFolderDataModule
-from datamodules.datasets.io import DataFormatError
-from datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
-from datamodules.transforms import ViewAugmentation
+from contraseg.datamodules import SegmentationFolderDataModule
+from contraseg.datamodules.datasets.io import DataFormatError
+from contraseg.datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
+from contraseg.datamodules.transforms import ViewAugmentation
 
 
 def test_index_masks_read_exactly(tmp_path: Path) -> None:
@@ -47,8 +47,10 @@ def test_json_table_and_multiband_uint16_tiff(tmp_path: Path) -> None:
     (root / "classes.json").write_text('{"classes": ["a", "b"], "mean": [0.5, 0.5, 0.5, 0.5],'
                                        ' "std": [0.25, 0.25, 0.25, 0.25]}')  # fmt: skip
     image = np.random.default_rng(0).integers(0, 65535, (16, 16, 4), dtype=np.uint16)
-    tifffile.imwrite(root / "images" / "train" / "x.tif", image)
-    tifffile.imwrite(root / "masks" / "train" / "x.tif", (image[..., 0] > 30000).astype(np.uint8))
+    for name in ("x", "y"):  # two copies: BatchNorm training needs two images (a clear error)
+        tifffile.imwrite(root / "images" / "train" / f"{name}.tif", image)
+        tifffile.imwrite(root / "masks" / "train" / f"{name}.tif",
+                         (image[..., 0] > 30000).astype(np.uint8))  # fmt: skip
     (root / "images" / "val").mkdir()
     (root / "masks" / "val").mkdir()
     dm = SegmentationFolderDataModule(str(root), crop_size=16, batch_size=1, num_workers=0,
@@ -154,7 +156,7 @@ def test_datamodule_fractions_and_pretraining(tmp_path: Path) -> None:
 
 def test_whole_image_inference_of_any_size() -> None:
     """Images not divisible by the stride (users' data) are padded and cropped back."""
-    from lightning_modules import SegmentationFineTune
+    from contraseg.lightning_modules import SegmentationFineTune
 
     model = SegmentationFineTune(num_classes=3, encoder="resnet18").eval()
     images = torch.randn(2, 3, 40, 48)
@@ -167,7 +169,7 @@ def test_whole_image_inference_of_any_size() -> None:
 
 def test_planar_tiff_and_colour_table(tmp_path: Path) -> None:
     """Planar (C, H, W) TIFFs read as (C, H, W) images too; the colour table refuses clashes."""
-    from datamodules.datasets.palette import ColourTable
+    from contraseg.datamodules.datasets.palette import ColourTable
 
     root = write_segmentation_folder(tmp_path / "p")
     image = np.random.default_rng(1).integers(0, 255, (5, 40, 48), dtype=np.uint8)

@@ -13,16 +13,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from PIL import Image
 
-from callbacks.segmentation_vis import (
+from contraseg.callbacks.segmentation_vis import (
     ColourPredictionWriter,
     SegmentationOverlays,
     denormalize,
     overlay,
 )
-from datamodules import SyntheticSegmentationDataModule
-from datamodules.datasets.palette import colourize, palette_lut, save_palette_png
-from datamodules.datasets.voc import voc_colormap
-from lightning_modules.segmentation_finetune import SegmentationFineTune
+from contraseg.datamodules import SyntheticSegmentationDataModule
+from contraseg.datamodules.datasets.palette import colourize, palette_lut, save_palette_png
+from contraseg.datamodules.datasets.voc import voc_colormap
+from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
 
 PALETTE = [(10, 20, 30), (200, 100, 50), (0, 255, 0)]
 

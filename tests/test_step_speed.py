@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lightning_modules import SimCLR
+from contraseg.lightning_modules import SimCLR
 
 
 def _batch(seed: int = 0, size: int = 32) -> dict[str, Any]:

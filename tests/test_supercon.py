@@ -9,14 +9,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score, roc_auc_score
 
-from contraseg.seeding import SeededSampler
-from lightning_modules.components.heads import Projector
-from lightning_modules.evaluators.classification_metrics import ClassificationMetrics
-from lightning_modules.losses.classification import (
+from contraseg.lightning_modules.components.heads import Projector
+from contraseg.lightning_modules.evaluators.classification_metrics import ClassificationMetrics
+from contraseg.lightning_modules.losses.classification import (
     class_balanced_weights,
     focal_loss,
     logit_adjusted_cross_entropy,
 )
+from contraseg.seeding import SeededSampler
 
 
 def test_focal_reduces_to_ce_and_matches_formula() -> None:
@@ -84,8 +84,8 @@ def test_class_balanced_sampler_is_uniform_over_classes_and_seeded() -> None:
 
 
 def test_supcon_module_loss_and_instance_fallback() -> None:
-    from lightning_modules import SupCon
-    from lightning_modules.losses import nt_xent_loss
+    from contraseg.lightning_modules import SupCon
+    from contraseg.lightning_modules.losses import nt_xent_loss
 
     torch.manual_seed(0)
     model = SupCon(encoder="resnet18", probe_classes=0, projector=Projector([32], 16, False),
@@ -109,9 +109,9 @@ def test_supcon_module_loss_and_instance_fallback() -> None:
 def test_classifier_counts_from_data_and_checkpointed(tmp_path) -> None:
     import lightning as L
 
-    from datamodules import TexturedScenesDataModule
-    from datamodules.datasets import SceneSpec
-    from lightning_modules import ImageClassifier
+    from contraseg.datamodules import TexturedScenesDataModule
+    from contraseg.datamodules.datasets import SceneSpec
+    from contraseg.lightning_modules import ImageClassifier
 
     scene = SceneSpec(image_size=32, num_classes=3, min_objects=1, max_objects=1,
                       imbalance_ratio=10.0)  # fmt: skip

@@ -13,9 +13,17 @@ import pytest
 import torch
 import yaml
 
-from experiments import tables
-from experiments.reproduce import main as reproduce
-from experiments.tables import aggregate, expand_fractions, load_table, resolve_row, run_table
+from contraseg.experiments import tables
+from contraseg.experiments.reproduce import main as reproduce
+from contraseg.experiments.tables import (
+    aggregate,
+    expand_fractions,
+    load_table,
+    resolve_row,
+    run_table,
+)
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEG = ["--data.init_args.num_train", "200", "--data.init_args.num_val", "8",
        "--data.init_args.label_fraction", "4", "--data.init_args.batch_size", "4",
@@ -61,11 +69,11 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
     calls: list[str] = []
     real = tables.run_step
 
-    def interrupted(step, root, dry_run=False, needs=()):  # noqa: ANN001, ANN202
+    def interrupted(step, root, *args):  # noqa: ANN001, ANN002, ANN202
         if len(calls) == 2 and not (step.folder(root) / "result.json").exists():
             raise KeyboardInterrupt  # the table is killed before its third step
         calls.append(step.key)
-        return real(step, root, dry_run, needs)
+        return real(step, root, *args)
 
     monkeypatch.setattr(tables, "run_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -415,7 +423,7 @@ CURVE = {
         "simclr": {"config": "quickstart.yaml", "budget": True},
         "eval": {"config": "quickstart.yaml", "command": "validate", "as": "eval",
                  "init": {"from": 0, "arg": "--ckpt_path"},
-                 "args": ["--trainer.callbacks+=callbacks.EmbeddingRankMonitor",
+                 "args": ["--trainer.callbacks+=contraseg.callbacks.EmbeddingRankMonitor",
                           "--trainer.callbacks.every_n_epochs", "1",
                           "--trainer.callbacks.num_samples", "8"]},
         "finetune": {"config": "finetune_quickstart.yaml"},
@@ -441,7 +449,7 @@ def test_budget_axis_runs_one_pretraining_and_evaluates_every_snapshot(tmp_path:
     assert chains[0][0].key == chains[1][0].key  # the pretraining is shared
     pre = chains[0][0]
     assert pre.args[pre.args.index("--trainer.max_steps") + 1] == "2"
-    assert "--trainer.callbacks+=callbacks.StepSnapshots" in pre.args
+    assert "--trainer.callbacks+=contraseg.callbacks.StepSnapshots" in pre.args
     for budget, chain in zip((0, 2), chains, strict=True):
         evaluate = chain[1].command(tmp_path)
         assert evaluate[0] == "validate"
@@ -501,7 +509,7 @@ def test_quickstart_digits_table_runs_at_smoke_scale(tmp_path: Path) -> None:
 
 _KILL_AT_RESULT = """
 import os, signal, sys
-from experiments.reproduce import main
+from contraseg.experiments.reproduce import main
 real = os.replace
 
 def replace(src, dst):  # SIGKILL just before the first step's result.json lands
@@ -526,7 +534,7 @@ def test_a_step_killed_before_its_result_or_with_a_corrupt_one_is_scored_again(
     out = tmp_path / "tables"
     argv = [str(tiny), "--scale", "smoke", "--seeds", "1", "--out", str(out), "--no-wandb",
             "--rows", "random init", "SimCLR"]  # fmt: skip
-    killed = subprocess.run([sys.executable, "-c", _KILL_AT_RESULT, *argv], cwd=tables.REPO,
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_RESULT, *argv], cwd=REPO,
                             capture_output=True, text=True)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     table = load_table(str(tiny))
@@ -564,9 +572,9 @@ def test_a_second_runner_on_the_same_folder_refuses(tiny: Path, tmp_path: Path, 
     root = tmp_path / "tables" / "tiny" / "smoke"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; "
-         "from experiments.tables import _exclusive\n"
+         "from contraseg.experiments.tables import _exclusive\n"
          f"with _exclusive(Path({str(root)!r})):\n print('held', flush=True); time.sleep(120)"],
-        cwd=tables.REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SystemExit) as exit_info:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datamodules import TexturedScenesDataModule, TexturedSegmentationDataModule
-from datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes
-from datamodules.transforms import ViewAugmentation
+from contraseg.datamodules import TexturedScenesDataModule, TexturedSegmentationDataModule
+from contraseg.datamodules.datasets import SceneSpec, SyntheticScenes, TexturedScenes
+from contraseg.datamodules.transforms import ViewAugmentation
 
 
 def orientation_histograms(images: torch.Tensor, masks: torch.Tensor, classes: int) -> torch.Tensor:
@@ -225,7 +225,7 @@ def test_simclr_fits_on_device_rendered_scenes() -> None:
     """A ``Trainer.fit`` through the hook: the batch the step sees is views, not draws."""
     import lightning as L
 
-    from lightning_modules import SimCLR
+    from contraseg.lightning_modules import SimCLR
 
     dm = TexturedScenesDataModule(num_train=8, num_val=4, scene=SceneSpec(image_size=48),
                                   batch_size=4,

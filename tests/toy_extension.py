@@ -16,12 +16,12 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.info import DatasetInfo
-from datamodules.segmentation import SegmentationDataModule
-from lightning_modules.components import Projector
-from lightning_modules.components.networks import register_architecture
-from lightning_modules.embedding_task import EmbeddingTask
-from lightning_modules.task import TaskLoss
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.segmentation import SegmentationDataModule
+from contraseg.lightning_modules.components import Projector
+from contraseg.lightning_modules.components.networks import register_architecture
+from contraseg.lightning_modules.embedding_task import EmbeddingTask
+from contraseg.lightning_modules.task import TaskLoss
 
 
 # ---------------------------------------------------------------- step 1: the pure loss
@@ -45,7 +45,7 @@ class ToyAlignment(EmbeddingTask):
 
     Args:
         projector: Projector shape (the shared declaration; here linear, 16 wide).
-        **kwargs: :class:`~lightning_modules.embedding_task.EmbeddingTask` arguments.
+        **kwargs: :class:`~contraseg.lightning_modules.embedding_task.EmbeddingTask` arguments.
     """
 
     def __init__(self, projector: Projector = Projector((), 16), **kwargs: Any) -> None:  # noqa: B008
@@ -98,7 +98,7 @@ class StripesDataModule(SegmentationDataModule):
     Args:
         num_train: Training images.
         num_val: Validation images.
-        **kwargs: :class:`~datamodules.segmentation.SegmentationDataModule` arguments.
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
     """
 
     info = STRIPES

@@ -5,16 +5,16 @@ tv_tensors.Image, "mask"/"label", "name"}`` items; its class names, palette, ign
 statistics and default sizes are defined once, in its ``INFO`` (:class:`DatasetInfo`).
 """
 
-from datamodules.datasets.cifar import CIFARDataset
-from datamodules.datasets.cityscapes import CityscapesDataset
-from datamodules.datasets.image_folder import ImageFolderDataset
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
-from datamodules.datasets.segmentation_folder import SegmentationFolder
-from datamodules.datasets.svhn import SVHNDataset
-from datamodules.datasets.synthetic import SyntheticScenes
-from datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
-from datamodules.datasets.voc import VOCSegmentation
+from contraseg.datamodules.datasets.cifar import CIFARDataset
+from contraseg.datamodules.datasets.cityscapes import CityscapesDataset
+from contraseg.datamodules.datasets.image_folder import ImageFolderDataset
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.potsdam import PotsdamCrops, PotsdamTiles
+from contraseg.datamodules.datasets.segmentation_folder import SegmentationFolder
+from contraseg.datamodules.datasets.svhn import SVHNDataset
+from contraseg.datamodules.datasets.synthetic import SyntheticScenes
+from contraseg.datamodules.datasets.textured_scenes import SceneSpec, TexturedScenes
+from contraseg.datamodules.datasets.voc import VOCSegmentation
 
 __all__ = [
     "CIFARDataset",

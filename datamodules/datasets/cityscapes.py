@@ -24,8 +24,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import (
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.io import (
     DataFormatError,
     read_image_rgb,
     require_dir,

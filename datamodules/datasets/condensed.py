@@ -1,4 +1,4 @@
-"""A condensed (synthetic) training set written by :class:`~lightning_modules.DatasetCondensation`.
+"""A synthetic training set written by :class:`~contraseg.lightning_modules.DatasetCondensation`.
 
 File format (``torch.save`` of a dict; ``condensed/iter_XXXXX.pt`` under the run's log dir)::
 
@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.io import DataFormatError, require_file
+from contraseg.datamodules.datasets.io import DataFormatError, require_file
 
 __all__ = ["CondensedSet", "load_condensed"]
 

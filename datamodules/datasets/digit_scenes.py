@@ -1,6 +1,6 @@
 """A shape benchmark of real data: handwritten digits placed in textured, cluttered scenes.
 
-The textured benchmark (:mod:`~datamodules.datasets.textured_scenes`) names a class by its
+The textured benchmark (:mod:`~contraseg.datamodules.datasets.textured_scenes`) names a class by its
 texture family, and random convolutional features are strong texture descriptors (a random
 frozen ResNet-18 reaches most of what pretraining does there).  Here the class is a *shape*
 drawn by a person: scikit-learn's 1,797 real handwritten digits (``load_digits``, 8x8, 0-16;
@@ -21,7 +21,7 @@ Mask ids: ``0`` background, ``d + 1`` for digit ``d`` (the glyph's pixels above
 ``threshold`` of its intensity range); the image-level label is the digit covering most
 pixels.  The writers of the digits are not known, so train and validation are held apart by
 *digit sample*: a seeded, stratified ``holdout_fraction`` of the 1,797 glyphs
-(:func:`~datamodules.datasets.digits._split`) is the only source of validation scenes
+(:func:`~contraseg.datamodules.datasets.digits._split`) is the only source of validation scenes
 (``digit_pool="val"``), the rest of training scenes.  A scene is a pure function of
 ``(seed, index)`` and renders batched on any device, as the textured scenes.
 """
@@ -36,8 +36,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from datamodules.datasets.digits import _split
-from datamodules.datasets.textured_scenes import _OBJ_FIELDS, TEXTURES, SceneSpec, TexturedScenes
+from contraseg.datamodules.datasets.digits import _split
+from contraseg.datamodules.datasets.textured_scenes import (
+    _OBJ_FIELDS,
+    TEXTURES,
+    SceneSpec,
+    TexturedScenes,
+)
 
 __all__ = ["DIGIT_CLASSES", "DigitSceneSpec", "DigitScenes", "digit_glyphs"]
 

@@ -20,7 +20,12 @@ import numpy as np
 from torch.utils.data import Dataset, Subset
 from torchvision import tv_tensors
 
-from datamodules.datasets.io import DataFormatError, read_image_rgb, read_jpeg_bytes, require_dir
+from contraseg.datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    read_jpeg_bytes,
+    require_dir,
+)
 
 __all__ = ["DEFAULT_EXTENSIONS", "EncodedImages", "ImageFolderDataset"]
 

@@ -26,7 +26,7 @@ class DatasetInfo:
         ignore_index: Label value that is no class.
         mean: Per-band normalisation mean, in the units of the dtype-scaled image
             (``[0, 1]`` for integer images, physical units for signed ones; see
-            :class:`~datamodules.transforms.ScaleByDtype`).
+            :class:`~contraseg.datamodules.transforms.ScaleByDtype`).
         std: Per-band normalisation std.
         crop_size: Default training crop size.
     """

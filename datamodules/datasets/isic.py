@@ -33,8 +33,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import DataFormatError, read_image_rgb, require_dir, require_file
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.io import (
+    DataFormatError,
+    read_image_rgb,
+    require_dir,
+    require_file,
+)
 
 __all__ = [
     "ISIC2018_CLASSES",

@@ -2,8 +2,8 @@
 
 A data set is a list of :class:`Subject` (id, image file, label file) and a
 :class:`Protocol` (class names, raw-label table, modality and CT window, official test
-subjects).  The readers here only find and pair files; :mod:`datamodules.datasets.nifti`
-reads them and :mod:`datamodules.medical` serves slices.
+subjects).  The readers here only find and pair files; :mod:`contraseg.datamodules.datasets.nifti`
+reads them and :mod:`contraseg.datamodules.medical` serves slices.
 
 Layouts:
 
@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datamodules.datasets.io import DataFormatError, require_dir, require_file
+from contraseg.datamodules.datasets.io import DataFormatError, require_dir, require_file
 
 __all__ = [
     "BTCV",

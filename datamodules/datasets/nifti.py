@@ -26,7 +26,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from datamodules.datasets.io import DataFormatError, require_file
+from contraseg.datamodules.datasets.io import DataFormatError, require_file
 
 __all__ = [
     "Volume",

@@ -1,6 +1,6 @@
 """Colour helpers of label maps: palette look-up tables, colourised maps, palette PNGs.
 
-They live beside the data-set metadata (:class:`~datamodules.datasets.info.DatasetInfo`
+They live beside the data-set metadata (:class:`~contraseg.datamodules.datasets.info.DatasetInfo`
 palettes) and are used by the visualisation callbacks and the prediction writer.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 from torch import Tensor
 
-from datamodules.datasets.voc import voc_colormap
+from contraseg.datamodules.datasets.voc import voc_colormap
 
 __all__ = [
     "IGNORE_INDEX",
@@ -73,8 +73,8 @@ def palette_lut(palette: Sequence[Sequence[int]] | np.ndarray | None) -> np.ndar
     """Build a 256-entry RGB look-up table from a (possibly short or empty) palette.
 
     Entry ``i`` is ``palette[i]`` for ``i < len(palette)`` and the PASCAL VOC
-    bit-interleave colour :func:`datamodules.datasets.voc.voc_colormap` otherwise, so every class
-    index in ``[0, 256)`` has a deterministic colour.
+    bit-interleave colour :func:`contraseg.datamodules.datasets.voc.voc_colormap` otherwise, so
+    every class index in ``[0, 256)`` has a deterministic colour.
 
     Args:
         palette: RGB triples in ``[0, 255]``; ``None`` or empty gives the VOC colour map.

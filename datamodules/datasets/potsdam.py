@@ -9,7 +9,7 @@ Classes follow the mmsegmentation order::
 The eroded boundary colour ``(0, 0, 0)`` of the ``*_label_noBoundary.tif`` labels maps to the
 ignore index ``255``. Any other colour also maps to ``255`` and is counted (``unknown_pixels`` /
 the second return value of :func:`decode_potsdam_label`); with ``strict_colours=True`` it raises
-:class:`~datamodules.datasets.io.DataFormatError` instead.
+:class:`~contraseg.datamodules.datasets.io.DataFormatError` instead.
 
 GLCNet crop layout (:class:`PotsdamCrops`, 256x256 crops of the RGBIR tiles)::
 
@@ -42,15 +42,15 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.info import DatasetInfo
-from datamodules.datasets.io import (
+from contraseg.datamodules.datasets.info import DatasetInfo
+from contraseg.datamodules.datasets.io import (
     DataFormatError,
     read_tiff_hwc,
     require_dir,
     require_file,
     to_hwc,
 )
-from datamodules.datasets.palette import ColourTable
+from contraseg.datamodules.datasets.palette import ColourTable
 
 __all__ = [
     "IGNORE_INDEX",

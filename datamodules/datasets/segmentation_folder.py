@@ -17,7 +17,7 @@ The class table::
 Masks are either single-channel class indices (8/16-bit PNG, palette PNG, TIFF) or, when the
 table has a ``palette``, RGB colour images whose colours are mapped to classes.  A value or
 colour outside the class table, a missing mask, an image and mask of different sizes or an
-undecodable file raises :class:`~datamodules.datasets.io.DataFormatError` naming the file.
+undecodable file raises :class:`~contraseg.datamodules.datasets.io.DataFormatError` naming the file.
 TIFF images keep their band count and dtype (e.g. 4-band or 16-bit); other images are read
 as RGB ``uint8``.
 """
@@ -37,15 +37,15 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
-from datamodules.datasets.io import (
+from contraseg.datamodules.datasets.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
+from contraseg.datamodules.datasets.io import (
     DataFormatError,
     read_image_rgb,
     read_tiff_hwc,
     require_dir,
     require_file,
 )
-from datamodules.datasets.palette import ColourTable
+from contraseg.datamodules.datasets.palette import ColourTable
 
 __all__ = ["SegmentationFolder", "read_class_table"]
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from datamodules.datasets.io import DataFormatError, require_dir, require_file
+from contraseg.datamodules.datasets.io import DataFormatError, require_dir, require_file
 
 __all__ = ["SVHNDataset"]
 

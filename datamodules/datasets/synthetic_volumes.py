@@ -26,8 +26,8 @@ import math
 import numpy as np
 import torch
 
-from datamodules.datasets.medical import Protocol
-from datamodules.datasets.nifti import Volume, canonical
+from contraseg.datamodules.datasets.medical import Protocol
+from contraseg.datamodules.datasets.nifti import Volume, canonical
 
 __all__ = ["SyntheticVolumes", "synthetic_protocol"]
 

@@ -33,7 +33,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lightning_modules.components import distributed as dist_utils
+from contraseg.lightning_modules.components import distributed as dist_utils
 
 __all__ = ["KMeansResult", "assign", "kmeans", "kmeans_plus_plus"]
 

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_modules.components import distributed as dist_utils
+from contraseg.lightning_modules.components import distributed as dist_utils
 
 __all__ = [
     "KeyQueue",

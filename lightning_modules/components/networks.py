@@ -51,6 +51,7 @@ __all__ = [
     "UNET_CHANNELS",
     "Architecture",
     "TimmEncoder",
+    "apply_cifar_stem",
     "build_segmentation_net",
     "check_network",
     "get_architecture",
@@ -103,24 +104,29 @@ class TimmEncoder(nn.Module):
         )
         self.name = name
         if cifar_stem:
-            self._apply_cifar_stem()
+            apply_cifar_stem(self.model, name)
         self.num_features: int = int(self.model.num_features)
-
-    def _apply_cifar_stem(self) -> None:
-        conv = getattr(self.model, "conv1", None)
-        if not isinstance(conv, nn.Conv2d) or not hasattr(self.model, "maxpool"):
-            raise ValueError(
-                f"cifar_stem needs a ResNet-style model with conv1 and maxpool; {self.name!r} "
-                "has none (use a model designed for small inputs instead)"
-            )
-        self.model.conv1 = nn.Conv2d(
-            conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False
-        )
-        self.model.maxpool = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         """Pooled representation ``(B, num_features)``."""
         return self.model(x)
+
+
+def apply_cifar_stem(model: nn.Module, name: str) -> None:
+    """Replace a ResNet-style stem (``conv1`` 7x7/2 + ``maxpool``) by a 3x3/1 conv, no pooling.
+
+    The stem used for 32x32 images (SimCLR's CIFAR variant); ``name`` names the model in errors.
+    """
+    conv = getattr(model, "conv1", None)
+    if not isinstance(conv, nn.Conv2d) or not hasattr(model, "maxpool"):
+        raise ValueError(
+            f"cifar_stem needs a ResNet-style model with conv1 and maxpool; {name!r} "
+            "has none (use a model designed for small inputs instead)"
+        )
+    model.conv1 = nn.Conv2d(
+        conv.in_channels, conv.out_channels, kernel_size=3, stride=1, padding=1, bias=False
+    )
+    model.maxpool = nn.Identity()
 
 
 @dataclass(frozen=True)

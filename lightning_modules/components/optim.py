@@ -20,6 +20,12 @@ class LARS(Optimizer):
     Groups flagged ``lars_exclude=True`` (biases, norm layers, linear probes, as in
     SimCLR) get plain SGD with momentum and their own weight decay.
 
+    Why not timm's ``Lars`` (also ``foreach``, and bitwise equal to this class on SimCLR's
+    groups): it adapts every group whose weight decay is non-zero, so an excluded group that
+    is decayed (MoCo's and HCSC's ``decay_all_parameters``, biases and norms included) would
+    be trust-scaled; ``tests/test_optim_eval.py`` shows both facts.  lightly's ``LARS`` is
+    not a runtime dependency.
+
     Args:
         params: Parameters or parameter groups.
         lr: Learning rate.
@@ -176,6 +182,13 @@ def warmup_cosine_schedule(
 
     Returns:
         A per-step ``LambdaLR``.
+
+    Written here rather than taken from a dependency: torch's ``LinearLR`` + ``SequentialLR``
+    + ``CosineAnnealingLR`` share one absolute ``eta_min`` across parameter groups (the floor
+    here is relative to each group's own peak, e.g. a probe's) and rise again after
+    ``T_max``; timm's ``CosineLRScheduler`` is not a torch scheduler (Lightning would need a
+    custom ``lr_scheduler_step``), and lightly's ``CosineWarmupScheduler`` would make lightly a
+    runtime dependency for these ten lines.
     """
     warmup_steps = max(0, int(warmup_steps))
     total_steps = max(1, int(total_steps))

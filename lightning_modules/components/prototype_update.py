@@ -9,9 +9,9 @@ After ``warmup_epochs``, at the start of every training epoch, the callback
    (``datamodule.eval_dataset("train")``) with the module's momentum encoder
    (``prototype_features``), sharded by a ``DistributedSampler`` and gathered in dataset
    order with the sampler's padding removed exactly (:mod:`contraseg.extraction`);
-2. builds the hierarchy (:func:`~lightning_modules.components.prototypes.hierarchical_kmeans`)
-   on rank 0 and broadcasts it, or with every rank sharing the k-means work
-   (``distributed: true``);
+2. builds the hierarchy
+   (:func:`~contraseg.lightning_modules.components.prototypes.hierarchical_kmeans`) on rank 0 and
+   broadcasts it, or with every rank sharing the k-means work (``distributed: true``);
 3. installs it with ``set_prototypes``; the module keeps it in its checkpoint state, so a
    run resumed inside this epoch continues with the same prototypes instead of
    recomputing them (the official code recomputes);
@@ -37,7 +37,11 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from contraseg.extraction import extract_features
 from contraseg.figures import save_and_log_figure
-from lightning_modules.components.prototypes import Prototypes, check_levels, hierarchical_kmeans
+from contraseg.lightning_modules.components.prototypes import (
+    Prototypes,
+    check_levels,
+    hierarchical_kmeans,
+)
 
 __all__ = ["PrototypeUpdate"]
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components.kmeans import kmeans
+from contraseg.lightning_modules.components.kmeans import kmeans
 
 __all__ = ["Prototypes", "check_levels", "concentration", "hierarchical_kmeans"]
 

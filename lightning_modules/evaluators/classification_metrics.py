@@ -6,7 +6,7 @@ Accumulated over the whole split (and across DDP ranks by torchmetrics):
 * ``macro_f1`` and ``f1_per_class``, ``recall_per_class``;
 * ``macro_auroc``: one-vs-rest ROC AUC per class from the softmax scores, averaged;
 * ``confusion``: the ``C x C`` matrix (rows: true class), plotted by
-  :class:`callbacks.ConfusionMatrixPlot`.
+  :class:`contraseg.callbacks.ConfusionMatrixPlot`.
 """
 
 from __future__ import annotations

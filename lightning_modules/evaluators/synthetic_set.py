@@ -5,7 +5,7 @@ Saehyung-Lee/DCC): SGD lr 0.01, momentum 0.9, weight decay 5e-4, batch 256, ``E 
 with the learning rate divided by 10 (a new optimiser, so the momentum restarts) after
 epoch ``E // 2 + 1``; ``E = 1000`` when training with DSA augmentation, else 300.  Each net
 starts from a fresh random init; accuracy is the real test split's.  Kernel velocity
-(:mod:`lightning_modules.evaluators.kernel_velocity`) can be recorded on the first net.
+(:mod:`contraseg.lightning_modules.evaluators.kernel_velocity`) can be recorded on the first net.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_modules.evaluators.kernel_velocity import empirical_ntk, kernel_velocity
+from contraseg.lightning_modules.evaluators.kernel_velocity import empirical_ntk, kernel_velocity
 
 __all__ = ["SyntheticSetEvaluator", "test_accuracy", "train_on_set"]
 

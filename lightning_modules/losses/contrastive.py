@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components import distributed as dist_utils
-from lightning_modules.losses.supcon import fused_supcon_loss
+from contraseg.lightning_modules.components import distributed as dist_utils
+from contraseg.lightning_modules.losses.supcon import fused_supcon_loss
 
 
 def check_temperature(temperature: float) -> float:

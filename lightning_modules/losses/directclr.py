@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.components import distributed as dist_utils
-from lightning_modules.losses.contrastive import check_temperature
+from contraseg.lightning_modules.components import distributed as dist_utils
+from contraseg.lightning_modules.losses.contrastive import check_temperature
 
 
 def info_nce_loss(

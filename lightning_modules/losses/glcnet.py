@@ -39,10 +39,10 @@ positive :math:`j`:
         {\sum_{a \ne i, a \ne j} \exp(z_i^\top z_a / \tau)},
 
 averaged over the :math:`2N` anchors (see
-:func:`lightning_modules.losses.contrastive.nt_xent_loss`).
+:func:`contraseg.lightning_modules.losses.contrastive.nt_xent_loss`).
 
 Patch correspondences come from *pixel-index maps*
-(:func:`datamodules.transforms.pixel_index_map`): every view carries, per pixel,
+(:func:`contraseg.datamodules.transforms.pixel_index_map`): every view carries, per pixel,
 the flat index ``y * W + x`` of the source pixel it was resampled from, so two
 pixels of different views show the same scene point iff their ids are equal.
 """
@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from lightning_modules.losses.contrastive import check_temperature, nt_xent_loss
+from contraseg.lightning_modules.losses.contrastive import check_temperature, nt_xent_loss
 
 __all__ = [
     "glcnet_loss",

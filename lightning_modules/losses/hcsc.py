@@ -1,7 +1,7 @@
 r"""HCSC losses (Guo et al., CVPR 2022): selected instance and prototype contrast.
 
 With L2-normalised queries :math:`q_i`, the prototype hierarchy of
-:mod:`lightning_modules.components.prototypes` (centroids :math:`C^l`, concentrations
+:mod:`contraseg.lightning_modules.components.prototypes` (centroids :math:`C^l`, concentrations
 :math:`\phi^l`, sample clusters :math:`a^l(i)`, parents :math:`p^l(c)`) and the MoCo queue
 :math:`Q`:
 
@@ -13,7 +13,7 @@ key :math:`j` stays a negative of query :math:`i` with probability
     \pi^l_{ij} = 1 - \operatorname{softmax}_c\!\big(Q_j^\top C^l_c / \phi^l_c\big)_{a^l(i)},
 
 drawn as a Bernoulli (probability clamped to :math:`[0, 0.999]` as in the official code), and
-the level's InfoNCE (:func:`~lightning_modules.losses.moco.queue_info_nce_loss`) uses the
+the level's InfoNCE (:func:`~contraseg.lightning_modules.losses.moco.queue_info_nce_loss`) uses the
 kept keys; the instance loss is the *sum* over levels.
 
 **Prototype contrast** (paper eq. 7-9; official ``get_protos``): the positive of query
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.losses.moco import masked_logits
+from contraseg.lightning_modules.losses.moco import masked_logits
 
 __all__ = [
     "bernoulli_keep",

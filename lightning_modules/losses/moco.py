@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.losses.contrastive import check_temperature
+from contraseg.lightning_modules.losses.contrastive import check_temperature
 
 __all__ = ["MASKED_MODES", "masked_logits", "queue_info_nce", "queue_info_nce_loss"]
 

@@ -18,8 +18,8 @@ the statistic (backward).  This module owns everything around it:
   of the per-tile losses, :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t`
   over the tiles with a valid anchor).
 
-The per-positive rule lives in :mod:`lightning_modules.losses.pixel_contrast` (Zhao et
-al.), the SupCon one in :mod:`lightning_modules.losses.pixel_supcon` (Hu et al.); both
+The per-positive rule lives in :mod:`contraseg.lightning_modules.losses.pixel_contrast` (Zhao et
+al.), the SupCon one in :mod:`contraseg.lightning_modules.losses.pixel_supcon` (Hu et al.); both
 import this module, which imports neither.
 """
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.losses.contrastive import check_temperature
+from contraseg.lightning_modules.losses.contrastive import check_temperature
 
 __all__ = [
     "BlockRule",

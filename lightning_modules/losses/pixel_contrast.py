@@ -21,14 +21,14 @@ and :math:`\mathcal{L} = \frac{1}{|V|} \sum_{i \in V} \ell_i` over the anchors
 :math:`V` (all kept pixels, or those selected by ``anchor_mask``) that have at
 least one positive.  Note the *per-positive* denominator
 :math:`e^{s_{ip}} + \sum_n e^{s_{in}}`: unlike SupCon (see
-:mod:`lightning_modules.losses.contrastive`) the other positives are not in it.
+:mod:`contraseg.lightning_modules.losses.contrastive`) the other positives are not in it.
 An anchor without negatives has :math:`L_i = -\infty` and contributes 0.
 
 **Self-pair.**  The official code builds the positive mask from label equality
 alone, so it includes the anchor itself (:math:`p = i`, a constant
 :math:`s_{ii} = 1/\tau`): that term only pushes negatives away, and it makes an
 anchor that is the only pixel of its class count as "having a positive".  We
-exclude it, as SupCon and :func:`~lightning_modules.losses.contrastive_loss` do,
+exclude it, as SupCon and :func:`~contraseg.lightning_modules.losses.contrastive_loss` do,
 so that every positive term pulls two *different* pixels together and
 singleton-class anchors are skipped instead of contributing a pure repulsion
 weighted by :math:`1/|P(i)|` that depends on class frequency.
@@ -56,8 +56,8 @@ of ``block_size`` rows, saves only per-anchor statistics (:math:`L_i`,
 so peak memory grows with ``block_size * N``.  All similarity math runs in
 float32, also under autocast; the loss is finite at temperature 0.01.
 The driver around the blocked Function (validation, anchors, Hu et al.'s stride /
-tile sub-sampling) is :mod:`lightning_modules.losses.pixel_blocked`, shared with the
-SupCon loss of :mod:`lightning_modules.losses.pixel_supcon`;
+tile sub-sampling) is :mod:`contraseg.lightning_modules.losses.pixel_blocked`, shared with the
+SupCon loss of :mod:`contraseg.lightning_modules.losses.pixel_supcon`;
 :func:`tiled_pixel_contrastive_loss` averages this loss over tiles.
 
 **Official composition (Zhao et al.).**  Over dense maps, one loss per image or
@@ -75,8 +75,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_blocked import (
+from contraseg.lightning_modules.losses.contrastive import check_temperature
+from contraseg.lightning_modules.losses.pixel_blocked import (
     BlockRule,
     _prepare,
     block_partition,
@@ -247,7 +247,7 @@ def tiled_pixel_contrastive_loss(
     r"""Mean of :func:`pixel_contrastive_loss` over ``block x block`` tiles.
 
     :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles with a
-    valid anchor (:func:`~lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
+    valid anchor (:func:`~contraseg.lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
 
     Args:
         features: ``(B, D, H, W)`` dense embeddings.

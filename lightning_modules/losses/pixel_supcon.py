@@ -19,7 +19,7 @@ similarities :math:`s_{ij} = z_i^\top z_j / \tau`, positives
 and :math:`\mathcal{L} = \frac{1}{|V|} \sum_{i \in V} \ell_i` over the anchors
 :math:`V` (all kept pixels, or those selected by ``anchor_mask``) that have at
 least one positive.  Unlike Zhao et al.'s per-positive denominator
-(:mod:`lightning_modules.losses.pixel_contrast`) the other positives *are* in the
+(:mod:`contraseg.lightning_modules.losses.pixel_contrast`) the other positives *are* in the
 denominator.  Hu et al. exclude background pixels as anchors (``anchor_mask``)
 while they stay in every denominator.
 
@@ -48,8 +48,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_modules.losses.contrastive import check_temperature
-from lightning_modules.losses.pixel_blocked import (
+from contraseg.lightning_modules.losses.contrastive import check_temperature
+from contraseg.lightning_modules.losses.pixel_blocked import (
     BlockRule,
     _prepare,
     blocked_pixel_loss,
@@ -138,7 +138,7 @@ def tiled_pixel_supcon_loss(
 
     :math:`\mathcal{L} = \frac{1}{|T|} \sum_{t \in T} \mathcal{L}_t` over the tiles with a
     valid anchor; a tile holds one spatial window of every image
-    (:func:`~lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
+    (:func:`~contraseg.lightning_modules.losses.pixel_blocked.tiled_pixel_loss`).
 
     Args:
         features: ``(B, D, H, W)`` dense embeddings.

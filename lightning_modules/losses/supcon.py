@@ -117,7 +117,7 @@ def fused_supcon_loss(
     """SupCon :math:`L^{sup}_{out}` of ``anchors`` against ``candidates``.
 
     Same value and gradient as
-    :func:`~lightning_modules.losses.contrastive.contrastive_loss` (not decoupled) with
+    :func:`~contraseg.lightning_modules.losses.contrastive.contrastive_loss` (not decoupled) with
     ``self_index`` given, without building any ``n x m`` mask.
 
     Args:
