@@ -116,6 +116,10 @@ class SegmentationFineTune(DenseTask):
     @classmethod
     def tiny_test_args(cls, init_args: dict[str, Any]) -> list[str]:  # noqa: D102
         args = super().tiny_test_args(init_args)
+        if str(init_args.get("architecture", "")).startswith("segmenter"):
+            args[1] = "vit_tiny_patch16_224"  # a ViT architecture: the smallest ViT, not ResNet
+        if init_args.get("encoder_weights"):  # no download in a smoke test
+            args += ["--model.init_args.encoder_weights", "null"]
         if init_args.get("init_decoder"):  # the checkpoint is dropped by the base
             args += ["--model.init_args.init_decoder", "null"]
         if init_args.get("sliding_window"):

@@ -24,7 +24,7 @@ model lives under ``.model`` for every task (``components.checkpoint_init``).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -77,7 +77,10 @@ class BaseTask(L.LightningModule):
         weight_decay: Weight decay of weights (biases and norm parameters get none).
         momentum: Momentum of SGD / LARS.
         warmup_epochs: Linear warmup length in epochs (fractions allowed) before the cosine.
-        min_lr_ratio: Final LR of the cosine schedule as a fraction of ``lr``.
+        min_lr_ratio: Final LR of the schedule as a fraction of ``lr``.
+        schedule: After the warmup, ``cosine`` decay or ``poly`` (``(1 - t/T) ** poly_power``,
+            Segmenter's and DeepLab's recipe), both per optimiser step down to ``min_lr_ratio``.
+        poly_power: Power of the ``poly`` schedule.
         channels_last: Keep 4-D weights (convolutions) in channels-last memory format, so
             convolutions run NHWC (tensor-core friendly on GPUs).  ``None`` (default): when
             fitting on CUDA; CPU runs stay in the default format, so their numbers do not
@@ -103,6 +106,8 @@ class BaseTask(L.LightningModule):
         momentum: float = 0.9,
         warmup_epochs: float = 0.0,
         min_lr_ratio: float = 0.0,
+        schedule: Literal["cosine", "poly"] = "cosine",
+        poly_power: float = 0.9,
         channels_last: bool | None = None,
         compile: bool = False,  # noqa: A002 (the CLI key users know from torch.compile)
     ) -> None:
@@ -131,7 +136,7 @@ class BaseTask(L.LightningModule):
 
     # checked at construction (``check_ranges``); a task extends them (e.g. ``queue_size``)
     POSITIVE: tuple[str, ...] = ("lr", "probe_lr", "temperature", "knn_temperature",
-                                 "base_temperature", "contrastive_temperature")
+                                 "base_temperature", "contrastive_temperature", "poly_power")
     NON_NEGATIVE: tuple[str, ...] = ("weight_decay", "warmup_epochs", "momentum")
     UNIT: tuple[str, ...] = ("min_lr_ratio", "momentum")
 
@@ -267,7 +272,7 @@ class BaseTask(L.LightningModule):
         return param_groups(self)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """Optimiser over :meth:`parameter_groups` with per-step warmup + cosine."""
+        """Optimiser over :meth:`parameter_groups` with per-step warmup + cosine (or poly)."""
         hp = self.hparams
         groups = self.parameter_groups()
         if not any(g["params"] for g in groups):
@@ -275,6 +280,7 @@ class BaseTask(L.LightningModule):
         return scheduled_optimizer(
             groups, self.trainer, hp.warmup_epochs, hp.min_lr_ratio, name=hp.optimizer,
             lr=hp.lr, weight_decay=hp.weight_decay, momentum=hp.momentum,
+            schedule=hp.schedule, poly_power=hp.poly_power,
         )  # fmt: skip
 
     @staticmethod

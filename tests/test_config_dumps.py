@@ -77,6 +77,7 @@ ADDED: list[str] = [
     r"data\.init_args\.(attention_mask|clutter_textured)",  # issue 11: CLAWS's attention
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
     r"data\.init_args\.predict_dir",  # issue 26: predict on a folder of one's own images
+    M + "(schedule|poly_power)",  # issue 27: Segmenter's polynomial decay
     r"trainer\.callbacks\.RunFigures\..*",  # issue 26: every run draws its learning curves
     r"trainer\.logger\.WandbLogger\.init_args\.(name|group|job_type|tags)",  # issue 26
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
@@ -182,7 +183,9 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "dcc_digits", "dcc_clutter", "dcc_cifar10",
        # issue 23: MoCo v2 / HCSC on the textured scenes, the digit-scene benchmark
        "moco_v2_textured", "hcsc_textured", "simclr_digits", "moco_v2_digits", "hcsc_digits",
-       "finetune_digits", "glcnet_digits", "pixelcontrast_digits"}  # fmt: skip
+       "finetune_digits", "glcnet_digits", "pixelcontrast_digits",
+       # issue 27: Segmenter
+       "segmenter_textured", "segmenter_cityscapes"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

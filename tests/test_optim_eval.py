@@ -474,3 +474,21 @@ def test_timm_lars_equals_ours_on_simclr_groups_but_adapts_decayed_excluded_ones
         assert torch.equal(ours, theirs)
     differ = [not torch.equal(a, b) for a, b in zip(run(1e-4, False), run(1e-4, True))]
     assert any(differ)
+
+
+def test_poly_schedule_closed_form() -> None:
+    """Segmenter's schedule: lr * (m + (1 - m) (1 - t) ** 0.9) after a linear warmup."""
+    from contraseg.lightning_modules.components.optim import warmup_cosine_schedule
+
+    w = nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.01)
+    sched = warmup_cosine_schedule(opt, 2, 12, 0.001, schedule="poly", poly_power=0.9)
+    seen = []
+    for _ in range(13):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [0.01 * 0.5, 0.01] + [0.01 * (0.001 + 0.999 * (1 - (s - 2) / 10) ** 0.9)
+                                     for s in range(2, 13)]  # fmt: skip
+    assert seen == pytest.approx(expected, rel=1e-12)
+    assert seen[-1] == pytest.approx(0.01 * 0.001)  # the floor, min_lr_ratio

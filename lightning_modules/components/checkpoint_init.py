@@ -19,7 +19,8 @@ from torch import Tensor, nn
 # version 0.2), contraseg dense / fine-tuning, plain timm
 CHECKPOINT_PREFIXES = ("encoder.model.", "backbone.model.", "net.encoder.model.", "")
 DECODER_PREFIX = "net.decoder."
-REPORT_KEYS = ("loaded", "sliced_input_channels", "shape_mismatch", "missing", "prefix")
+REPORT_KEYS = ("loaded", "sliced_input_channels", "resampled_pos_embed", "shape_mismatch",
+               "missing", "prefix")
 
 
 def read_state_dict(checkpoint_path: str | Path) -> dict[str, Tensor]:
@@ -85,6 +86,29 @@ def _is_sliceable(source: Tensor, target: Tensor) -> bool:
     )  # fmt: skip
 
 
+def _resampled_pos_embed(module: nn.Module, name: str, source: Tensor,
+                         target: Tensor) -> Tensor | None:  # fmt: skip
+    """A ViT position embedding of another grid, resampled to ``module``'s (else ``None``).
+
+    A checkpoint trained at another crop size (a 96 px pretraining, a 768 px Segmenter) has
+    another patch grid; timm's ``resample_abs_pos_embed`` (bicubic, antialiased: what timm
+    itself does when it loads weights of another size) maps it onto this model's grid, the
+    prefix (class) tokens kept as they are.
+    """
+    grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+    prefix = int(getattr(module, "num_prefix_tokens", 0) or 0)
+    if (not name.endswith("pos_embed") or grid is None or source.ndim != 3 or target.ndim != 3
+            or source.shape[-1] != target.shape[-1]):  # fmt: skip
+        return None
+    old = source.shape[1] - prefix
+    side = int(round(old**0.5))
+    if side * side != old:
+        return None
+    from timm.layers import resample_abs_pos_embed
+
+    return resample_abs_pos_embed(source, list(grid), [side, side], num_prefix_tokens=prefix)
+
+
 def _copy_by_name(
     module: nn.Module, source: dict[str, Tensor], names: list[str], slice_input_channels: bool
 ) -> dict[str, list[str]]:
@@ -101,6 +125,9 @@ def _copy_by_name(
         elif slice_input_channels and _is_sliceable(source[name], value):
             update[name] = source[name][:, : value.shape[1]].clone()
             report["sliced_input_channels"].append(name)
+        elif (resampled := _resampled_pos_embed(module, name, source[name], value)) is not None:
+            update[name] = resampled
+            report["resampled_pos_embed"].append(name)
         else:
             report["shape_mismatch"].append(name)
     module.load_state_dict(update, strict=False)

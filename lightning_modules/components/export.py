@@ -71,6 +71,8 @@ def _encoder_spec(task: nn.Module) -> tuple[nn.Module, dict[str, Any]]:
     timm_kwargs.pop("in_chans", None)
     for key in ("pretrained", "checkpoint_path"):
         timm_kwargs.pop(key, None)  # the weights are the exported ones
+    if getattr(encoder.model, "dynamic_img_size", False):
+        timm_kwargs["dynamic_img_size"] = True  # a ViT of any input size (Segmenter)
     stride = getattr(encoder, "_output_stride", 32)  # smp's timm encoder (DeepLabV3+: 16)
     if stride != 32:
         # the dilation the encoder was trained with: the same weights at stride 32 compute

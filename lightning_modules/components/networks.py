@@ -45,6 +45,8 @@ import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contraseg.lightning_modules.components.segmenter import build_segmenter
+
 __all__ = [
     "ARCHITECTURES",
     "ASPP_RATES_OS16",
@@ -305,6 +307,18 @@ register_architecture("deeplabv3plus", "smp DeepLabV3+ (ASPP 6/12/18, output str
     _smp_builder("DeepLabV3Plus"))
 register_architecture("unet", "smp U-Net (decoder 256-128-64-64-64)")(_smp_builder("Unet"))
 register_architecture("fpn", "smp FPN")(_smp_builder("FPN"))
+
+
+@register_architecture("segmenter", "Segmenter: timm ViT + mask transformer (Strudel et al.)")
+def _segmenter_mask(**kwargs: Any) -> nn.Module:
+    """Segmenter with its mask-transformer decoder (:mod:`.segmenter`)."""
+    return build_segmenter("mask", **kwargs)
+
+
+@register_architecture("segmenter_linear", "Segmenter: timm ViT + linear decoder")
+def _segmenter_linear(**kwargs: Any) -> nn.Module:
+    """Segmenter with its linear decoder (:mod:`.segmenter`)."""
+    return build_segmenter("linear", **kwargs)
 
 
 def out_channels(module: nn.Module) -> int:

@@ -170,15 +170,19 @@ def build_optimizer(
 
 
 def warmup_cosine_schedule(
-    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+    optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0,
+    schedule: str = "cosine", poly_power: float = 0.9,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup from ~0 to the base LR, then cosine decay to ``min_lr_ratio * lr``.
+    """Linear warmup from ~0 to the base LR, then cosine (or poly) decay to ``min_lr_ratio * lr``.
 
     Args:
         optimizer: Optimiser whose groups' ``lr`` are the peak values.
         warmup_steps: Steps of linear warmup.
         total_steps: Total optimisation steps.
         min_lr_ratio: Final LR as a fraction of the peak.
+        schedule: ``cosine`` (``0.5 (1 + cos(pi t))``) or ``poly`` (``(1 - t) ** poly_power``)
+            of the post-warmup progress ``t`` in ``[0, 1]``.
+        poly_power: Power of ``poly``.
 
     Returns:
         A per-step ``LambdaLR``.
@@ -198,6 +202,8 @@ def warmup_cosine_schedule(
             return (step + 1) / warmup_steps
         span = max(1, total_steps - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / span)
+        if schedule == "poly":
+            return min_lr_ratio + (1 - min_lr_ratio) * (1 - progress) ** poly_power
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -232,6 +238,8 @@ def scheduled_optimizer(
     trainer: Any,
     warmup_epochs: float = 0.0,
     min_lr_ratio: float = 0.0,
+    schedule: str = "cosine",
+    poly_power: float = 0.9,
     **optim_kwargs: Any,
 ) -> dict[str, Any]:
     """Optimiser plus per-step warmup + cosine schedule, as ``configure_optimizers`` returns.
@@ -241,6 +249,8 @@ def scheduled_optimizer(
         trainer: The Lightning trainer (``estimated_stepping_batches``, ``max_epochs``).
         warmup_epochs: Warmup length in epochs (converted to steps).
         min_lr_ratio: Final LR as a fraction of the peak.
+        schedule: ``cosine`` or ``poly`` (:func:`warmup_cosine_schedule`).
+        poly_power: Power of ``poly``.
         **optim_kwargs: :func:`build_optimizer` arguments (``name``, ``lr``, ...).
 
     Returns:
@@ -249,5 +259,8 @@ def scheduled_optimizer(
     optimizer = build_optimizer(groups, **optim_kwargs)
     total = int(trainer.estimated_stepping_batches)  # (this also sets the training data up)
     warmup = int(round(warmup_epochs * steps_per_epoch(trainer, total)))
-    scheduler = warmup_cosine_schedule(optimizer, warmup, total, min_lr_ratio)
+    if schedule not in ("cosine", "poly"):
+        raise ValueError(f"model.schedule must be 'cosine' or 'poly', got {schedule!r}")
+    scheduler = warmup_cosine_schedule(optimizer, warmup, total, min_lr_ratio, schedule,
+                                       poly_power)  # fmt: skip
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
