@@ -457,8 +457,10 @@ def run_step(step: Step, root: Path, dry_run: bool = False, needs: Sequence[str]
     log = folder / "log.txt"
     cwd = Path.cwd()
     handler = None
-    lightning_log = logging.getLogger("lightning.pytorch")
-    console = [h for h in lightning_log.handlers if isinstance(h, logging.StreamHandler)]
+    # Lightning's two loggers (the trainer's, and fabric's: "Seed set to 0")
+    lightning_logs = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
+    console = [(lg, h) for lg in lightning_logs for h in lg.handlers
+               if isinstance(h, logging.StreamHandler)]  # fmt: skip
     started = time.monotonic()
     print(f"{label}{step.key} ({step.config}, log {log}) ...", end="", flush=True)
     saved_env = {k: os.environ.get(k) for k in (wandb_run or {})}
@@ -467,9 +469,10 @@ def run_step(step: Step, root: Path, dry_run: bool = False, needs: Sequence[str]
         with log.open("w") as stream, contextlib.redirect_stdout(stream), \
                 contextlib.redirect_stderr(stream):  # fmt: skip
             handler = logging.StreamHandler(stream)
-            for h in console:  # Lightning's console output goes to the step's log only
-                lightning_log.removeHandler(h)
-            lightning_log.addHandler(handler)
+            for lg, h in console:  # Lightning's console output goes to the step's log only
+                lg.removeHandler(h)
+            for lg in lightning_logs:
+                lg.addHandler(handler)
             print("command:", shlex.join(command), flush=True)
             os.chdir(folder)
             try:
@@ -504,9 +507,10 @@ def run_step(step: Step, root: Path, dry_run: bool = False, needs: Sequence[str]
                 os.environ[k] = v
         os.chdir(cwd)
         if handler is not None:
-            lightning_log.removeHandler(handler)
-        for h in console:
-            lightning_log.addHandler(h)
+            for lg in lightning_logs:
+                lg.removeHandler(handler)
+        for lg, h in console:
+            lg.addHandler(h)
     seconds = time.monotonic() - started
     result = {"status": status, "metrics": metrics, "log": str(log), "command": command,
               "seconds": seconds}  # fmt: skip

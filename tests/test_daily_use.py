@@ -155,6 +155,7 @@ def test_one_console_line_per_step_and_runs_grouped_on_wandb(
     assert all(re.match(pattern, ln) for ln in steps), steps
     assert "about" in steps[0] and "left (1 steps)" in steps[0]
     assert not re.search(r"^wandb:", console.out + console.err, re.M)  # in the step's log
+    assert "Seed set to" not in console.out + console.err
     runs = [run_info(f) for f in sorted(out.rglob("run-*.wandb"))]  # fit (+ validate) runs
     assert runs
     for info in runs:
