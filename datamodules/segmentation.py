@@ -310,15 +310,19 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         """Normalised ``train`` or ``val`` images with ``label = -1`` (for callbacks)."""
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        transform = _NoImageLabel(ImageMaskTransform(eval_transform(self.mean, self.std)))
+        transform = _NoImageLabel(self.normalise())
         return TransformedDataset(self.build(split), transform)
+
+    def normalise(self) -> ImageMaskTransform:
+        """Evaluation's per-sample transform: dtype scaling and the data set's mean / std."""
+        return ImageMaskTransform(eval_transform(self.mean, self.std))
 
     def val_dataset(self) -> Dataset:
         """Full validation split, normalised only."""
         if self.pretrain_views is not None:
             return self.eval_dataset("val")
         return TransformedDataset(
-            self.build("val"), ImageMaskTransform(eval_transform(self.mean, self.std))
+            self.build("val"), self.normalise()
         )
 
     def unlabeled_dataset(
@@ -377,6 +381,5 @@ class SegmentationDataModule(DeviceAugmentHooks, L.LightningDataModule):
         """
         if self.predict_dir is None:
             return self.val_dataloader()
-        normalise = ImageMaskTransform(eval_transform(self.mean, self.std))
-        return eval_loader(TransformedDataset(ImageFiles(self.predict_dir), normalise), 1,
+        return eval_loader(TransformedDataset(ImageFiles(self.predict_dir), self.normalise()), 1,
                            self.num_workers)  # fmt: skip

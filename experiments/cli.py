@@ -27,7 +27,7 @@ from contraseg.callbacks.checkpoint import (
     RunCheckpoint,
     check_run_folder,
 )
-from contraseg.experiments.compose import MOVED, expand_configs
+from contraseg.experiments.compose import current_class_path, expand_configs
 from contraseg.experiments.errors import ContrasegParser
 from contraseg.lightning_modules.components.checkpoint_init import load_checkpoint_file
 
@@ -125,8 +125,8 @@ class ContrasegCLI(LightningCLI):
                 f"trust, set {TRUST_ENV}=1 and pass --weights_only false"
             )
         theirs = hparams.get("_class_path")
-        if isinstance(theirs, str) and theirs.split(".")[0] in MOVED:
-            theirs = f"contraseg.{theirs}"  # written before the packages moved under contraseg
+        if isinstance(theirs, str):
+            theirs = current_class_path(theirs)  # written before the packages moved?
         ours = (self.config[sub].get("model") or {}).get("class_path")
         if theirs and ours and theirs != ours:
             self.parser.error(

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["check_moved", "compose_file", "expand_configs", "merge"]
+__all__ = ["check_moved", "compose_file", "current_class_path", "expand_configs", "merge"]
 
 PLACEHOLDER = "${name}"
 
@@ -77,6 +77,15 @@ def _substitute(tree: Any, name: str) -> Any:
 _CLASS_KEYS = {"class_path", "init_args", "dict_kwargs"}
 MOVED = ("callbacks", "datamodules", "experiments", "lightning_modules")
 _MOVED = re.compile(rf"^({'|'.join(MOVED)})[.][A-Za-z_]")
+
+
+def current_class_path(value: str) -> str:
+    """A class path as it is now.
+
+    An old one (``lightning_modules.X``, in checkpoints written before the packages moved
+    under the namespace) gets its ``contraseg.`` prefix.
+    """
+    return f"contraseg.{value}" if value.split(".")[0] in MOVED else value
 
 
 def check_moved(value: Any, where: str) -> None:

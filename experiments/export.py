@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import nn
 
-from contraseg.experiments.compose import MOVED
+from contraseg.experiments.compose import current_class_path
 from contraseg.experiments.errors import init_arguments
 from contraseg.lightning_modules.components.checkpoint_init import load_checkpoint_file
 from contraseg.lightning_modules.components.export import write_export
@@ -42,8 +42,7 @@ def load_task(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if not class_path or "state_dict" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint of a contraseg run (it has no "
                          "hyper_parameters._class_path or no state_dict)")  # fmt: skip
-    if class_path.split(".")[0] in MOVED:
-        class_path = f"contraseg.{class_path}"  # written before the packages moved
+    class_path = current_class_path(class_path)  # written before the packages moved?
     hparams.pop("_instantiator", None)
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)

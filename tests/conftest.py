@@ -13,6 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -52,6 +53,13 @@ def quickstart_tiny(num_train: int) -> list[str]:
             "--trainer.enable_progress_bar", "false", "--model.init_args.encoder", "resnet18",
             "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
             "--trainer.logger.save_dir", "csv"]  # fmt: skip
+
+
+def write_table(folder: Path, table: dict) -> Path:
+    """A table file (``reproduce.py``'s format) written from a dict; returns its path."""
+    path = folder / f"{table['name']}.yaml"
+    path.write_text(yaml.safe_dump(table))
+    return path
 
 
 def write_cifar10(root: Path, per_batch: int = 8, seed: int = 0) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import quickstart_tiny
+from conftest import quickstart_tiny, write_table
 from wandb_files import run_info
 
 from contraseg.experiments import tables
@@ -118,9 +118,7 @@ TABLE = {
 
 @pytest.fixture()
 def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TABLE))
-    return path
+    return write_table(tmp_path, TABLE)
 
 
 def test_unknown_rows_are_an_error_listing_the_rows(tiny: Path, tmp_path: Path, capsys) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_table
 
 from contraseg.experiments import tables
 from contraseg.experiments.reproduce import main as reproduce
@@ -59,9 +60,7 @@ TABLE = {
 
 @pytest.fixture()
 def tiny(tmp_path: Path) -> Path:
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TABLE))
-    return path
+    return write_table(tmp_path, TABLE)
 
 
 def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypatch) -> None:
