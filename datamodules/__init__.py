@@ -10,6 +10,7 @@ from contraseg.datamodules.classification import (
     SVHNDataModule,
 )
 from contraseg.datamodules.condensation import ClassBank, CondensationDataModule
+from contraseg.datamodules.domain_adaptation import SourceTargetDataModule
 from contraseg.datamodules.medical import (
     BTCVDataModule,
     HippocampusDataModule,
@@ -21,10 +22,12 @@ from contraseg.datamodules.multidomain import MultiDomainDataModule
 from contraseg.datamodules.segmentation import SegmentationDataModule
 from contraseg.datamodules.segmentation_sets import (
     CityscapesDataModule,
+    GTA5DataModule,
     ISICSegmentationDataModule,
     PotsdamDataModule,
     PotsdamTilesDataModule,
     SegmentationFolderDataModule,
+    SynthiaDataModule,
     VOCDataModule,
 )
 from contraseg.datamodules.synthetic import (
@@ -49,6 +52,9 @@ __all__ = [
     "NiftiFolderDataModule",
     "SyntheticMedicalDataModule",
     "CityscapesDataModule",
+    "GTA5DataModule",
+    "SourceTargetDataModule",
+    "SynthiaDataModule",
     "PotsdamDataModule",
     "PotsdamTilesDataModule",
     "VOCDataModule",

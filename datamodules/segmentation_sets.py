@@ -1,4 +1,4 @@
-"""Segmentation LightningDataModules: Cityscapes, VOC (+SBD), Potsdam, and your own folders.
+"""Segmentation LightningDataModules: Cityscapes, VOC (+SBD), Potsdam, GTA5, SYNTHIA, your folders.
 
 Each wraps a raw reader (``cityscapes.py``, ``voc.py``, ``potsdam.py``) in
 :class:`~contraseg.datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset
 
 from contraseg.datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
+from contraseg.datamodules.datasets.gta5 import GTA5, GTA5Dataset
 from contraseg.datamodules.datasets.info import DatasetInfo
 from contraseg.datamodules.datasets.io import require_dir
 from contraseg.datamodules.datasets.isic import ISIC_SEG, ISICSegmentation
@@ -24,6 +25,7 @@ from contraseg.datamodules.datasets.potsdam import (
     PotsdamTiles,
 )
 from contraseg.datamodules.datasets.segmentation_folder import SegmentationFolder, read_class_table
+from contraseg.datamodules.datasets.synthia import SYNTHIA, SynthiaDataset
 from contraseg.datamodules.datasets.voc import VOC, VOCSegmentation
 from contraseg.datamodules.segmentation import SegmentationDataModule
 
@@ -327,3 +329,95 @@ class ISICSegmentationDataModule(SegmentationDataModule):
         train, val = self._split()
         chosen = names or (train if split == "train" else val)
         return ISICSegmentation(self.root, "Training", chosen)
+
+
+class _SyntheticSourceDataModule(SegmentationDataModule):
+    """A synthetic source domain (GTA5, SYNTHIA): every frame trains, validation is the target's.
+
+    Without ``split_mat`` (GTA5's official ``split.mat``) all frames form the training split
+    and there is no validation split: such a module is the ``source`` of
+    :class:`~contraseg.datamodules.domain_adaptation.SourceTargetDataModule`, which validates
+    on the target (Cityscapes val, as every GTA5/SYNTHIA -> Cityscapes paper).
+    """
+
+    reader: Any = None
+    has_split_mat = False
+
+    def __init__(self, root: str, split_mat: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root = require_dir(root, f"data.root ({self.name})")
+        if split_mat is not None and not self.has_split_mat:
+            raise ValueError(f"{self.name} has no official split.mat: leave split_mat null")
+        self.split_mat = split_mat
+
+    def _official(self) -> dict[str, list[str]] | None:
+        if self.split_mat is None:
+            return None
+        from contraseg.datamodules.datasets.gta5 import read_official_split
+
+        return read_official_split(self.split_mat)
+
+    def _names(self, split: str) -> list[str] | None:
+        official = self._official()
+        if official is None:
+            if split == "train":
+                return None
+            raise ValueError(f"{self.name} under {self.root} has no validation split without "
+                             "data.split_mat: use it as the source of SourceTargetDataModule, "
+                             "which validates on the target")  # fmt: skip
+        present = set(self.reader(self.root).names)
+        return [n for n in official[split] if n in present]
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        names = self._names("train")
+        return list(self.reader(self.root).names) if names is None else names
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        return self.reader(self.root, names if names is not None else self._names(split))
+
+
+class GTA5DataModule(_SyntheticSourceDataModule):
+    """GTA5 frames (labels as Cityscapes's 19 train ids), the usual source of GTA5 -> Cityscapes.
+
+    Complete image/label pairs only; frames missing a file are counted and reported
+    (:class:`~contraseg.datamodules.datasets.gta5.GTA5Dataset`).
+
+    Args:
+        root: Folder with ``images/`` and ``labels/``.
+        split_mat: The official ``split.mat`` (train / val ids); ``null``: every frame trains.
+        crop_size: Training crop side.
+        resize_range: Shorter-side range of the random rescale (GTA5 frames are 1052 px high).
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    info = GTA5
+    reader = GTA5Dataset
+    has_split_mat = True
+
+    def __init__(self, root: str, split_mat: str | None = None, crop_size: int = GTA5.crop_size,
+                 resize_range: tuple[int, int] | None = (512, 1024),
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(root, split_mat, crop_size=crop_size, resize_range=resize_range,
+                         **kwargs)  # fmt: skip
+
+
+class SynthiaDataModule(_SyntheticSourceDataModule):
+    """SYNTHIA-RAND-CITYSCAPES (labels as Cityscapes's 19 train ids; 16 of them occur).
+
+    Score it with the 16- or 13-class protocol: the model's ``miou_classes``
+    (:data:`~contraseg.datamodules.datasets.synthia.SYNTHIA_16_CLASSES`).
+
+    Args:
+        root: Folder with ``RGB/`` and ``GT/LABELS/``.
+        crop_size: Training crop side.
+        resize_range: Shorter-side range of the random rescale (frames are 760 px high).
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    info = SYNTHIA
+    reader = SynthiaDataset
+
+    def __init__(self, root: str, crop_size: int = SYNTHIA.crop_size,
+                 resize_range: tuple[int, int] | None = (512, 1024),
+                 **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(root, None, crop_size=crop_size, resize_range=resize_range, **kwargs)

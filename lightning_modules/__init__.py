@@ -13,9 +13,11 @@ from contraseg.lightning_modules.local_contrast import SupervisedLocalContrast
 from contraseg.lightning_modules.moco import MoCoV2
 from contraseg.lightning_modules.momentum_task import MomentumTask
 from contraseg.lightning_modules.multidomain import MultiDomainSegmentation
+from contraseg.lightning_modules.patch_contrast import PatchContrastAdaptation
 from contraseg.lightning_modules.pixel_contrast import PixelContrast
 from contraseg.lightning_modules.segmentation_finetune import SegmentationFineTune
 from contraseg.lightning_modules.simclr import SimCLR
+from contraseg.lightning_modules.source_free import SourceFreeAdaptation
 from contraseg.lightning_modules.supcon import SupCon
 from contraseg.lightning_modules.task import BaseTask, TaskLoss
 
@@ -33,9 +35,11 @@ __all__ = [
     "MoCoV2",
     "MomentumTask",
     "MultiDomainSegmentation",
+    "PatchContrastAdaptation",
     "PixelContrast",
     "SegmentationFineTune",
     "SimCLR",
+    "SourceFreeAdaptation",
     "SupCon",
     "SupervisedLocalContrast",
     "TaskLoss",

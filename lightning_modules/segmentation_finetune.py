@@ -85,6 +85,9 @@ class SegmentationFineTune(DenseTask):
         attention_channel: ``none``, or ``ones``: append a constant all-ones channel to
             every input (the network takes ``in_channels + 1``), so an encoder pretrained
             with an attention channel (Lee et al.) keeps its first convolution whole.
+        miou_classes: Average ``val/miou`` / ``test/miou`` over these class names only
+            (SYNTHIA -> Cityscapes's 16- and 13-class protocols); every class's IoU is
+            still logged.  ``null``: all classes.
         **kwargs: :class:`~contraseg.lightning_modules.dense_task.DenseTask` arguments.
     """
 
@@ -99,8 +102,11 @@ class SegmentationFineTune(DenseTask):
         class_names: list[str] | None = None,
         loss: Literal["ce", "dice", "ce+dice"] = "ce",
         attention_channel: Literal["none", "ones"] = "none",
+        miou_classes: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
+        if miou_classes is not None and not miou_classes:
+            raise ValueError("model.miou_classes is empty: list class names, or null for all")
         if loss not in ("ce", "dice", "ce+dice"):
             raise ValueError(f"model.loss must be 'ce', 'dice' or 'ce+dice', got {loss!r}")
         if attention_channel not in ("none", "ones"):
@@ -193,17 +199,22 @@ class SegmentationFineTune(DenseTask):
         """Logits ``(B, num_classes, H, W)``."""
         return self.net(self._with_attention(images))
 
-    def _infer(self, images: Tensor) -> Tensor:
+    def _infer(self, images: Tensor, predictor: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Logits of whole images (padded to the stride) or by sliding window.
+
+        ``predictor``: the network to run (default: this model; e.g. a frozen copy).
+        """
+        predictor = self if predictor is None else predictor
         window = self.hparams.sliding_window
         if window is None:  # whole images of any size: pad to the network's stride, crop back
             h, w = images.shape[-2:]
             multiple = self.net.pad_multiple  # the network contract
             pad_h, pad_w = -h % multiple, -w % multiple
             if pad_h or pad_w:
-                return self(F.pad(images, (0, pad_w, 0, pad_h)))[..., :h, :w]
-            return self(images)
+                return predictor(F.pad(images, (0, pad_w, 0, pad_h)))[..., :h, :w]
+            return predictor(images)
         stride = self.hparams.sliding_stride or max(1, window // 2)
-        return window_logits(self, images, window, stride)
+        return window_logits(predictor, images, window, stride)
 
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:
         """The configured loss (``loss``) with ignore index on the labeled crops."""
@@ -264,8 +275,26 @@ class SegmentationFineTune(DenseTask):
         self.log(f"{stage}/loss", loss, batch_size=1, sync_dist=True)
         return {"pred": preds}
 
+    def miou_indices(self) -> list[int] | None:
+        """Class indices of ``miou_classes`` (``None``: all classes).
+
+        Raises:
+            ValueError: A name that is not one of the class names.
+        """
+        wanted = self.hparams.get("miou_classes")
+        if wanted is None:
+            return None
+        unknown = [c for c in wanted if c not in self.class_names]
+        if unknown:
+            raise ValueError(f"model.miou_classes {unknown} are not class names "
+                             f"{list(self.class_names)}")  # fmt: skip
+        return [self.class_names.index(c) for c in wanted]
+
     def _log_metrics(self, metrics: SegmentationMetrics, stage: str) -> None:
         values = metrics.compute()
+        subset = self.miou_indices()
+        if subset is not None:
+            values["miou"] = values["iou_per_class"][subset].nanmean()
         for key in ("miou", "overall_accuracy", "kappa", "mean_f1"):
             self.log(f"{stage}/{key}", values[key], prog_bar=key == "miou")
         for name, iou in zip(self.class_names, values["iou_per_class"]):

@@ -62,6 +62,18 @@ class TaskLoss(NamedTuple):
     embedding: Tensor | None = None
 
 
+def batch_size_of(batch: dict[str, Any]) -> int:
+    """Images of a training batch: ``views[0]``, ``image``, or the first stream's.
+
+    Domain-adaptation batches are ``{stream: batch}``.
+    """
+    if "views" in batch:
+        return batch["views"][0].shape[0]
+    if "image" in batch:
+        return batch["image"].shape[0]
+    return batch_size_of(next(v for v in batch.values() if isinstance(v, dict)))
+
+
 class BaseTask(L.LightningModule):
     """Base of every task: optimisation, logging, export, freezing, checkpoint init.
 
@@ -253,8 +265,7 @@ class BaseTask(L.LightningModule):
         """
         self.last_loss_terms = {"loss": out.loss.detach(),
                                 **{k: v.detach() for k, v in (out.logs or {}).items()}}  # fmt: skip
-        images = batch["views"][0] if "views" in batch else batch["image"]
-        size = images.shape[0]
+        size = batch_size_of(batch)
         self.log("train/loss", out.loss, prog_bar=True, batch_size=size, sync_dist=True)
         for key, value in (out.logs or {}).items():
             self.log(f"train/{key}", value, batch_size=size, sync_dist=True)

@@ -78,6 +78,7 @@ ADDED: list[str] = [
     r"data\.init_args\.class_balanced",  # issue 12: the class-balanced sampler
     r"data\.init_args\.predict_dir",  # issue 26: predict on a folder of one's own images
     M + "(schedule|poly_power)",  # issue 27: Segmenter's polynomial decay
+    M + "miou_classes",  # issue 27: SYNTHIA's 16- / 13-class protocols
     r"trainer\.callbacks\.RunFigures\..*",  # issue 26: every run draws its learning curves
     r"trainer\.logger\.WandbLogger\.init_args\.(name|group|job_type|tags)",  # issue 26
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split
@@ -185,7 +186,10 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        "moco_v2_textured", "hcsc_textured", "simclr_digits", "moco_v2_digits", "hcsc_digits",
        "finetune_digits", "glcnet_digits", "pixelcontrast_digits",
        # issue 27: Segmenter
-       "segmenter_textured", "segmenter_cityscapes"}  # fmt: skip
+       "segmenter_textured", "segmenter_cityscapes",
+       # issue 27: domain adaptation on the texture scenes
+       "da_source_only_textured", "da_oracle_textured", "pr_sfda_textured",
+       "patch_contrast_textured"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,25 @@ def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list
     return args
 
 
+STAGE_CHECKPOINT = re.compile(r"outputs/(\w+)/checkpoints/last\.ckpt")
+
+
+def previous_stage(config: Path, args: list[str], out: Path, data_roots: dict[str, Path]) -> None:
+    """A config that keeps the checkpoint of another config's run (PR-SFDA's source model):
+    run that config tiny first and save its checkpoint where this one reads it."""
+    if "--model.init_args.init_checkpoint" in args:
+        return
+    wanted = compose_file(config)["model"].get("init_args", {}).get("init_checkpoint") or ""
+    match = STAGE_CHECKPOINT.fullmatch(str(wanted))
+    if match is None:
+        return
+    stage = config.parent / f"{match.group(1)}.yaml"
+    stage_args = tiny_overrides(stage, out / "stage", data_roots)
+    cli = main(["fit", "--config", str(stage), *stage_args])
+    (out / wanted).parent.mkdir(parents=True, exist_ok=True)
+    cli.trainer.save_checkpoint(out / wanted)
+
+
 def test_configs_found() -> None:
     assert {c.name for c in CONFIGS} >= {
         "quickstart.yaml", "simclr_cifar10.yaml", "directclr_cifar10.yaml"
@@ -70,6 +90,7 @@ def test_config_fit_smoke(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     args = tiny_overrides(config, tmp_path, data_roots)
+    previous_stage(config, args, tmp_path, data_roots)
     cli = main(["fit", "--config", str(config), *args])
     assert cli.trainer.state.finished
     assert cli.trainer.global_step == 2
