@@ -114,7 +114,7 @@ class SourceFreeAdaptation(SegmentationFineTune):
         """The network, its frozen copy (the pseudo-label model) and the round's state."""
         super().configure_models()
         self.teacher = copy.deepcopy(self.net).requires_grad_(False)
-        self.register_buffer("thresholds", torch.full((self.hparams.num_classes,), float("inf")))
+        self.register_buffer("thresholds", torch.full((self.hparams.num_classes,), 2.0))
         self.register_buffer("current_round", torch.tensor(-1))
 
     def compile_targets(self) -> list[torch.nn.Module]:  # noqa: D102

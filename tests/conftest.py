@@ -116,6 +116,57 @@ def write_cityscapes(root: Path, h: int = 64, w: int = 128, seed: int = 0) -> Pa
     return root
 
 
+def write_gta5(root: Path, n: int = 4, h: int = 40, w: int = 72, seed: int = 0,
+               missing_label: tuple[int, ...] = ()) -> Path:
+    """GTA5 release layout: images/NNNNN.png (RGB), labels/NNNNN.png (palette of labelIds)."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([0, 7, 8, 11, 24, 26, 33], dtype=np.uint8)
+    palette = list(rng.integers(0, 256, 768, dtype=np.uint8))
+    for k in range(1, n + 1):
+        _png(root / "images" / f"{k:05d}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        if k not in missing_label:
+            _png(root / "labels" / f"{k:05d}.png", ids[rng.integers(0, len(ids), (h, w))],
+                 palette=[int(v) for v in palette])  # fmt: skip
+    return root
+
+
+def png16(path: Path, array: np.ndarray) -> None:
+    """A 16-bit PNG (greyscale or RGB, as SYNTHIA's labels) written from the PNG specification.
+
+    Pillow cannot write 16-bit multi-channel PNGs; the chunks are simple enough to write here.
+    """
+    import struct
+    import zlib
+
+    array = np.asarray(array, dtype=">u2")
+    if array.ndim == 2:
+        array = array[..., None]
+    h, w, c = array.shape
+    colour = {1: 0, 3: 2, 4: 6}[c]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))  # fmt: skip
+
+    rows = b"".join(b"\x00" + array[i].tobytes() for i in range(h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour,
+                                                                     0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def write_synthia(root: Path, n: int = 3, h: int = 38, w: int = 64, seed: int = 0) -> Path:
+    """SYNTHIA-RAND-CITYSCAPES layout: RGB/NNNNNNN.png and 16-bit GT/LABELS/NNNNNNN.png."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        _png(root / "RGB" / f"{k:07d}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        label = np.zeros((h, w, 3), dtype=np.uint16)
+        label[..., 0] = rng.integers(0, 23, (h, w))  # the class id (SYNTHIA 0..22)
+        label[..., 1] = rng.integers(0, 3000, (h, w))  # instance ids: not read
+        png16(root / "GT" / "LABELS" / f"{k:07d}.png", label)
+    return root
+
+
 def write_voc(root: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     """VOC2012 layout: JPEGImages, palette SegmentationClass PNGs, ImageSets/Segmentation."""
     from PIL import Image
@@ -345,6 +396,8 @@ def data_roots(
     """Tiny data set in its real on-disk format per data module class (config smoke tests)."""
     return {
         "CityscapesDataModule": seg_roots["cityscapes"],
+        "GTA5DataModule": write_gta5(tmp_path_factory.mktemp("gta5")),
+        "SynthiaDataModule": write_synthia(tmp_path_factory.mktemp("synthia")),
         "VOCDataModule": seg_roots["voc"],
         "PotsdamDataModule": seg_roots["potsdam"],
         "PotsdamTilesDataModule": seg_roots["potsdam_tiles"],

@@ -73,6 +73,13 @@ METHODS = {
     "multidomain": ("multidomain_medical", ["--data.init_args.batch_size", "24",
                                             "--trainer.check_val_every_n_epoch", "1",
                                             "--data.init_args.domains", json.dumps(SMALL_DOMAINS)]),
+    # PR-SFDA: max-squares in epoch 0, pseudo-label rounds from epoch 1 (teacher, thresholds and
+    # round counter in the checkpoint: the mid-epoch resume must reuse them, not recompute)
+    "pr_sfda": ("pr_sfda_textured", ["--data.init_args.target.init_args.num_train", "16",
+                                     "--data.init_args.target.init_args.num_val", "4",
+                                     "--data.init_args.target.init_args.scene.image_size", "32",
+                                     "--data.init_args.batch_size", "4",
+                                     "--trainer.check_val_every_n_epoch", "1"]),
 }  # fmt: skip
 # case -> (kill before global step, RunCheckpoint settings, step of the newest last.ckpt):
 # 4 steps per epoch
@@ -80,7 +87,7 @@ CASES = {"epoch_boundary": (6, {}, 4), "mid_epoch": (7, {"last_every_n_steps": 3
          "every_2_epochs": (11, {"last_every_n_epochs": 2}, 8)}  # fmt: skip
 CASE_METHODS = {"every_2_epochs": ("pixel_contrast",)}
 # worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
-WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,)}
+WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,), "pr_sfda": (0,)}
 COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))
           if m in CASE_METHODS.get(c, METHODS) and (w == 0 or c not in CASE_METHODS)]
 _REFERENCES: dict[str, tuple] = {}
@@ -108,6 +115,13 @@ def _reference(method: str, factory: pytest.TempPathFactory) -> tuple:
                 "--run_name", "ref", "--data.init_args.num_workers", "0"]  # fmt: skip
         if "\n    split_dir:" in (CONFIGS / f"{stem}.yaml").read_text():  # a data.init_args key
             args += ["--data.init_args.split_dir", str(tmp / "splits")]
+        if method == "pr_sfda":  # its source model: a fine-tuning checkpoint of 7 classes
+            from contraseg.lightning_modules import SegmentationFineTune
+
+            torch.manual_seed(0)
+            torch.save({"state_dict": SegmentationFineTune(num_classes=7).state_dict()},
+                       tmp / "source.ckpt")  # fmt: skip
+            args += ["--model.init_args.init_checkpoint", str(tmp / "source.ckpt")]
         proc = fresh_run(tmp, "ref.pt", 0, args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         _REFERENCES[method] = (tmp, args, torch.load(tmp / "ref.pt"))

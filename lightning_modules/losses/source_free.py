@@ -93,12 +93,13 @@ def class_balanced_thresholds(confidence: Tensor, pred: Tensor, num_classes: int
         proportion: Share of each class's pixels kept, in ``(0, 1]``.
 
     Returns:
-        ``(C,)`` thresholds; a class no pixel predicts gets ``+inf`` (nothing to keep).
+        ``(C,)`` thresholds; a class no pixel predicts gets 2, above any probability (nothing
+        to keep; finite, so that a checkpoint holding it is written).
     """
     if not 0 < proportion <= 1:
         raise ValueError(f"proportion must be in (0, 1], got {proportion}")
     confidence, pred = confidence.flatten().float(), pred.flatten()
-    out = torch.full((num_classes,), float("inf"), device=confidence.device)
+    out = torch.full((num_classes,), 2.0, device=confidence.device)
     for c in range(num_classes):
         values = confidence[pred == c]
         if values.numel():
