@@ -49,11 +49,13 @@ def tiny_overrides(config: Path, out: Path, data_roots: dict[str, Path]) -> list
     params = inspect.signature(data_cls.__init__).parameters
     if "root" in params:
         args += ["--data.init_args.root", str(data_roots[data_cls.__name__])]
-    source = data_args.get("source")
-    if "source" in params and isinstance(source, dict):  # a wrapped data module (condensation)
-        source_cls = import_class(source["class_path"])
-        if "root" in inspect.signature(source_cls.__init__).parameters:
-            args += ["--data.init_args.source.init_args.root", str(data_roots[source_cls.__name__])]
+    for key in ("source", "target"):  # wrapped data modules (condensation, adaptation)
+        inner = data_args.get(key)
+        if key in params and isinstance(inner, dict):
+            inner_cls = import_class(inner["class_path"])
+            if "root" in inspect.signature(inner_cls.__init__).parameters:
+                args += [f"--data.init_args.{key}.init_args.root",
+                         str(data_roots[inner_cls.__name__])]
     if "split_dir" in params or issubclass(data_cls, SegmentationDataModule):
         args += ["--data.init_args.split_dir", str(out / "splits")]
     return args

@@ -645,3 +645,21 @@ def test_curve_chart_keeps_a_colour_per_curve(tmp_path: Path, monkeypatch) -> No
 
     assert colours(knn_ax)["C"] == colours(miou_ax)["C"] != colours(miou_ax)["B"]
     assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_domain_adaptation_tables_run_at_smoke_scale(data_roots, tmp_path: Path) -> None:
+    """da_synthetic (generated scenes) and da_gta5_cityscapes (fixtures in the real GTA5 and
+    Cityscapes formats) run end to end; the PR-SFDA row adapts its own source step."""
+    out = tmp_path / "tables"
+    rows = ["source-only", "PR-SFDA (source-free)"]
+    assert reproduce(["da_synthetic", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "da_synthetic" / "smoke.md").read_text()
+    assert all(f"| {r} | DeepLabV3+ | 0." in md for r in rows), md
+    roots = [f"data.init_args.source.init_args.root={data_roots['GTA5DataModule']}",
+             f"data.init_args.target.init_args.root={data_roots['CityscapesDataModule']}"]
+    rows = ["PR-SFDA (source-free)", "patch-wise contrast (UDA)"]
+    assert reproduce(["da_gta5_cityscapes", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--set", roots[0], "--set", roots[1], "--rows", *rows]) == 0
+    md = (out / "da_gta5_cityscapes" / "smoke.md").read_text()
+    assert "| PR-SFDA (source-free) | DeepLabV3+ | 0." in md and "| 0.49 |" in md, md
