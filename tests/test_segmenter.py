@@ -120,3 +120,30 @@ def test_export_of_a_segmenter_round_trips(tmp_path: Path) -> None:
         encoder = contraseg.load_encoder(tmp_path / "exported")
         tokens = encoder.forward_features(x)[:, 1:].transpose(1, 2).reshape(1, 192, 3, 4)
         torch.testing.assert_close(tokens, model.net.encoder(x)[-1])
+
+
+def test_a_vit_pretrained_by_simclr_or_a_dense_method_initialises_segmenter(tmp_path) -> None:
+    """SimCLR (image level) and Zhao et al. (dense, over Segmenter's token map) pretrain a ViT
+    whose checkpoint fills every encoder tensor of a Segmenter fine-tuning network."""
+    from contraseg.lightning_modules import PixelContrast, SegmentationFineTune, SimCLR
+
+    simclr = SimCLR(encoder="vit_tiny_patch16_224", encoder_kwargs={"dynamic_img_size": True})
+    torch.save({"state_dict": simclr.state_dict()}, tmp_path / "simclr.ckpt")
+    dense = PixelContrast(architecture="segmenter", encoder="vit_tiny_patch16_224")
+    x = torch.randn(2, 3, 64, 64)
+    batch = {"views": [x, x.flip(-1)], "masks": [torch.randint(0, 3, (2, 64, 64))] * 2,
+             "index_maps": [torch.arange(64 * 64).view(1, 64, 64).expand(2, -1, -1)] * 2,
+             "source_size": torch.tensor([[64, 64]] * 2)}  # fmt: skip
+    loss = dense.training_loss(batch).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert dense.net.encoder.model.blocks[0].attn.qkv.weight.grad is not None
+    torch.save({"state_dict": dense.state_dict()}, tmp_path / "dense.ckpt")
+    for name, source in (("simclr", simclr.encoder.model), ("dense", dense.net.encoder.model)):
+        model = SegmentationFineTune(num_classes=4, architecture="segmenter",
+                                     encoder="vit_tiny_patch16_224",
+                                     init_checkpoint=str(tmp_path / f"{name}.ckpt"))  # fmt: skip
+        report = model.init_report
+        assert not report["missing"] and not report["shape_mismatch"], name
+        for key, tensor in source.state_dict().items():
+            assert torch.equal(model.net.encoder.model.state_dict()[key], tensor), (name, key)

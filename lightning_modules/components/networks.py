@@ -322,7 +322,14 @@ def _segmenter_linear(**kwargs: Any) -> nn.Module:
 
 
 def out_channels(module: nn.Module) -> int:
-    """Output channels of the last convolution of ``module``."""
+    """Output channels of ``module``: its declared ``out_channels``, else its last convolution's.
+
+    An int ``out_channels`` attribute (a Segmenter pretraining network's token map) wins;
+    smp decoders are sized by their last ``Conv2d``.
+    """
+    declared = getattr(module, "out_channels", None)
+    if isinstance(declared, int):
+        return declared
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ValueError(f"{type(module).__name__} has no Conv2d layer")

@@ -145,7 +145,11 @@ class MaskTransformer(nn.Module):
 
 
 class _TokenMap(nn.Module):
-    """The decoder of a pretraining network: the encoder's token map itself."""
+    """The decoder of a pretraining network: the encoder's token map itself (``dim`` wide)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_channels = dim  # what dense methods size their heads by (``out_channels``)
 
     def forward(self, *features: Tensor) -> Tensor:
         return features[-1]
@@ -194,7 +198,7 @@ def build_segmenter(decoder: str, encoder: str, in_channels: int, classes: int |
     vit = ViTMapEncoder(encoder, in_channels, pretrained=encoder_weights is not None)
     dim = vit.out_channels[-1]
     if classes is None:
-        head: nn.Module = _TokenMap()
+        head: nn.Module = _TokenMap(dim)
     elif decoder == "mask":
         head = MaskTransformer(dim, classes)
     elif decoder == "linear":
