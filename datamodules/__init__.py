@@ -21,6 +21,7 @@ from contraseg.datamodules.medical import (
 from contraseg.datamodules.multidomain import MultiDomainDataModule
 from contraseg.datamodules.segmentation import SegmentationDataModule
 from contraseg.datamodules.segmentation_sets import (
+    ADE20KDataModule,
     CityscapesDataModule,
     GTA5DataModule,
     ISICSegmentationDataModule,
@@ -42,6 +43,7 @@ from contraseg.datamodules.textured import (
 )
 
 __all__ = [
+    "ADE20KDataModule",
     "ClassBank",
     "CondensationDataModule",
     "DigitsDataModule",

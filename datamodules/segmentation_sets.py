@@ -1,4 +1,4 @@
-"""Segmentation LightningDataModules: Cityscapes, VOC (+SBD), Potsdam, GTA5, SYNTHIA, your folders.
+"""Segmentation data modules: Cityscapes, VOC (+SBD), Potsdam, ADE20K, GTA5, SYNTHIA, your folders.
 
 Each wraps a raw reader (``cityscapes.py``, ``voc.py``, ``potsdam.py``) in
 :class:`~contraseg.datamodules.segmentation.SegmentationDataModule`, which adds label fractions,
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from contraseg.datamodules.datasets.ade20k import ADE20KDataset, ade20k_info
 from contraseg.datamodules.datasets.cityscapes import CITYSCAPES, CityscapesDataset
 from contraseg.datamodules.datasets.gta5 import GTA5, GTA5Dataset
 from contraseg.datamodules.datasets.info import DatasetInfo
@@ -421,3 +422,35 @@ class SynthiaDataModule(_SyntheticSourceDataModule):
                  resize_range: tuple[int, int] | None = (512, 1024),
                  **kwargs: Any) -> None:  # fmt: skip
         super().__init__(root, None, crop_size=crop_size, resize_range=resize_range, **kwargs)
+
+
+class ADE20KDataModule(SegmentationDataModule):
+    """ADE20K scene parsing (ADEChallengeData2016: 20,210 training, 2,000 validation images).
+
+    150 classes named by the release's ``objectInfo150.txt``; label 0 ("other") is ignored.
+
+    Args:
+        root: The ``ADEChallengeData2016`` folder.
+        crop_size: Training crop side (Segmenter's and mmsegmentation's 512).
+        resize_range: Shorter-side range of the random rescale (512 x 0.5-2).
+        **kwargs: :class:`~contraseg.datamodules.segmentation.SegmentationDataModule` arguments.
+    """
+
+    check_splits = True
+
+    def __init__(self, root: str, crop_size: int = 512,
+                 resize_range: tuple[int, int] | None = (256, 1024),
+                 **kwargs: Any) -> None:  # fmt: skip
+        folder = require_dir(root, "data.root (ADEChallengeData2016)")
+        info = ade20k_info(folder)
+        self.info = info  # instance metadata: the names come from the release
+        self.name, self.num_classes, self.classes = info.name, info.num_classes, info.classes
+        self.palette, self.ignore_index = info.palette, info.ignore_index
+        super().__init__(crop_size=crop_size, resize_range=resize_range, **kwargs)
+        self.root = folder
+
+    def train_names(self) -> list[str]:  # noqa: D102
+        return list(ADE20KDataset(self.root, "training").names)
+
+    def build(self, split: str, names: Sequence[str] | None = None) -> Dataset:  # noqa: D102
+        return ADE20KDataset(self.root, "training" if split == "train" else "validation", names)

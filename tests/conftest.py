@@ -167,6 +167,25 @@ def write_synthia(root: Path, n: int = 3, h: int = 38, w: int = 64, seed: int = 
     return root
 
 
+def write_ade20k(root: Path, n_train: int = 4, n_val: int = 2, h: int = 40, w: int = 56,
+                 seed: int = 0) -> Path:
+    """ADEChallengeData2016 layout: images/, annotations/ ('L' PNG 0..150), objectInfo150.txt."""
+    rng = np.random.default_rng(seed)
+    rows = [f"{i}\t{0.01:.4f}\t{100}\t{10}\tclass{i};alias{i}" for i in range(1, 151)]
+    rows[0] = "1\t0.1576\t11664\t1172\twall"
+    rows[1] = "2\t0.1072\t6046\t612\tbuilding, edifice"
+    root.mkdir(parents=True, exist_ok=True)
+    header = "Idx\tRatio\tTrain\tVal\tName\n"
+    (root / "objectInfo150.txt").write_text(header + "\n".join(rows) + "\n")
+    for split, prefix, n in (("training", "train", n_train), ("validation", "val", n_val)):
+        for k in range(1, n + 1):
+            stem = f"ADE_{prefix}_{k:08d}"
+            _jpg(root / "images" / split / f"{stem}.jpg", rng, (h, w))
+            _png(root / "annotations" / split / f"{stem}.png",
+                 rng.integers(0, 151, (h, w), dtype=np.uint8))  # fmt: skip
+    return root
+
+
 def write_voc(root: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
     """VOC2012 layout: JPEGImages, palette SegmentationClass PNGs, ImageSets/Segmentation."""
     from PIL import Image
@@ -397,6 +416,7 @@ def data_roots(
     return {
         "CityscapesDataModule": seg_roots["cityscapes"],
         "GTA5DataModule": write_gta5(tmp_path_factory.mktemp("gta5")),
+        "ADE20KDataModule": write_ade20k(tmp_path_factory.mktemp("ade20k")),
         "SynthiaDataModule": write_synthia(tmp_path_factory.mktemp("synthia")),
         "VOCDataModule": seg_roots["voc"],
         "PotsdamDataModule": seg_roots["potsdam"],

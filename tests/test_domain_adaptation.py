@@ -381,3 +381,28 @@ def test_miou_classes_average_only_the_listed_classes() -> None:
     bad = SegmentationFineTune(num_classes=3, class_names=["a", "b", "c"], miou_classes=["x"])
     with pytest.raises(ValueError, match=r"miou_classes \['x'\]"):
         bad.miou_indices()
+
+
+def test_ade20k_reads_the_release_class_list_and_reduces_label_zero(tmp_path: Path) -> None:
+    from conftest import write_ade20k
+    from PIL import Image
+
+    from contraseg.datamodules import ADE20KDataModule
+    from contraseg.datamodules.datasets.ade20k import ADE20KDataset, read_object_info
+
+    root = write_ade20k(tmp_path / "ADEChallengeData2016")
+    names = read_object_info(root / "objectInfo150.txt")
+    assert len(names) == 150 and names[:3] == ("wall", "building", "class3")
+    ds = ADE20KDataset(root, "validation")
+    raw = np.asarray(Image.open(root / "annotations" / "validation" / f"{ds.names[0]}.png"))
+    mask = ds[0]["mask"].numpy()
+    assert (mask[raw == 0] == 255).all() and (mask[raw > 0] == raw[raw > 0] - 1).all()
+    dm = ADE20KDataModule(str(root), split_dir=str(tmp_path / "splits"))
+    assert dm.num_classes == 150 and dm.classes[1] == "building" and len(dm.train_names()) == 4
+    _png(root / "annotations" / "training" / "ADE_train_00000001.png",
+         np.full((40, 56), 200, np.uint8))  # fmt: skip
+    with pytest.raises(DataFormatError, match=r"ADE_train_00000001\.png.*classes 0\.\.150"):
+        ADE20KDataset(root)[0]
+    (root / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1\t1\t1\twall\n")
+    with pytest.raises(DataFormatError, match="expected Idx 1..150"):
+        read_object_info(root / "objectInfo150.txt")

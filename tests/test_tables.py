@@ -663,3 +663,15 @@ def test_domain_adaptation_tables_run_at_smoke_scale(data_roots, tmp_path: Path)
                       "--no-wandb", "--set", roots[0], "--set", roots[1], "--rows", *rows]) == 0
     md = (out / "da_gta5_cityscapes" / "smoke.md").read_text()
     assert "| PR-SFDA (source-free) | DeepLabV3+ | 0." in md and "| 0.49 |" in md, md
+
+
+def test_segmenter_paper_table_runs_each_row_on_its_fixture(data_roots, tmp_path: Path) -> None:
+    out = tmp_path / "tables"
+    for row, root in (("Seg-L-Mask/16 (Cityscapes)", data_roots["CityscapesDataModule"]),
+                      ("Seg-T-Mask/16 (ADE20K)", data_roots["ADE20KDataModule"])):
+        assert reproduce(["segmenter_cityscapes", "--scale", "smoke", "--seeds", "1", "--out",
+                          str(out / row[:5]), "--no-wandb", "--set", f"data.init_args.root={root}",
+                          "--rows", row]) == 0  # fmt: skip
+        md = (out / row[:5] / "segmenter_cityscapes" / "smoke.md").read_text()
+        assert f"| {row} | Segmenter " in md and "failed" not in md, md
+    assert "| 0.791 |" in (out / "Seg-L" / "segmenter_cityscapes" / "smoke.md").read_text()
