@@ -199,12 +199,8 @@ class SourceTargetDataModule(L.LightningDataModule):
         """One stream's training set (augmented as its module's fine-tuning samples)."""
         dm = self._module(stream)
         if stream == "target":  # every target training image, its mask removed
-            keep = dm.label_fraction, dm.split_file
-            dm.label_fraction, dm.split_file = None, None
-            try:
-                return _DropMask(dm.train_dataset())  # type: ignore[return-value]
-            finally:
-                dm.label_fraction, dm.split_file = keep
+            every = TransformedDataset(dm.build("train"), dm.train_transform())
+            return _DropMask(every)  # type: ignore[return-value]
         return dm.train_dataset()
 
     def train_dataset(self) -> Dataset:
