@@ -155,7 +155,7 @@ def png16(path: Path, array: np.ndarray) -> None:
                      + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))  # fmt: skip
 
 
-def write_synthia(root: Path, n: int = 3, h: int = 38, w: int = 64, seed: int = 0) -> Path:
+def write_synthia(root: Path, n: int = 5, h: int = 38, w: int = 64, seed: int = 0) -> Path:
     """SYNTHIA-RAND-CITYSCAPES layout: RGB/NNNNNNN.png and 16-bit GT/LABELS/NNNNNNN.png."""
     rng = np.random.default_rng(seed)
     for k in range(n):

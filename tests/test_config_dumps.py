@@ -190,7 +190,7 @@ NEW = {"finetune_folder", "directclr_imagenet", "simclr_textured", "glcnet_textu
        # issue 27: domain adaptation on the texture scenes
        "da_source_only_textured", "da_oracle_textured", "pr_sfda_textured",
        "patch_contrast_textured", "da_source_only_gta5", "pr_sfda_gta5",
-       "patch_contrast_gta5", "segmenter_ade20k"}  # fmt: skip
+       "patch_contrast_gta5", "segmenter_ade20k", "da_source_only_synthia"}  # fmt: skip
 
 
 def test_every_config_has_a_dump() -> None:
