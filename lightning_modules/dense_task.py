@@ -36,6 +36,9 @@ class DenseTask(BaseTask):
             smp's default is 12/24/36, its output-stride-8 one).
         decoder_channels: Decoder widths (``None``: DeepLabV3+ 256; U-Net
             ``(256, 128, 64, 64, 64)``, a 64-channel last stage as in Hu et al.).
+        decoder: The architecture's decoder variant: Segmenter's ``mask`` or ``linear``
+            (``null``: the architecture's own, the mask transformer for ``segmenter``);
+            architectures with one decoder (the smp ones) refuse a value.
         **kwargs: :class:`~contraseg.lightning_modules.task.BaseTask` arguments.
     """
 
@@ -46,6 +49,7 @@ class DenseTask(BaseTask):
         encoder_weights: str | None = None,
         aspp_rates: Sequence[int] = ASPP_RATES_OS16,
         decoder_channels: Sequence[int] | None = None,
+        decoder: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -65,6 +69,7 @@ class DenseTask(BaseTask):
             hp.encoder_weights,
             aspp_rates=hp.aspp_rates,
             decoder_channels=hp.decoder_channels,
+            **({} if hp.get("decoder") is None else {"decoder": hp.decoder}),
         )
         self.feature_dim = self.net.encoder.out_channels[-1]
 

@@ -79,6 +79,10 @@ DATA = sorted(name for name in dm.__all__
 def data_root(name: str, tmp_path: Path) -> str:
     if name == "SegmentationFolderDataModule":
         return str(write_segmentation_folder(tmp_path / "folder"))
+    if name == "ADE20KDataModule":  # its class names come from the release's objectInfo150.txt
+        from conftest import write_ade20k
+
+        return str(write_ade20k(tmp_path / "ade20k"))
     if name == "ImageFolderDataModule":
         _png(tmp_path / "images" / "a.png", np.zeros((8, 8, 3), dtype=np.uint8))
         return str(tmp_path / "images")

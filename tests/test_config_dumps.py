@@ -79,6 +79,7 @@ ADDED: list[str] = [
     r"data\.init_args\.predict_dir",  # issue 26: predict on a folder of one's own images
     M + "(schedule|poly_power)",  # issue 27: Segmenter's polynomial decay
     M + "miou_classes",  # issue 27: SYNTHIA's 16- / 13-class protocols
+    M + "decoder",  # issue 27: an architecture's decoder variant (Segmenter's mask / linear)
     r"trainer\.callbacks\.RunFigures\..*",  # issue 26: every run draws its learning curves
     r"trainer\.logger\.WandbLogger\.init_args\.(name|group|job_type|tags)",  # issue 26
     r"data\.init_args\.train_set",  # issue 13: a condensed set as the training split

@@ -147,3 +147,16 @@ def test_a_vit_pretrained_by_simclr_or_a_dense_method_initialises_segmenter(tmp_
         assert not report["missing"] and not report["shape_mismatch"], name
         for key, tensor in source.state_dict().items():
             assert torch.equal(model.net.encoder.model.state_dict()[key], tensor), (name, key)
+
+
+def test_decoder_argument_picks_segmenter_decoders_and_smp_refuses_one() -> None:
+    from contraseg.lightning_modules import SegmentationFineTune
+    from contraseg.lightning_modules.components.segmenter import LinearDecoder, MaskTransformer
+
+    args = {"num_classes": 3, "architecture": "segmenter", "encoder": "vit_tiny_patch16_224"}
+    assert isinstance(SegmentationFineTune(**args).net.decoder, MaskTransformer)
+    assert isinstance(SegmentationFineTune(**args, decoder="linear").net.decoder, LinearDecoder)
+    with pytest.raises(ValueError, match="must be 'mask' or 'linear'"):
+        SegmentationFineTune(**args, decoder="fcn")
+    with pytest.raises(ValueError, match="has one decoder"):
+        SegmentationFineTune(num_classes=3, decoder="mask")

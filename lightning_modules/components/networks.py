@@ -11,7 +11,9 @@
 **The network contract.**  A builder registered under a name is called as
 ``build(encoder=..., in_channels=..., classes=..., encoder_weights=..., aspp_rates=...,
 decoder_channels=...)`` (``encoder``: a timm model name; the last two are architecture
-options, which a builder without those parts ignores) and returns an ``nn.Module`` ``net``:
+options, which a builder without those parts ignores), plus ``decoder=...`` when the task
+names a decoder variant (a builder with one decoder refuses it), and returns an
+``nn.Module`` ``net``:
 
 * ``net.encoder``: ``net.encoder(x)`` is a list of feature maps, deepest last;
   ``net.encoder.out_channels`` their channel counts (the last is the task's
@@ -262,7 +264,11 @@ def _smp_builder(
         encoder_weights: str | None = None,
         aspp_rates: Sequence[int] = ASPP_RATES_OS16,
         decoder_channels: Sequence[int] | None = None,
+        decoder: str | None = None,
     ) -> nn.Module:
+        if decoder is not None:
+            raise ValueError(f"model.decoder {decoder!r}: smp's {smp_class} has one decoder "
+                             "(leave model.decoder null)")  # fmt: skip
         extra: dict[str, object] = {}
         if smp_class == "DeepLabV3Plus":
             if len(aspp_rates) != 3 or min(aspp_rates) < 1:
@@ -309,15 +315,19 @@ register_architecture("unet", "smp U-Net (decoder 256-128-64-64-64)")(_smp_build
 register_architecture("fpn", "smp FPN")(_smp_builder("FPN"))
 
 
-@register_architecture("segmenter", "Segmenter: timm ViT + mask transformer (Strudel et al.)")
-def _segmenter_mask(**kwargs: Any) -> nn.Module:
-    """Segmenter with its mask-transformer decoder (:mod:`.segmenter`)."""
-    return build_segmenter("mask", **kwargs)
+@register_architecture("segmenter", "Segmenter: timm ViT + mask transformer (decoder: mask) "
+                       "or linear decoder (decoder: linear) (Strudel et al.)")
+def _segmenter_mask(decoder: str | None = None, **kwargs: Any) -> nn.Module:
+    """Segmenter with the mask transformer, or the ``decoder`` named (:mod:`.segmenter`)."""
+    return build_segmenter(decoder or "mask", **kwargs)
 
 
-@register_architecture("segmenter_linear", "Segmenter: timm ViT + linear decoder")
-def _segmenter_linear(**kwargs: Any) -> nn.Module:
+@register_architecture("segmenter_linear", "Segmenter with its linear decoder (an alias of "
+                       "segmenter with decoder: linear)")
+def _segmenter_linear(decoder: str | None = None, **kwargs: Any) -> nn.Module:
     """Segmenter with its linear decoder (:mod:`.segmenter`)."""
+    if decoder not in (None, "linear"):
+        raise ValueError(f"segmenter_linear has the linear decoder, got model.decoder {decoder!r}")
     return build_segmenter("linear", **kwargs)
 
 
