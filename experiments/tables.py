@@ -965,9 +965,13 @@ def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table.metrics), figsize=(4 * len(table.metrics), 3.5),
-                             squeeze=False)  # fmt: skip
     labels = [f"{e['row']}\n{e['network']}".strip() for e in summary]
+    # the row labels once, on the first panel: their width (about 0.055 in per character at
+    # font size 7) plus 3.2 in per metric panel; 0.45 in per row
+    label_width = 0.055 * max(len(line) for label in labels for line in label.split("\n"))
+    fig, axes = plt.subplots(1, len(table.metrics), sharey=True, squeeze=False,
+                             figsize=(label_width + 3.2 * len(table.metrics),
+                                      max(3.5, 0.45 * len(summary) + 1.2)))  # fmt: skip
     for ax, metric in zip(axes[0], table.metrics, strict=True):
         ours = [e[metric]["mean"] for e in summary]
         err = [0.0 if math.isnan(s) else s for s in (e[metric]["std"] for e in summary)]
@@ -984,8 +988,11 @@ def _bar_chart(table: Table, scale: str, summary: list[dict[str, Any]], path: Pa
                             textcoords="offset points", va="center", fontsize=6)  # fmt: skip
         if has_paper:
             ax.barh([i - 0.2 for i in y], paper, 0.4, label="paper")
-        ax.set_yticks(list(y), labels, fontsize=7)
-        ax.invert_yaxis()
+        if ax is axes[0][0]:  # shared y: set (and invert) once, label the first panel only
+            ax.set_yticks(list(y), labels, fontsize=7)
+            ax.invert_yaxis()
+        else:
+            ax.tick_params(labelleft=False)
         ax.set_title(metric)
         ax.margins(x=0.15)  # room for the value labels
         if has_paper:
