@@ -36,6 +36,7 @@ from contraseg.lightning_modules.components.checkpoint_init import REPORT_KEYS, 
 from contraseg.lightning_modules.losses.source_free import (
     class_balanced_thresholds,
     complementary_labels,
+    confidence_histogram,
     max_squares_loss,
     negative_learning_loss,
     positive_learning_loss,
@@ -195,7 +196,7 @@ class SourceFreeAdaptation(SegmentationFineTune):
         if dm is None or not hasattr(dm, "target_images"):
             raise ValueError("source-free adaptation needs contraseg.datamodules."
                              "SourceTargetDataModule (its target_images() set the thresholds)")
-        confidences, preds, seen = [], [], 0
+        histogram, seen = None, 0
         limit = self.hparams.threshold_images
         for batch in dm.target_images():
             if "mask" in batch:
@@ -203,15 +204,14 @@ class SourceFreeAdaptation(SegmentationFineTune):
                                  "must not see target labels")  # fmt: skip
             probs = self._teacher_probs(batch["image"].to(self.device))
             conf, pred = probs.max(1)
-            confidences.append(conf.flatten().cpu())
-            preds.append(pred.flatten().cpu())
+            counts = confidence_histogram(conf, pred, self.hparams.num_classes)
+            histogram = counts if histogram is None else histogram + counts
             seen += probs.shape[0]
             if limit is not None and seen >= limit:
                 break
-        if not confidences:
+        if histogram is None:
             raise ValueError("target_images() yielded no image")
-        return class_balanced_thresholds(torch.cat(confidences), torch.cat(preds),
-                                         self.hparams.num_classes, proportion).to(self.device)
+        return class_balanced_thresholds(histogram, proportion).to(self.device)
 
     # ------------------------------------------------------------------ loss
     def training_loss(self, batch: dict[str, Any]) -> TaskLoss:

@@ -41,6 +41,7 @@ from contraseg.lightning_modules.losses.patch_contrast import (
 from contraseg.lightning_modules.losses.source_free import (
     class_balanced_thresholds,
     complementary_labels,
+    confidence_histogram,
     max_squares_loss,
     negative_learning_loss,
     positive_learning_loss,
@@ -240,11 +241,17 @@ def test_class_balanced_thresholds_and_pseudo_labels() -> None:
     torch.manual_seed(1)
     conf = torch.rand(1000)
     pred = torch.randint(0, 3, (1000,))
-    thr = class_balanced_thresholds(conf, pred, 4, 0.2)
+    hist = confidence_histogram(conf[:400], pred[:400], 4) + confidence_histogram(
+        conf[400:], pred[400:], 4)  # accumulated over batches
+    assert torch.equal(hist, confidence_histogram(conf, pred, 4)) and hist.sum() == 1000
+    thr = class_balanced_thresholds(hist, 0.2)
     for c in range(3):
-        values = conf[pred == c].sort(descending=True).values
+        values = conf[pred == c]
         kept = (values >= thr[c]).sum().item()
-        assert abs(kept - 0.2 * len(values)) <= 1  # the top 20% of that class
+        one_bin = ((values >= thr[c]) & (values < thr[c] + 1e-3)).sum().item()
+        assert 0.2 * len(values) <= kept <= 0.2 * len(values) + one_bin  # the top 20%
+        kth = values.sort(descending=True).values[math.ceil(0.2 * len(values)) - 1]
+        assert thr[c] <= kth < thr[c] + 1e-3  # the bin of the last pixel kept
     assert thr[3] == 2.0  # no pixel predicts class 3: above any probability
     probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]]).T.reshape(1, 3, 1, 2)
     labels = pseudo_labels(probs, torch.tensor([0.5, 0.5, 0.5]))

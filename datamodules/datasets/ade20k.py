@@ -21,13 +21,14 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from contraseg.datamodules.datasets.info import DatasetInfo
 from contraseg.datamodules.datasets.io import (
     DataFormatError,
+    check_label_size,
+    decode_label_png,
     read_image_rgb,
     require_dir,
     require_file,
@@ -118,21 +119,13 @@ class ADE20KDataset(Dataset[dict[str, Any]]):
         """
         image_path, label_path = self._files[index]
         image = read_image_rgb(image_path)
-        try:
-            with Image.open(label_path) as img:
-                img.load()
-                mode, label = img.mode, np.asarray(img)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-            raise DataFormatError(f"Could not decode ADE20K annotation {label_path}: expected an "
-                                  f"8-bit PNG of classes 0..150, got {err}") from err  # fmt: skip
+        label, mode = decode_label_png(label_path, "ADE20K annotation",
+                                       "an 8-bit PNG of classes 0..150")  # fmt: skip
         if label.ndim != 2 or label.dtype != np.uint8 or label.max(initial=0) > NUM_CLASSES:
             raise DataFormatError(
                 f"ADE20K annotation {label_path} (mode {mode!r}, shape {label.shape}, max "
                 f"{label.max(initial=0)}) is not a single-channel PNG of classes 0..150")
-        if tuple(label.shape) != tuple(image.shape[1:]):
-            raise DataFormatError(f"Size mismatch: ADE20K image {image_path} is "
-                                  f"{image.shape[2]}x{image.shape[1]} but {label_path} is "
-                                  f"{label.shape[1]}x{label.shape[0]} (WxH)")  # fmt: skip
+        check_label_size(image, label.shape, image_path, label_path, "ADE20K")
         mask = label.astype(np.int64) - 1
         mask[mask < 0] = 255
         return {"image": tv_tensors.Image(image), "mask": tv_tensors.Mask(torch.from_numpy(mask)),

@@ -20,13 +20,14 @@ from typing import Any, Final, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from contraseg.datamodules.datasets.info import DatasetInfo
 from contraseg.datamodules.datasets.io import (
     DataFormatError,
+    check_label_size,
+    decode_label_png,
     read_image_rgb,
     require_dir,
     require_file,
@@ -137,16 +138,8 @@ def _invalid_values(label_ids: np.ndarray, limit: int = 10) -> list[int]:
 
 def _read_label_ids(path: Path) -> np.ndarray:
     """Reads a ``*_gtFine_labelIds.png`` file as a 2-D integer array."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.array(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise DataFormatError(
-            f"Could not decode Cityscapes label file {path}: expected an 8-bit grayscale PNG of "
-            f"labelIds 0..33, got {type(err).__name__}: {err}"
-        ) from err
+    array, mode = decode_label_png(path, "Cityscapes label file",
+                                   "an 8-bit grayscale PNG of labelIds 0..33")  # fmt: skip
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
         raise DataFormatError(
             f"Cityscapes label file {path} has mode {mode!r} (array shape {array.shape}, dtype "
@@ -262,11 +255,7 @@ class CityscapesDataset(Dataset[dict[str, Any]]):
                 f"Cityscapes label file {label_path} contains values {bad} outside the labelIds "
                 "0..33 (expected *_gtFine_labelIds.png, not a colour or instance image)"
             )
-        if tuple(label_ids.shape) != tuple(image.shape[1:]):
-            raise DataFormatError(
-                f"Size mismatch: image {image_path} is {image.shape[2]}x{image.shape[1]} but label "
-                f"{label_path} is {label_ids.shape[1]}x{label_ids.shape[0]} (WxH)"
-            )
+        check_label_size(image, label_ids.shape, image_path, label_path)
         train_ids = CITYSCAPES_LABEL_TO_TRAIN_ID[label_ids.astype(np.int64)].astype(np.int64)
         return {
             "image": tv_tensors.Image(image),

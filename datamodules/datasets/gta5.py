@@ -28,13 +28,14 @@ from typing import Any, Final
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from contraseg.datamodules.datasets.cityscapes import CITYSCAPES, CITYSCAPES_LABEL_TO_TRAIN_ID
 from contraseg.datamodules.datasets.io import (
     DataFormatError,
+    check_label_size,
+    decode_label_png,
     read_image_rgb,
     require_dir,
     select_names,
@@ -73,14 +74,8 @@ def read_official_split(path: str | os.PathLike[str]) -> dict[str, list[str]]:
 
 def _read_label_ids(path: Path) -> np.ndarray:
     """A GTA5 label PNG's palette indices (Cityscapes labelIds) as a 2-D array."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.asarray(img)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise DataFormatError(f"Could not decode GTA5 label file {path}: expected a palette PNG "
-                              f"of Cityscapes labelIds, got {type(err).__name__}: {err}") from err
+    array, mode = decode_label_png(path, "GTA5 label file",
+                                   "a palette PNG of Cityscapes labelIds")  # fmt: skip
     if mode not in ("P", "L") or array.ndim != 2:
         raise DataFormatError(
             f"GTA5 label file {path} has mode {mode!r} (shape {array.shape}): expected a palette "
@@ -141,11 +136,7 @@ class GTA5Dataset(Dataset[dict[str, Any]]):
         image_path, label_path = self._files[index]
         image = read_image_rgb(image_path)
         label_ids = _read_label_ids(label_path)
-        if tuple(label_ids.shape) != tuple(image.shape[1:]):
-            raise DataFormatError(
-                f"Size mismatch: GTA5 image {image_path} is {image.shape[2]}x{image.shape[1]} "
-                f"but label {label_path} is {label_ids.shape[1]}x{label_ids.shape[0]} (WxH)"
-            )
+        check_label_size(image, label_ids.shape, image_path, label_path, "GTA5")
         train_ids = CITYSCAPES_LABEL_TO_TRAIN_ID[label_ids.astype(np.int64)].astype(np.int64)
         return {"image": tv_tensors.Image(image),
                 "mask": tv_tensors.Mask(torch.from_numpy(train_ids)), "name": self.names[index]}

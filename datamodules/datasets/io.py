@@ -18,6 +18,8 @@ from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "DataFormatError",
+    "check_label_size",
+    "decode_label_png",
     "read_image_rgb",
     "read_jpeg_bytes",
     "read_tiff_hwc",
@@ -187,6 +189,41 @@ def read_image_rgb(path: str | os.PathLike[str]) -> torch.Tensor:
             f"Decoded image {path} has shape {array.shape}, expected (H, W, 3) after RGB conversion"
         )
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_label_png(path: str | os.PathLike[str], what: str,
+                     expected: str) -> tuple[np.ndarray, str]:  # fmt: skip
+    """A label image's samples as they are stored (palette indices, grey levels), and its mode.
+
+    Never converted (a palette PNG gives its indices, not colours); the caller checks mode,
+    shape and values against its format.
+
+    Raises:
+        DataFormatError: The file cannot be decoded: ``Could not decode {what} {path}: expected
+            {expected}, got ...``.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return np.array(img), img.mode
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
+        raise DataFormatError(f"Could not decode {what} {path}: expected {expected}, got "
+                              f"{type(err).__name__}: {err}") from err  # fmt: skip
+
+
+def check_label_size(image: torch.Tensor, label_shape: Sequence[int], image_path: Path,
+                     label_path: Path, what: str = "") -> None:  # fmt: skip
+    """Error naming both files when a ``(C, H, W)`` image and its ``(H, W)`` label differ in size.
+
+    Raises:
+        DataFormatError: ``Size mismatch: {what} image ... is WxH but label ... is WxH``.
+    """
+    if tuple(label_shape) != tuple(image.shape[1:]):
+        kind = f"{what} image" if what else "image"
+        raise DataFormatError(
+            f"Size mismatch: {kind} {image_path} is {image.shape[2]}x{image.shape[1]} but label "
+            f"{label_path} is {label_shape[1]}x{label_shape[0]} (WxH)"
+        )
 
 
 def to_hwc(array: np.ndarray, axes: str) -> np.ndarray:

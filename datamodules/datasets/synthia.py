@@ -35,6 +35,7 @@ from torchvision import tv_tensors
 from contraseg.datamodules.datasets.cityscapes import CITYSCAPES, CITYSCAPES_CLASSES
 from contraseg.datamodules.datasets.io import (
     DataFormatError,
+    check_label_size,
     read_image_rgb,
     require_dir,
     select_names,
@@ -149,11 +150,7 @@ class SynthiaDataset(Dataset[dict[str, Any]]):
             bad = np.unique(ids[ids > _MAX_ID])[:5].tolist()
             raise DataFormatError(f"SYNTHIA label file {label_path} holds class ids {bad} in its "
                                   f"first channel, expected 0..{_MAX_ID}")  # fmt: skip
-        if tuple(ids.shape) != tuple(image.shape[1:]):
-            raise DataFormatError(
-                f"Size mismatch: SYNTHIA image {image_path} is {image.shape[2]}x{image.shape[1]} "
-                f"but label {label_path} is {ids.shape[1]}x{ids.shape[0]} (WxH)"
-            )
+        check_label_size(image, ids.shape, image_path, label_path, "SYNTHIA")
         return {"image": tv_tensors.Image(image),
                 "mask": tv_tensors.Mask(torch.from_numpy(SYNTHIA_TO_TRAIN_ID[ids])),
                 "name": self.names[index]}  # fmt: skip

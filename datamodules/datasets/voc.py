@@ -27,13 +27,14 @@ from typing import Any, Final
 import numpy as np
 import scipy.io
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from contraseg.datamodules.datasets.info import DatasetInfo
 from contraseg.datamodules.datasets.io import (
     DataFormatError,
+    check_label_size,
+    decode_label_png,
     read_image_rgb,
     require_dir,
     require_file,
@@ -212,17 +213,9 @@ def trainaug_ids(voc_root: str | os.PathLike[str], sbd_root: str | os.PathLike[s
 
 def _read_png_label(path: Path) -> np.ndarray:
     """Reads a VOC ``SegmentationClass`` PNG as palette indices (never converted to RGB)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            mode = img.mode
-            array = np.array(img) if mode in ("P", "L") else None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as err:
-        raise DataFormatError(
-            f"Could not decode VOC label file {path}: expected a palette ('P') PNG of class "
-            f"indices, got {type(err).__name__}: {err}"
-        ) from err
-    if array is None:
+    array, mode = decode_label_png(path, "VOC label file",
+                                   "a palette ('P') PNG of class indices")  # fmt: skip
+    if mode not in ("P", "L"):
         raise DataFormatError(
             f"VOC label file {path} has mode {mode!r}, expected a palette ('P') or grayscale "
             "('L') PNG of class indices 0..20 and 255 (not an RGB colour image)"
@@ -387,11 +380,7 @@ class VOCSegmentation(Dataset[dict[str, Any]]):
                     f"VOC label file {label_path} contains values {bad[:10].tolist()} outside the "
                     "class indices 0..20 and 255 (void)"
                 )
-        if tuple(label.shape) != tuple(image.shape[1:]):
-            raise DataFormatError(
-                f"Size mismatch: image {image_path} is {image.shape[2]}x{image.shape[1]} but label "
-                f"{label_path} is {label.shape[1]}x{label.shape[0]} (WxH)"
-            )
+        check_label_size(image, label.shape, image_path, label_path)
         return {
             "image": tv_tensors.Image(image),
             "mask": tv_tensors.Mask(torch.from_numpy(label.astype(np.int64))),
