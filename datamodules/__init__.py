@@ -1,4 +1,10 @@
-"""LightningDataModules; the raw readers they wrap are in :mod:`contraseg.datamodules.datasets`."""
+"""LightningDataModules; the raw readers they wrap are in :mod:`contraseg.datamodules.datasets`.
+
+The graph data modules import torch_geometric; they load on first use.
+"""
+
+import importlib
+from typing import Any
 
 from contraseg.datamodules.base import PretrainDataModule
 from contraseg.datamodules.classification import (
@@ -42,8 +48,23 @@ from contraseg.datamodules.textured import (
     TexturedSegmentationDataModule,
 )
 
+_GRAPHS = ("AmazonDataModule", "CSBMDataModule", "CoauthorDataModule", "GraphDataModule",
+           "PlanetoidDataModule")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _GRAPHS:
+        return getattr(importlib.import_module(f"{__name__}.graphs"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ADE20KDataModule",
+    "AmazonDataModule",
+    "CSBMDataModule",
+    "CoauthorDataModule",
+    "GraphDataModule",
+    "PlanetoidDataModule",
     "ClassBank",
     "CondensationDataModule",
     "DigitsDataModule",

@@ -1,4 +1,11 @@
-"""Contrastive and self-supervised objectives as LightningModules over one task base."""
+"""Contrastive and self-supervised objectives as LightningModules over one task base.
+
+The graph methods (GRACE, ARIEL and their base) import torch_geometric; they load on first
+use (``contraseg.lightning_modules.ARIEL``), so image runs do not pay for it.
+"""
+
+import importlib
+from typing import Any
 
 from contraseg.lightning_modules.attention_contrast import AttentionGuidedContrast
 from contraseg.lightning_modules.classifier import ImageClassifier
@@ -21,7 +28,17 @@ from contraseg.lightning_modules.source_free import SourceFreeAdaptation
 from contraseg.lightning_modules.supcon import SupCon
 from contraseg.lightning_modules.task import BaseTask, TaskLoss
 
+_LAZY = {"ARIEL": "ariel", "GRACE": "grace", "GraphContrastTask": "graph_task"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "ARIEL",
     "AttentionGuidedContrast",
     "BaseTask",
     "CLAWS",
@@ -30,6 +47,8 @@ __all__ = [
     "DirectCLR",
     "EmbeddingTask",
     "GLCNet",
+    "GRACE",
+    "GraphContrastTask",
     "HCSC",
     "ImageClassifier",
     "MoCoV2",

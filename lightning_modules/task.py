@@ -65,8 +65,10 @@ class TaskLoss(NamedTuple):
 def batch_size_of(batch: dict[str, Any]) -> int:
     """Images of a training batch: ``views[0]``, ``image``, or the first stream's.
 
-    Domain-adaptation batches are ``{stream: batch}``.
+    Domain-adaptation batches are ``{stream: batch}``; a graph batch counts its nodes.
     """
+    if "num_nodes" in batch:
+        return int(batch["num_nodes"])
     if "views" in batch:
         return batch["views"][0].shape[0]
     if "image" in batch:

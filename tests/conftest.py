@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from graph_files import write_graph_root
 from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -430,6 +431,8 @@ def data_roots(
         "HippocampusDataModule": write_hippocampus(tmp_path_factory.mktemp("hippocampus")),
         "SegmentationFolderDataModule": write_segmentation_folder(
             tmp_path_factory.mktemp("folder") / "my_data"),  # fmt: skip
+        **dict.fromkeys(("PlanetoidDataModule", "AmazonDataModule", "CoauthorDataModule"),
+                        write_graph_root(tmp_path_factory.mktemp("graphs"))),
     }
 
 

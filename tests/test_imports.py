@@ -98,7 +98,7 @@ def test_every_module_imports_in_a_fresh_interpreter() -> None:
 def test_no_method_module_imports_another_method() -> None:
     # segmentation_finetune is the supervised segmentation task the multi-domain task extends
     bases = {"__init__", "task", "embedding_task", "dense_task", "momentum_task",
-             "segmentation_finetune"}  # fmt: skip
+             "segmentation_finetune", "graph_task"}  # fmt: skip
     methods = {p.stem for p in (REPO / "lightning_modules").glob("*.py")} - bases
     graph = import_graph()
     for stem in methods:

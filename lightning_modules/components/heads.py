@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
-__all__ = ["ConvProjectionHead", "MLPHead", "Projector"]
+__all__ = ["ACTIVATIONS", "ConvProjectionHead", "MLPHead", "Projector"]
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "elu": nn.ELU}
 
 
 @dataclass(frozen=True)
@@ -23,19 +25,25 @@ class Projector:
     Attributes:
         hidden_dims: Hidden widths (``[]``: a linear projector).
         out_dim: Output (embedding) width.
-        batch_norm: BatchNorm in the hidden layers.  An MLP keeps its ReLU without it; a
-            1x1-convolution head (Zhao et al., Hu et al.) has BatchNorm + ReLU with it and
-            nothing between its convolutions without it (Hu et al.'s official ``mlp``).
+        batch_norm: BatchNorm in the hidden layers.  An MLP keeps its activation without
+            it; a 1x1-convolution head (Zhao et al., Hu et al.) has BatchNorm + ReLU with it
+            and nothing between its convolutions without it (Hu et al.'s official ``mlp``).
+        activation: The MLP's hidden activation, ``relu`` or ``elu`` (GRACE's and ARIEL's
+            projection: Linear, ELU, Linear); convolution heads use ReLU only.
     """
 
     hidden_dims: Sequence[int] = (2048,)
     out_dim: int = 128
     batch_norm: bool = True
+    activation: Literal["relu", "elu"] = "relu"
 
     def __post_init__(self) -> None:
         if int(self.out_dim) < 1 or any(int(w) < 1 for w in self.hidden_dims):
             raise ValueError(f"model.projector widths must be >= 1, got hidden_dims "
                              f"{list(self.hidden_dims)} and out_dim {self.out_dim}")  # fmt: skip
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.projector.activation must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")  # fmt: skip
 
     @classmethod
     def of(cls, value: Projector | Mapping[str, Any]) -> Projector:
@@ -49,6 +57,8 @@ class Projector:
         if isinstance(value, cls):
             return value
         fields = {f.name for f in dataclasses.fields(cls)}
+        value = {**({"activation": "relu"} if "activation" not in value else {}), **value}
+        # (``activation`` came with issue 28: checkpoints from before it store the others)
         if set(value) != fields:
             raise ValueError(f"model.projector: give a Projector or all of {sorted(fields)}, "
                              f"got {dict(value)}")  # fmt: skip
@@ -57,16 +67,18 @@ class Projector:
     def mlp(self, in_dim: int) -> MLPHead:
         """The MLP head ``in_dim -> hidden_dims -> out_dim``."""
         return MLPHead(in_dim, [int(w) for w in self.hidden_dims], int(self.out_dim),
-                       self.batch_norm)  # fmt: skip
+                       self.batch_norm, self.activation)  # fmt: skip
 
     def conv(self, in_channels: int) -> ConvProjectionHead:
         """The 1x1-convolution head ``in_channels -> hidden_dims -> out_dim``."""
+        if self.activation != "relu":
+            raise ValueError("model.projector.activation: a convolution head uses ReLU")
         return ConvProjectionHead(in_channels, [int(w) for w in self.hidden_dims],
                                   int(self.out_dim), norm_act=self.batch_norm)  # fmt: skip
 
 
 class MLPHead(nn.Module):
-    """MLP projector ``in -> hidden... -> out`` (Linear, [BN], ReLU per hidden layer).
+    """MLP projector ``in -> hidden... -> out`` (Linear, [BN], activation per hidden layer).
 
     SimCLR uses one hidden layer (``hidden_dims=[2048]``, ``out_dim=128``); solo-learn's
     CIFAR recipe uses the same with BN.  ``hidden_dims=[]`` gives a linear projector.
@@ -76,6 +88,7 @@ class MLPHead(nn.Module):
         hidden_dims: Hidden layer widths.
         out_dim: Output dimension.
         batch_norm: Batch-norm after each hidden linear layer.
+        activation: ``relu`` or ``elu`` after each hidden layer.
     """
 
     def __init__(
@@ -84,6 +97,7 @@ class MLPHead(nn.Module):
         hidden_dims: Sequence[int] = (2048,),
         out_dim: int = 128,
         batch_norm: bool = True,
+        activation: str = "relu",
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -92,7 +106,7 @@ class MLPHead(nn.Module):
             layers.append(nn.Linear(prev, width, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
-            layers.append(nn.ReLU(inplace=True))
+            layers.append(ACTIVATIONS[activation]())
             prev = width
         layers.append(nn.Linear(prev, out_dim))
         self.net = nn.Sequential(*layers)
