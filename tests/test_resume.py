@@ -80,6 +80,18 @@ METHODS = {
                                      "--data.init_args.target.init_args.scene.image_size", "32",
                                      "--data.init_args.batch_size", "4",
                                      "--trainer.check_val_every_n_epoch", "1"]),
+    # ARIEL: a seeded 40-node subgraph per step (its ids from (seed, epoch, step)), the PGD
+    # view's Bernoulli draw and RReLU's random slopes from the step's reseeded RNG
+    "ariel": ("ariel_csbm", ["--data.init_args.num_nodes", "160", "--data.init_args.num_features",
+                             "40", "--data.init_args.subgraph_nodes", "40",
+                             "--data.init_args.steps_per_epoch", "4", "--model.init_args.encoder",
+                             "gcn", "--model.init_args.activation", "rrelu",
+                             "--model.init_args.attack_steps", "2",
+                             "--model.init_args.regularizer_weight", "1",
+                             "--model.init_args.eval_attacks", "[random]",
+                             "--model.init_args.evaluation",
+                             '{"repeats": 2, "folds": 1, "c_grid": [1.0]}',
+                             "--trainer.check_val_every_n_epoch", "1"]),
 }  # fmt: skip
 # case -> (kill before global step, RunCheckpoint settings, step of the newest last.ckpt):
 # 4 steps per epoch
@@ -87,7 +99,8 @@ CASES = {"epoch_boundary": (6, {}, 4), "mid_epoch": (7, {"last_every_n_steps": 3
          "every_2_epochs": (11, {"last_every_n_epochs": 2}, 8)}  # fmt: skip
 CASE_METHODS = {"every_2_epochs": ("pixel_contrast",)}
 # worker counts per method (the 2-worker runs of SimCLR and PixelContrast show the data side)
-WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,), "pr_sfda": (0,)}
+WORKERS = {"moco": (0,), "hcsc": (0,), "classifier": (0,), "multidomain": (0,), "pr_sfda": (0,),
+           "ariel": (0, 2)}
 COMBOS = [(m, c, w) for m in sorted(METHODS) for c in sorted(CASES) for w in WORKERS.get(m, (0, 2))
           if m in CASE_METHODS.get(c, METHODS) and (w == 0 or c not in CASE_METHODS)]
 _REFERENCES: dict[str, tuple] = {}

@@ -675,3 +675,22 @@ def test_segmenter_paper_table_runs_each_row_on_its_fixture(data_roots, tmp_path
         md = (out / row[:5] / "segmenter_cityscapes" / "smoke.md").read_text()
         assert f"| {row} | Segmenter " in md and "failed" not in md, md
     assert "| 0.791 |" in (out / "Seg-L" / "segmenter_cityscapes" / "smoke.md").read_text()
+
+
+def test_graph_tables_run_at_smoke_scale(data_roots, tmp_path: Path) -> None:
+    """ariel_synthetic (the CSBM: validate-only reference rows and trained rows, clean and
+    attacked scores) and ariel_graphs (fixtures in the raw Planetoid / npz formats, with the
+    official repository's accuracy as the reference column) run end to end."""
+    out = tmp_path / "tables"
+    rows = ["raw features (no encoder)", "GRACE (whole graph)", "ARIEL"]
+    assert reproduce(["ariel_synthetic", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "ariel_synthetic" / "smoke.md").read_text()
+    assert all(f"| {r} | " in md for r in rows) and "failed" not in md, md
+    root = f"data.init_args.root={data_roots['PlanetoidDataModule']}"
+    rows = ["GRACE (CiteSeer)", "ARIEL (CiteSeer)", "ARIEL (Coauthor Physics)"]
+    assert reproduce(["ariel_graphs", "--scale", "smoke", "--seeds", "1", "--out", str(out),
+                      "--no-wandb", "--set", root, "--rows", *rows]) == 0  # fmt: skip
+    md = (out / "ariel_graphs" / "smoke.md").read_text()
+    assert "| ARIEL (CiteSeer) | 2-layer GCN | 0." in md and "| 0.7255 |" in md, md
+    assert "| 0.952 |" in md and "failed" not in md, md

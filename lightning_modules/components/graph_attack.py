@@ -32,6 +32,7 @@ __all__ = [
     "adversarial_view",
     "dense_adjacency",
     "flip",
+    "pgd_perturbation",
     "project_edge_budget",
     "random_edge_flips",
     "surrogate_edge_attack",
@@ -80,6 +81,50 @@ def project_edge_budget(values: Tensor, budget: float, tol: float = 1e-3) -> Ten
     return (values - hi).clamp(0, 1)  # hi: the feasible end of the bracket
 
 
+def pgd_perturbation(
+    embed_dense: Callable[[Tensor, Tensor], Tensor],
+    loss: Callable[[Tensor], Tensor],
+    x: Tensor,
+    adj: Tensor,
+    budget: float,
+    steps: int = 5,
+    edge_step: float = 200.0,
+    feature_step: float = 0.01,
+    feature_budget: float = 0.04,
+) -> tuple[Tensor, Tensor]:
+    r"""The continuous PGD of :func:`adversarial_view`: flip probabilities and feature shift.
+
+    Each of ``steps`` iterations ``t = 0, 1, ...`` does
+
+    .. math::
+
+        s \leftarrow \Pi_{B}\big(s + \tfrac{\alpha}{\sqrt{t + 1}} \nabla_s L\big), \qquad
+        \delta \leftarrow \mathrm{clip}_{[-\epsilon_x, \epsilon_x]}
+            \big(\delta + \beta\,\mathrm{sign}(\nabla_\delta L)\big)
+
+    with ``L = loss(embed_dense(x + delta, flip(adj, upper, s)))`` and ``B`` the budget set
+    of :func:`project_edge_budget`, from ``s = 0``, ``delta = 0``.
+
+    Returns:
+        ``(s, delta)``: ``s`` over the strict upper triangle (``torch.triu_indices(n, n, 1)``
+        order), both detached.
+    """
+    n = x.shape[0]
+    upper = torch.triu_indices(n, n, 1, device=x.device)
+    s = torch.zeros(upper.shape[1], device=x.device)
+    delta = torch.zeros_like(x)
+    for t in range(steps):
+        s.requires_grad_(True)
+        delta.requires_grad_(True)
+        value = loss(embed_dense(x + delta, flip(adj, upper, s)))
+        grad_s, grad_delta = torch.autograd.grad(value, [s, delta])
+        with torch.no_grad():
+            s = project_edge_budget(s + edge_step / math.sqrt(t + 1) * grad_s, budget)
+            delta = (delta + feature_step * grad_delta.sign()).clamp(-feature_budget,
+                                                                      feature_budget)  # fmt: skip
+    return s.detach(), delta.detach()
+
+
 def adversarial_view(
     embed_dense: Callable[[Tensor, Tensor], Tensor],
     loss: Callable[[Tensor], Tensor],
@@ -94,20 +139,11 @@ def adversarial_view(
 ) -> tuple[Tensor, Tensor]:
     r"""ARIEL's adversarial view of ``(x, edge_index)``: PGD on edge flips and features.
 
-    With ``A`` the dense adjacency, ``C = 1 - 2A - I`` and the flip probabilities ``s`` of
-    the upper triangle (symmetrised), each of ``steps`` iterations ``t = 0, 1, ...`` does
-
-    .. math::
-
-        s \leftarrow \Pi_{B}\big(s + \tfrac{\alpha}{\sqrt{t + 1}} \nabla_s L\big), \qquad
-        \delta \leftarrow \mathrm{clip}_{[-\epsilon_x, \epsilon_x]}
-            \big(\delta + \beta\,\mathrm{sign}(\nabla_\delta L)\big)
-
-    with ``L = loss(embed_dense(x + delta, A + S * C))``, ``B`` the budget set of
-    :func:`project_edge_budget` and ``budget = edge_budget * |E| / 2`` (``edge_index`` holds
-    both directions: a fraction ``edge_budget`` of the undirected edges).  The flips are
-    then drawn once, ``1[s > U(0, 1)]``.  Gradients flow to ``s`` and ``delta`` only; the
-    caller puts the encoder in eval mode (ARIEL freezes it and calls ``model.eval()``).
+    :func:`pgd_perturbation` on the dense adjacency ``A`` with
+    ``budget = edge_budget * |E| / 2`` (``edge_index`` holds both directions: a fraction
+    ``edge_budget`` of the undirected edges), then one draw of the flips,
+    ``1[s > U(0, 1)]``.  Gradients flow to ``s`` and ``delta`` only; the caller puts the
+    encoder in eval mode (ARIEL freezes it and calls ``model.eval()``).
 
     Args:
         embed_dense: ``(x, adj) -> z`` on a dense adjacency without self-loops.
@@ -127,24 +163,13 @@ def adversarial_view(
     """
     n = x.shape[0]
     adj = dense_adjacency(edge_index, n)
-    upper = torch.triu_indices(n, n, 1, device=x.device)
     budget = edge_index.shape[1] * edge_budget / 2
-    s = torch.zeros(upper.shape[1], device=x.device)
-    delta = torch.zeros_like(x)
-    for t in range(steps):
-        s.requires_grad_(True)
-        delta.requires_grad_(True)
-        value = loss(embed_dense(x + delta, flip(adj, upper, s)))
-        grad_s, grad_delta = torch.autograd.grad(value, [s, delta])
-        with torch.no_grad():
-            s = project_edge_budget(s + edge_step / math.sqrt(t + 1) * grad_s, budget)
-            delta = (delta + feature_step * grad_delta.sign()).clamp(-feature_budget,
-                                                                      feature_budget)  # fmt: skip
-    with torch.no_grad():
-        where = generator.device if generator is not None else s.device
-        draw = torch.rand(s.shape, generator=generator, device=where).to(s.device)
-        flips = (s.detach() > draw).float()
-        return (x + delta).detach(), flip(adj, upper, flips)
+    s, delta = pgd_perturbation(embed_dense, loss, x, adj, budget, steps, edge_step,
+                                feature_step, feature_budget)  # fmt: skip
+    upper = torch.triu_indices(n, n, 1, device=x.device)
+    where = generator.device if generator is not None else s.device
+    draw = torch.rand(s.shape, generator=generator, device=where).to(s.device)
+    return x + delta, flip(adj, upper, (s > draw).float())
 
 
 def random_edge_flips(edge_index: Tensor, num_nodes: int, ratio: float, seed: int = 0) -> Tensor:
