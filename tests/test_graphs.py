@@ -348,10 +348,14 @@ def test_ariel_without_its_terms_is_grace_and_its_terms_are_finite() -> None:
     assert all(p.grad is not None for p in full.encoder.parameters())
 
 
-def test_the_features_encoder_refuses_to_train() -> None:
+def test_the_features_encoder_refuses_to_train_and_decay_covers_every_parameter() -> None:
     model = GRACE(in_channels=10, encoder="features")
     with pytest.raises(ValueError, match="nothing to train"):
         model.configure_optimizers()
+    groups = GRACE(in_channels=10, activation="prelu").parameter_groups()  # official Adam(all)
+    assert len(groups) == 1 and "weight_decay" not in groups[0]
+    assert len(groups[0]["params"]) == len(list(GRACE(in_channels=10,
+                                                      activation="prelu").parameters()))
 
 
 def test_official_recipes_in_the_configs() -> None:

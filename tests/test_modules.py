@@ -96,7 +96,15 @@ def test_projector_is_one_argument_with_the_method_defaults() -> None:
     from contraseg.lightning_modules import SupCon
 
     assert SupCon().hparams.projector == {"hidden_dims": [2048], "out_dim": 128,
-                                          "batch_norm": False}  # the official head: no BN
+                                          "batch_norm": False,
+                                          "activation": "relu"}  # the official head: no BN
+    # a checkpoint from before the activation field (issue 28) still names a whole projector
+    old = {"hidden_dims": [16], "out_dim": 8, "batch_norm": True}
+    assert Projector.of(old) == Projector([16], 8, True, "relu")
+    elu = Projector([16], 8, False, "elu").mlp(4)
+    assert any(isinstance(x, torch.nn.ELU) for x in elu.modules())
+    with pytest.raises(ValueError, match=r"model\.projector\.activation must be one of"):
+        Projector([16], 8, activation="gelu")
     m = SimCLR(projector=Projector([16], 8, batch_norm=False))
     linears = [layer for layer in m.projector.modules() if isinstance(layer, torch.nn.Linear)]
     assert [(x.in_features, x.out_features) for x in linears] == [(512, 16), (16, 8)]
