@@ -829,6 +829,13 @@ def write_reports(table: Table, scale: str, summary: list[dict[str, Any]], out: 
         if e["failed"] and e["seeds"]:
             lines.append(f"| ({len(e['failed'])} seeds failed, e.g. {e['failed'][0]}) |")
     lines += ["", "Mean ± std (n - 1) over seeds of the last logged value of each metric."]
+    references = [(e["row"], m, e[m]["paper"]) for e in summary for m in table.metrics
+                  if e[m]["paper"]]  # fmt: skip
+    if references:
+        lines += ["", "Where the reference (\"paper\") column comes from:", ""]
+        lines += [f"* {row}, {m}: {ref['value']}, {ref.get('source', 'source not named')}"
+                  + ("" if ref.get("verified", True) else " (unverified)")
+                  for row, m, ref in references]  # fmt: skip
     lines += crossover_lines(table, summary)
     paths = {"md": folder / f"{scale}.md", "csv": folder / f"{scale}.csv",
              "png": folder / f"{scale}.png"}  # fmt: skip

@@ -694,3 +694,4 @@ def test_graph_tables_run_at_smoke_scale(data_roots, tmp_path: Path) -> None:
     md = (out / "ariel_graphs" / "smoke.md").read_text()
     assert "| ARIEL (CiteSeer) | 2-layer GCN | 0." in md and "| 0.7255 |" in md, md
     assert "| 0.952 |" in md and "failed" not in md, md
+    assert "* ARIEL (CiteSeer), val/acc: 0.7255, Shengyu-Feng/ARIEL node_cls/results/CiteSeer" in md
