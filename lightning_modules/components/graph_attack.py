@@ -250,18 +250,18 @@ def surrogate_edge_attack(
         targets[labelled] = y[labelled]
         xw = weight(x) - weight.bias  # linear: W(Â² X) + b = Â² (X W) + b
 
-    def surrogate_loss(a: Tensor) -> Tensor:
+    def logits(v: Tensor, a: Tensor) -> Tensor:
         p = gcn_normalize_dense(a)
-        return F.cross_entropy(p @ (p @ xw) + weight.bias, targets)
+        return p @ (p @ v) + weight.bias
+
+    def surrogate_loss(a: Tensor) -> Tensor:
+        return F.cross_entropy(logits(xw, a), targets)
 
     upper = torch.triu_indices(n, n, 1, device=device)
     budget = ratio * edge_index.shape[1] / 2
-    s = torch.zeros(upper.shape[1], device=device)
-    for t in range(steps):
-        s.requires_grad_(True)
-        (grad,) = torch.autograd.grad(surrogate_loss(flip(adj, upper, s)), [s])
-        with torch.no_grad():
-            s = project_edge_budget(s + step_size / math.sqrt(t + 1) * grad, budget)
+    # the edges-only case of ARIEL's PGD (no feature step)
+    s, _ = pgd_perturbation(logits, lambda z: F.cross_entropy(z, targets), xw, adj, budget,
+                            steps, step_size, feature_step=0.0, feature_budget=0.0)  # fmt: skip
     best, best_loss = None, -math.inf
     with torch.no_grad():
         for _ in range(samples):
