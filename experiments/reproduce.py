@@ -10,6 +10,7 @@ mean ± std over seeds and writes ``<out>/<table>/<scale>.{md,csv,png}`` and a W
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from contraseg.experiments.tables import (
@@ -22,6 +23,8 @@ from contraseg.experiments.tables import (
     run_table,
     write_reports,
 )
+
+TAG = re.compile(r"[A-Za-z0-9-]+")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="+", help="run only these rows: 'name' or 'name [network]'")
     parser.add_argument("--docs", metavar="DIR", help="also copy the report into the docs as "
                         "DIR/<table>_<scale>.md (+ figures), e.g. docs/results")  # fmt: skip
+    parser.add_argument("--docs-tag", metavar="TAG", help="with --docs: publish as "
+                        "DIR/<table>_<scale>_<TAG>.md instead, beside the whole table's report "
+                        "(e.g. some rows with more seeds: --rows ... --seeds 3 --docs-tag seeds3)")
     args = parser.parse_args(argv)
+    if args.docs_tag is not None and (not args.docs or not TAG.fullmatch(args.docs_tag)):
+        parser.error("--docs-tag needs --docs and a tag of letters, digits and '-' "
+                     f"(got {args.docs_tag!r})")
     if args.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
     try:
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     print(paths["md"].read_text())
     written = [*paths.values()]
     if args.docs:
-        written += publish_report(paths, table, args.scale, Path(args.docs))
+        written += publish_report(paths, table, args.scale, Path(args.docs), args.docs_tag)
     print("written:", ", ".join(str(p) for p in written))
     return 1 if any(r["status"] == "failed" for r in records) else 0
 

@@ -904,8 +904,12 @@ def crossover_lines(table: Table, summary: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def publish_report(paths: dict[str, Path], table: Table, scale: str, docs: Path) -> list[Path]:
+def publish_report(paths: dict[str, Path], table: Table, scale: str, docs: Path,
+                   tag: str | None = None) -> list[Path]:  # fmt: skip
     """Copy a report into the documentation: ``docs/<table>_<scale>.md`` and its figures.
+
+    ``tag`` publishes it as ``docs/<table>_<scale>_<tag>.md`` instead, so a report of some rows
+    with more seeds stands beside the whole table's report rather than replacing it.
 
     The Markdown loses its ``# title`` line (the page that includes it has its own
     heading) and so starts with the provenance line; the bar chart and the curve plot keep
@@ -914,7 +918,7 @@ def publish_report(paths: dict[str, Path], table: Table, scale: str, docs: Path)
     results table in the docs comes from such a file.
     """
     docs.mkdir(parents=True, exist_ok=True)
-    stem = f"{table.name}_{scale}"
+    stem = f"{table.name}_{scale}" + (f"_{tag}" if tag else "")
     text = paths["md"].read_text().split("\n")
     if text and text[0].startswith("# "):
         text = text[1:]

@@ -134,6 +134,19 @@ def test_tiny_table_end_to_end_then_resume(tiny: Path, tmp_path: Path, monkeypat
                                 "--seeds 2 --rows 'random init' SimCLR`")  # fmt: skip
     assert "| SimCLR | DeepLabV3+ | 0." in published and "| broken |" not in published
     assert (docs / "tiny_smoke.png").stat().st_size > 0
+    # a tagged report stands beside the whole table's instead of replacing it
+    rc = reproduce([str(tiny), "--scale", "smoke", "--seeds", "2", "--out", str(out), "--no-wandb",
+                    "--rows", "random init", "--docs", str(docs), "--docs-tag", "seeds2"])
+    assert rc == 0
+    tagged = (docs / "tiny_smoke_seeds2.md").read_text()
+    assert "| random init |" in tagged and "| SimCLR |" not in tagged
+    assert (docs / "tiny_smoke.md").read_text() == published
+    assert (docs / "tiny_smoke_seeds2.png").stat().st_size > 0
+    for bad in (["--docs-tag", "a b"], ["--docs-tag", "x"]):  # a tag needs --docs: only then
+        argv = [str(tiny), "--scale", "smoke", "--out", str(out), "--no-wandb", *bad]
+        argv += ["--docs", str(docs)] if bad[1] == "a b" else []
+        with pytest.raises(SystemExit):
+            reproduce(argv)
 
 
 def test_aggregate_mean_and_sample_std_by_hand(tiny: Path) -> None:
