@@ -23,11 +23,25 @@ TINY_WANDB = quickstart_tiny(16)[:-3]
 RUN = Path("outputs") / "quickstart"
 
 
-def _wandb_runs() -> list[dict]:
+def _wandb_runs(timeout: float = 30.0) -> list[dict]:
+    """The offline runs' records, once every run file holds its config record.
+
+    ``wandb.finish()`` hands the records to W&B's service process, which writes the file
+    asynchronously: on a loaded machine the config record can land a moment after ``finish``
+    returns (seen once in CI), so the files are read again until each has its config or
+    ``timeout`` seconds pass (then the caller's assertions report what is missing).
+    """
+    import time
+
     import wandb
 
     wandb.finish()  # an in-process run's records reach its file when it finishes
-    return [run_info(f) for f in sorted(RUN.glob("wandb/offline-run-*/run-*.wandb"))]
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [run_info(f) for f in sorted(RUN.glob("wandb/offline-run-*/run-*.wandb"))]
+        if all(r["config"] for r in runs) or time.monotonic() > deadline:
+            return runs
+        time.sleep(0.5)
 
 
 @pytest.mark.slow
