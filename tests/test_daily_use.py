@@ -4,6 +4,7 @@ first, the run-folder refusal before any logger starts, the table runner's conso
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,6 @@ def _wandb_runs(timeout: float = 30.0) -> list[dict]:
     returns (seen once in CI), so the files are read again until each has its config or
     ``timeout`` seconds pass (then the caller's assertions report what is missing).
     """
-    import time
-
     import wandb
 
     wandb.finish()  # an in-process run's records reach its file when it finishes
